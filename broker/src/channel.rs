@@ -1,0 +1,212 @@
+//! Channel names, namespaces and the permission patterns of token claims.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::config::{Config, NamespaceConfig};
+
+/// Longest channel name, in bytes.
+pub const MAX_CHANNEL_BYTES: usize = 255;
+
+/// A channel name checked against protocol v1: 1 to 255 bytes of `[A-Za-z0-9_.:@/=-]`.
+///
+/// Cheap to clone (shared).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelName(Arc<str>);
+
+/// Why a channel name was refused; the `Display` text is sent to the client.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("the channel name is empty; names are 1 to 255 bytes of A-Z a-z 0-9 _ . : @ / = -")]
+    Empty,
+    #[error("the channel name is {0} bytes; the limit is 255")]
+    TooLong(usize),
+    #[error(
+        "the channel name contains {0:?}, which is not allowed; use only A-Z a-z 0-9 _ . : @ / = -"
+    )]
+    BadChar(char),
+}
+
+pub fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'/' | b'=' | b'-')
+}
+
+impl ChannelName {
+    pub fn parse(name: &str) -> Result<Self, NameError> {
+        if name.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if name.len() > MAX_CHANNEL_BYTES {
+            return Err(NameError::TooLong(name.len()));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !c.is_ascii() || !is_name_byte(*c as u8))
+        {
+            return Err(NameError::BadChar(c));
+        }
+        Ok(Self(Arc::from(name)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn shared(&self) -> &Arc<str> {
+        &self.0
+    }
+
+    /// A stable shard index in `0..shards` (FNV-1a of the name).
+    pub fn shard(&self, shards: usize) -> usize {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.0.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % shards as u64) as usize
+    }
+
+    /// The namespace: the part before the first `:`, or `None` for the default namespace.
+    pub fn namespace(&self) -> Option<&str> {
+        self.0.split_once(':').map(|(ns, _)| ns)
+    }
+}
+
+impl fmt::Display for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// A configured namespace, resolved once at start.
+#[derive(Debug)]
+pub struct Namespace {
+    pub name: String,
+    pub config: NamespaceConfig,
+}
+
+impl Namespace {
+    pub fn keeps_history(&self) -> bool {
+        self.config.history_size > 0
+    }
+}
+
+/// The namespaces of the running config.
+#[derive(Debug, Default)]
+pub struct Namespaces {
+    by_name: HashMap<String, Arc<Namespace>>,
+    /// Serves channel names without `:`.
+    default: Option<Arc<Namespace>>,
+}
+
+impl Namespaces {
+    pub fn from_config(config: &Config) -> Self {
+        let by_name: HashMap<_, _> = config
+            .namespaces
+            .iter()
+            .map(|(name, ns)| {
+                let ns = Namespace {
+                    name: name.clone(),
+                    config: ns.clone(),
+                };
+                (name.clone(), Arc::new(ns))
+            })
+            .collect();
+        let default = by_name.get(&config.default_namespace).cloned();
+        Self { by_name, default }
+    }
+
+    pub fn resolve(&self, channel: &ChannelName) -> Option<&Arc<Namespace>> {
+        match channel.namespace() {
+            Some(ns) => self.by_name.get(ns),
+            None => self.default.as_ref(),
+        }
+    }
+}
+
+/// Matches a glob pattern from a token claim: `*` is any run of bytes (`:` included),
+/// `?` is one byte; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            pi += 1;
+            mark = ti;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// True when any pattern matches the channel.
+pub fn any_match(patterns: &[String], channel: &ChannelName) -> bool {
+    patterns.iter().any(|p| glob_match(p, channel.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_names() {
+        assert!(ChannelName::parse("chat:lobby").is_ok());
+        assert!(ChannelName::parse("a_b.c:d@e/f=g-h").is_ok());
+        assert_eq!(ChannelName::parse(""), Err(NameError::Empty));
+        assert_eq!(
+            ChannelName::parse(&"a".repeat(256)),
+            Err(NameError::TooLong(256))
+        );
+        assert!(ChannelName::parse(&"a".repeat(255)).is_ok());
+        assert_eq!(
+            ChannelName::parse("chat lobby"),
+            Err(NameError::BadChar(' '))
+        );
+        assert_eq!(ChannelName::parse("chat:é"), Err(NameError::BadChar('é')));
+        assert_eq!(ChannelName::parse("a*b"), Err(NameError::BadChar('*')));
+    }
+
+    #[test]
+    fn finds_the_namespace() {
+        assert_eq!(
+            ChannelName::parse("chat:a:b").unwrap().namespace(),
+            Some("chat")
+        );
+        assert_eq!(ChannelName::parse("lobby").unwrap().namespace(), None);
+        assert_eq!(ChannelName::parse(":x").unwrap().namespace(), Some(""));
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("chat:*", "chat:lobby"));
+        assert!(glob_match("chat:*", "chat:"));
+        assert!(!glob_match("chat:*", "chatter:x"));
+        assert!(glob_match("*", "anything:at/all"));
+        assert!(glob_match("chat:room-?", "chat:room-1"));
+        assert!(!glob_match("chat:room-?", "chat:room-12"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+        assert!(glob_match("news", "news"));
+        assert!(!glob_match("news", "news2"));
+    }
+}

@@ -1,0 +1,461 @@
+//! The hub: a sharded registry of channel subscribers that turns one publication into
+//! deliveries. It does no I/O: a delivery is a push of shared bytes onto a peer's
+//! [`Outbound`] queue, and each session's writer does the socket work.
+//!
+//! Locks: a channel's shard lock is held while its stream advances (history append) and
+//! its subscribers are given the frame, so every subscriber sees a channel's publications
+//! in offset order, and a subscribe (with its recovery read) is atomic with respect to
+//! publications. Lock order: hub shard → history shard → outbound queue. Nothing awaits
+//! while holding any of them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::channel::{ChannelName, Namespace};
+use crate::history::{HistoryPolicy, HistoryStore, Page, Position, Query, ReadError};
+use crate::outbound::{Outbound, Push};
+use crate::protocol::{self, PublicationRef, StreamPosition};
+
+const SHARDS: usize = 64;
+
+/// The hub's view of a connection: who it is and where its frames go.
+pub struct Peer {
+    /// Process-unique key.
+    pub key: u64,
+    /// The client id sent in `connected` (`c-…`).
+    pub client: Box<str>,
+    pub user: Box<str>,
+    /// The token's `info` claim.
+    pub info: Option<Box<RawValue>>,
+    pub outbound: Outbound,
+}
+
+impl Peer {
+    fn info_or_empty(&self) -> &RawValue {
+        match &self.info {
+            Some(info) => info,
+            None => empty_object(),
+        }
+    }
+}
+
+fn empty_object() -> &'static RawValue {
+    static EMPTY: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| RawValue::from_string("{}".into()).expect("valid JSON"))
+}
+
+#[derive(Default)]
+struct Shard {
+    channels: HashMap<ChannelName, IndexMap<u64, Arc<Peer>>>,
+}
+
+/// A publication to make.
+pub struct NewPublication<'a> {
+    pub channel: &'a ChannelName,
+    pub user: Option<&'a str>,
+    pub data: &'a RawValue,
+    pub meta: Option<&'a RawValue>,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The publication's offset (0 in a namespace without history).
+    pub offset: u64,
+    /// Subscribers the frame was queued for.
+    pub delivered: usize,
+    /// Subscribers cut off as slow consumers by this publication.
+    pub overflowed: usize,
+}
+
+/// Why a subscribe did not happen.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubscribeError {
+    #[error("already subscribed to {0}")]
+    AlreadySubscribed(ChannelName),
+}
+
+/// One member of a channel's presence.
+#[derive(Debug, Clone, Serialize)]
+pub struct PresenceEntry {
+    pub client: String,
+    pub user: String,
+    pub info: Box<RawValue>,
+}
+
+pub fn policy(ns: &Namespace) -> HistoryPolicy {
+    HistoryPolicy {
+        size: ns.config.history_size,
+        ttl_ms: ns.config.history_ttl_secs * 1000,
+    }
+}
+
+pub struct Hub {
+    shards: Box<[Mutex<Shard>]>,
+    history: Arc<dyn HistoryStore>,
+}
+
+impl Hub {
+    pub fn new(history: Arc<dyn HistoryStore>) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            history,
+        }
+    }
+
+    pub fn history(&self) -> &Arc<dyn HistoryStore> {
+        &self.history
+    }
+
+    fn shard(&self, channel: &ChannelName) -> &Mutex<Shard> {
+        &self.shards[channel.shard(SHARDS)]
+    }
+
+    /// Subscribes `peer` and queues the `subscribed` reply (with recovered publications)
+    /// before any later publication of the channel.
+    pub fn subscribe(
+        &self,
+        ns: &Namespace,
+        channel: &ChannelName,
+        peer: &Arc<Peer>,
+        reply_id: Option<u64>,
+        recover: Option<&StreamPosition>,
+    ) -> Result<(), SubscribeError> {
+        let mut shard = self.shard(channel).lock();
+        let subs = shard.channels.entry(channel.clone()).or_default();
+        if subs.contains_key(&peer.key) {
+            return Err(SubscribeError::AlreadySubscribed(channel.clone()));
+        }
+        let (position, recovered, publications) = if ns.keeps_history() {
+            let now = protocol::now_ms();
+            match recover {
+                Some(since) => match self.history.read(
+                    channel,
+                    policy(ns),
+                    now,
+                    Query::Since {
+                        since,
+                        limit: usize::MAX,
+                    },
+                ) {
+                    Ok(Page {
+                        position,
+                        publications,
+                    }) => (Some(position), true, publications),
+                    Err(_) => (Some(self.history.position(channel)), false, Vec::new()),
+                },
+                None => (Some(self.history.position(channel)), false, Vec::new()),
+            }
+        } else {
+            (None, false, Vec::new())
+        };
+        match reply_id {
+            Some(_) => {
+                #[derive(Serialize)]
+                struct Subscribed<'a> {
+                    channel: &'a str,
+                    offset: u64,
+                    epoch: &'a str,
+                    recovered: bool,
+                }
+                let reply = protocol::reply_with_publications(
+                    reply_id,
+                    "subscribed",
+                    Subscribed {
+                        channel: channel.as_str(),
+                        offset: position.as_ref().map_or(0, |p| p.offset),
+                        epoch: position.as_ref().map_or("", |p| &p.epoch),
+                        recovered,
+                    },
+                    &publications,
+                );
+                peer.outbound.push(reply);
+            }
+            // No id, no success reply (protocol v1); recovered publications still arrive,
+            // as the `message` pushes they are stored as.
+            None => {
+                for publication in publications {
+                    peer.outbound.push(publication);
+                }
+            }
+        }
+        if ns.config.join_leave && !subs.is_empty() {
+            #[derive(Serialize)]
+            struct Join<'a> {
+                #[serde(rename = "type")]
+                kind: &'static str,
+                channel: &'a str,
+                client: &'a str,
+                user: &'a str,
+                info: &'a RawValue,
+            }
+            let join = protocol::encode(&Join {
+                kind: "join",
+                channel: channel.as_str(),
+                client: &peer.client,
+                user: &peer.user,
+                info: peer.info_or_empty(),
+            });
+            for other in subs.values() {
+                other.outbound.push(join.clone());
+            }
+        }
+        subs.insert(peer.key, peer.clone());
+        Ok(())
+    }
+
+    /// Removes `peer` from the channel; returns whether it was subscribed.
+    pub fn unsubscribe(&self, ns: &Namespace, channel: &ChannelName, peer: &Peer) -> bool {
+        let mut shard = self.shard(channel).lock();
+        let Some(subs) = shard.channels.get_mut(channel) else {
+            return false;
+        };
+        if subs.swap_remove(&peer.key).is_none() {
+            return false;
+        }
+        if subs.is_empty() {
+            shard.channels.remove(channel);
+            return true;
+        }
+        if ns.config.join_leave {
+            #[derive(Serialize)]
+            struct Leave<'a> {
+                #[serde(rename = "type")]
+                kind: &'static str,
+                channel: &'a str,
+                client: &'a str,
+                user: &'a str,
+            }
+            let leave = protocol::encode(&Leave {
+                kind: "leave",
+                channel: channel.as_str(),
+                client: &peer.client,
+                user: &peer.user,
+            });
+            for other in subs.values() {
+                other.outbound.push(leave.clone());
+            }
+        }
+        true
+    }
+
+    /// Publishes: assigns the offset, encodes the `message` push once and queues the same
+    /// bytes for every subscriber, all under the channel's shard lock (per-channel order).
+    pub fn publish(&self, ns: &Namespace, publication: NewPublication<'_>) -> Published {
+        let now = protocol::now_ms();
+        let mut encode = |offset| {
+            protocol::encode_message(&PublicationRef {
+                channel: publication.channel.as_str(),
+                offset,
+                ts: now,
+                user: publication.user,
+                data: publication.data,
+                meta: publication.meta,
+            })
+        };
+        let shard = self.shard(publication.channel).lock();
+        let (offset, frame) = if ns.keeps_history() {
+            let (position, frame) =
+                self.history
+                    .append(publication.channel, policy(ns), now, &mut encode);
+            (position.offset, frame)
+        } else {
+            (0, encode(0))
+        };
+        let mut published = Published {
+            offset,
+            delivered: 0,
+            overflowed: 0,
+        };
+        if let Some(subs) = shard.channels.get(publication.channel) {
+            for peer in subs.values() {
+                match peer.outbound.push(frame.clone()) {
+                    Push::Queued => published.delivered += 1,
+                    Push::Overflow => published.overflowed += 1,
+                    Push::Closed => {}
+                }
+            }
+        }
+        published
+    }
+
+    /// Reads history (`history` requests and the server API).
+    pub fn history_read(
+        &self,
+        ns: &Namespace,
+        channel: &ChannelName,
+        query: Query<'_>,
+    ) -> Result<Option<Page>, ReadError> {
+        if !ns.keeps_history() {
+            return Ok(None);
+        }
+        let _order = self.shard(channel).lock();
+        self.history
+            .read(channel, policy(ns), protocol::now_ms(), query)
+            .map(Some)
+    }
+
+    /// The stream's top, `None` in a namespace without history.
+    pub fn position(&self, ns: &Namespace, channel: &ChannelName) -> Option<Position> {
+        ns.keeps_history().then(|| self.history.position(channel))
+    }
+
+    /// Who is subscribed to the channel on this node.
+    pub fn presence(&self, channel: &ChannelName) -> Vec<PresenceEntry> {
+        let shard = self.shard(channel).lock();
+        shard.channels.get(channel).map_or_else(Vec::new, |subs| {
+            subs.values()
+                .map(|p| PresenceEntry {
+                    client: p.client.to_string(),
+                    user: p.user.to_string(),
+                    info: p.info_or_empty().to_owned(),
+                })
+                .collect()
+        })
+    }
+
+    /// Every channel with subscribers on this node, with their counts.
+    pub fn channels(&self) -> Vec<(ChannelName, usize)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            out.extend(
+                shard
+                    .channels
+                    .iter()
+                    .map(|(c, subs)| (c.clone(), subs.len())),
+            );
+        }
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NamespaceConfig;
+    use crate::history::MemoryHistory;
+    use crate::outbound::Next;
+    use std::collections::VecDeque;
+
+    fn ns(history: usize, join_leave: bool) -> Namespace {
+        Namespace {
+            name: "chat".into(),
+            config: NamespaceConfig {
+                history_size: history,
+                history_ttl_secs: 60,
+                join_leave,
+                ..NamespaceConfig::default()
+            },
+        }
+    }
+
+    fn peer(key: u64) -> Arc<Peer> {
+        Arc::new(Peer {
+            key,
+            client: format!("c-{key}").into(),
+            user: format!("u{key}").into(),
+            info: None,
+            outbound: Outbound::new(4),
+        })
+    }
+
+    async fn drain(p: &Peer) -> Vec<serde_json::Value> {
+        let mut batch = VecDeque::new();
+        match p.outbound.next_batch(&mut batch).await {
+            Next::Frames => batch
+                .iter()
+                .map(|f| serde_json::from_str(f.as_str()).unwrap())
+                .collect(),
+            Next::Close(d) => vec![serde_json::json!({"close": d.code.code()})],
+        }
+    }
+
+    fn data() -> Box<RawValue> {
+        RawValue::from_string("{\"n\":1}".into()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn fan_out_shares_one_encoding_and_keeps_order() {
+        let hub = Hub::new(Arc::new(MemoryHistory::new()));
+        let ns = ns(10, false);
+        let ch = ChannelName::parse("chat:a").unwrap();
+        let (a, b) = (peer(1), peer(2));
+        hub.subscribe(&ns, &ch, &a, Some(1), None).unwrap();
+        hub.subscribe(&ns, &ch, &b, Some(1), None).unwrap();
+        assert_eq!(drain(&a).await[0]["type"], "subscribed");
+        drain(&b).await;
+        let d = data();
+        for _ in 0..2 {
+            let p = hub.publish(
+                &ns,
+                NewPublication {
+                    channel: &ch,
+                    user: Some("u1"),
+                    data: &d,
+                    meta: None,
+                },
+            );
+            assert_eq!(p.delivered, 2);
+        }
+        let got = drain(&a).await;
+        assert_eq!(got[0]["offset"], 1);
+        assert_eq!(got[1]["offset"], 2);
+        assert_eq!(drain(&b).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn slow_consumer_overflows_without_touching_others() {
+        let hub = Hub::new(Arc::new(MemoryHistory::new()));
+        let ns = ns(0, false);
+        let ch = ChannelName::parse("chat:a").unwrap();
+        let (slow, fast) = (peer(1), peer(2));
+        hub.subscribe(&ns, &ch, &slow, Some(1), None).unwrap();
+        hub.subscribe(&ns, &ch, &fast, Some(1), None).unwrap();
+        let d = data();
+        let mut overflowed = 0;
+        for _ in 0..8 {
+            drain(&fast).await;
+            overflowed += hub
+                .publish(
+                    &ns,
+                    NewPublication {
+                        channel: &ch,
+                        user: None,
+                        data: &d,
+                        meta: None,
+                    },
+                )
+                .overflowed;
+        }
+        assert_eq!(overflowed, 1);
+        assert_eq!(drain(&slow).await[0]["close"], 4009);
+    }
+
+    #[tokio::test]
+    async fn join_and_leave_go_to_the_others() {
+        let hub = Hub::new(Arc::new(MemoryHistory::new()));
+        let ns = ns(0, true);
+        let ch = ChannelName::parse("chat:a").unwrap();
+        let (a, b) = (peer(1), peer(2));
+        hub.subscribe(&ns, &ch, &a, Some(1), None).unwrap();
+        drain(&a).await;
+        hub.subscribe(&ns, &ch, &b, Some(1), None).unwrap();
+        assert_eq!(drain(&a).await[0]["type"], "join");
+        assert_eq!(hub.presence(&ch).len(), 2);
+        assert!(hub.unsubscribe(&ns, &ch, &b));
+        let leave = &drain(&a).await[0];
+        assert_eq!(leave["type"], "leave");
+        assert_eq!(leave["user"], "u2");
+        assert!(matches!(
+            hub.subscribe(&ns, &ch, &a, None, None),
+            Err(SubscribeError::AlreadySubscribed(_))
+        ));
+    }
+}

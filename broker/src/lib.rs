@@ -1,0 +1,36 @@
+//! Hookwire: a programmable realtime broker.
+//!
+//! # Layout
+//!
+//! The path of a publication, and the module that owns each step:
+//!
+//! ```text
+//! transport::ws      socket → Inbound items; batches of EncodedFrame → socket
+//!   session          connect/auth, request handling, keepalive, expiry, writer loop
+//!     publish        pipeline: name → namespace → permission → idempotency → hooks
+//!       hub          sharded subscribers; offset + encode once; push to each queue
+//!         history    per-channel streams (offset, epoch), bounded by size and TTL
+//!         outbound   per-connection bounded queue, drained by the session's writer
+//! ```
+//!
+//! Around it: `protocol` (frames, error and close codes; no I/O), `channel` (names,
+//! namespaces, patterns), `access` (who may subscribe/publish), `auth` (JWT), `config`
+//! (file + env, validated up front), `node` (shared state), `server` (listeners,
+//! signals, shutdown order), `admin` (health, readiness), `logging`.
+//! See ARCHITECTURE.md for task ownership, lock order and shutdown order.
+
+pub mod access;
+pub mod admin;
+pub mod auth;
+pub mod channel;
+pub mod config;
+pub mod history;
+pub mod hub;
+pub mod logging;
+pub mod node;
+pub mod outbound;
+pub mod protocol;
+pub mod publish;
+pub mod server;
+pub mod session;
+pub mod transport;

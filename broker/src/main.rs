@@ -1,0 +1,245 @@
+//! The `hookwire` binary: parses the CLI, loads config, sets up logs and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use hookwire::auth::{self, SecretSource, TokenSpec, Verifier};
+use hookwire::config::{self, Config, EnvOverrides, LogFormat};
+use hookwire::server::{self, Server};
+
+/// Exit code for a bad config or bad arguments (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "hookwire",
+    version,
+    about = "A programmable realtime broker",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Mint an HS256 client token with the configured secret (for trying things out).
+    Token(TokenArgs),
+    /// Load and validate the config, print a summary, and exit (64 when invalid).
+    CheckConfig(ConfigArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Config file. Without it (and without HOOKWIRE_CONFIG), config/hookwire.toml, or the
+    /// embedded defaults when that file does not exist.
+    #[arg(long, env = config::ENV_CONFIG)]
+    config: Option<PathBuf>,
+    /// Allow the built-in development JWT secret when HOOKWIRE_JWT_SECRET is unset. Never in production.
+    #[arg(long)]
+    dev: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Log format (overrides log.format).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The user id (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// Subscribe patterns, comma-separated (e.g. 'chat:*,news:*').
+    #[arg(long, value_delimiter = ',')]
+    channels: Vec<String>,
+    /// Publish patterns, comma-separated; without it the token may publish where it may subscribe.
+    #[arg(long, value_delimiter = ',')]
+    publish: Option<Vec<String>>,
+    /// The `info` claim, a JSON object shown in presence.
+    #[arg(long)]
+    info: Option<String>,
+    /// Lifetime, e.g. 90s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Token(args) => token(args),
+        Command::CheckConfig(args) => check_config(args),
+    }
+}
+
+fn load(args: &ConfigArgs) -> Result<config::Loaded, ExitCode> {
+    let (path, is_default) = match &args.config {
+        Some(p) => (p.clone(), false),
+        None => (PathBuf::from(config::DEFAULT_CONFIG_PATH), true),
+    };
+    Config::load(&path, is_default, &EnvOverrides::from_process()).map_err(|e| {
+        eprintln!("hookwire: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn secret(config: &Config, dev: bool) -> Result<Option<(Vec<u8>, SecretSource)>, ExitCode> {
+    if !config.auth.algorithms.iter().any(|a| a == "HS256") {
+        return Ok(None);
+    }
+    let env = std::env::var(config::ENV_JWT_SECRET).ok();
+    auth::resolve_secret(env.as_deref(), dev)
+        .map(Some)
+        .map_err(|e| {
+            eprintln!("hookwire: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        })
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let loaded = match load(&args.config) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let config = loaded.config;
+    hookwire::logging::init(
+        args.log_format.unwrap_or(config.log.format),
+        &config.log.level,
+    );
+    match &loaded.path {
+        Some(p) => tracing::info!(path = %p.display(), "Config loaded"),
+        None => tracing::info!("No config file at the default path; using the embedded defaults"),
+    }
+    if !loaded.applied_env.is_empty() {
+        tracing::info!(vars = ?loaded.applied_env, "Config overridden from the environment");
+    }
+    if !loaded.unknown_env.is_empty() {
+        tracing::warn!(vars = ?loaded.unknown_env, "These HOOKWIRE_* variables match no setting and are ignored");
+    }
+    let secret = match secret(&config, args.config.dev) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if let Some((_, SecretSource::DevDefault)) = &secret {
+        tracing::warn!(
+            "!!! DEVELOPMENT MODE: using the built-in JWT secret. Anyone can mint tokens for this broker. Set HOOKWIRE_JWT_SECRET and drop --dev before exposing it !!!"
+        );
+    }
+    let verifier = match Verifier::new(&config.auth, secret.as_ref().map(|(s, _)| s.as_slice())) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "Invalid auth configuration");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hookwire: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let server = Server::bind(config, verifier).await?;
+        tokio::spawn(server::watch_signals(server.node.clone()));
+        server.run().await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "Broker failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    // A bad config fails here too, so a token is never minted for a broker that cannot start.
+    if let Err(code) = load(&args.config) {
+        return code;
+    }
+    let secret = match auth::resolve_secret(
+        std::env::var(config::ENV_JWT_SECRET).ok().as_deref(),
+        args.config.dev,
+    ) {
+        Ok((s, source)) => {
+            if source == SecretSource::DevDefault {
+                eprintln!(
+                    "hookwire: warning: signing with the built-in development secret (--dev)"
+                );
+            }
+            s
+        }
+        Err(e) => {
+            eprintln!("hookwire: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut spec = TokenSpec::new(args.sub, args.ttl).channels(args.channels);
+    spec.publish = args.publish;
+    if let Some(info) = args.info {
+        match serde_json::from_str::<serde_json::Value>(&info) {
+            Ok(v @ serde_json::Value::Object(_)) => spec.info = Some(v),
+            _ => {
+                eprintln!("hookwire: --info must be a JSON object, e.g. '{{\"name\":\"Alice\"}}'");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    println!("{}", spec.sign_hs256(&secret));
+    ExitCode::SUCCESS
+}
+
+fn check_config(args: ConfigArgs) -> ExitCode {
+    let loaded = match load(&args) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let c = &loaded.config;
+    if let Err(code) = secret(c, args.dev) {
+        return code;
+    }
+    if let Err(e) = Verifier::new(&c.auth, Some(auth::DEV_SECRET.as_bytes())) {
+        eprintln!("hookwire: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let source = loaded.path.as_ref().map_or_else(
+        || "embedded defaults".to_string(),
+        |p| p.display().to_string(),
+    );
+    println!("config OK ({source})");
+    println!("  ws_addr     {}", c.ws_addr);
+    println!("  admin_addr  {}", c.admin_addr);
+    println!("  algorithms  {}", c.auth.algorithms.join(", "));
+    for (name, ns) in &c.namespaces {
+        println!(
+            "  namespace {name:<8} history {}/{}s presence={} join_leave={} client_publish={} personal={} public={}",
+            ns.history_size,
+            ns.history_ttl_secs,
+            ns.presence,
+            ns.join_leave,
+            ns.allow_publish,
+            ns.personal,
+            ns.public
+        );
+    }
+    for var in &loaded.unknown_env {
+        println!("  warning: {var} matches no setting");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,217 @@
+//! A connection's bounded outbound queue: many producers (hub, own session), one writer.
+//!
+//! Producers never wait: `push` is a short lock, a `VecDeque` push and, only when the
+//! queue was empty, one wake-up of the writer. The writer swaps the whole queue out in one
+//! lock ([`Outbound::next_batch`]) and writes the batch with one flush. A queue that passes
+//! its bound marks the connection a slow consumer: queued frames are dropped and the
+//! writer is told to close with 4009, and nobody else waits for it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::protocol::{CloseCode, Disconnect, EncodedFrame};
+
+pub struct Outbound {
+    state: Mutex<State>,
+    wake: Notify,
+    limit: usize,
+    /// Frames queued now (for metrics and the admin view; updated under the lock).
+    depth: AtomicUsize,
+}
+
+struct State {
+    frames: VecDeque<EncodedFrame>,
+    closing: Option<Disconnect>,
+}
+
+/// What happened to a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// The queue passed its bound: the connection is now closing with 4009.
+    Overflow,
+    /// The connection is already closing; the frame was dropped.
+    Closed,
+}
+
+/// What the writer gets next.
+#[derive(Debug)]
+pub enum Next {
+    /// `batch` now holds frames to write, in order.
+    Frames,
+    /// Everything queued before the close was handed out; close with this.
+    Close(Disconnect),
+}
+
+impl Outbound {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                closing: None,
+            }),
+            wake: Notify::new(),
+            limit,
+            depth: AtomicUsize::new(0),
+        }
+    }
+
+    /// Queues a frame. Never blocks beyond a short uncontended lock.
+    pub fn push(&self, frame: EncodedFrame) -> Push {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return Push::Closed;
+        }
+        if state.frames.len() >= self.limit {
+            state.frames = VecDeque::new();
+            state.closing = Some(Disconnect::new(
+                CloseCode::SlowConsumer,
+                format!(
+                    "slow consumer: more than {} frames were waiting to be sent; read faster, then reconnect and recover",
+                    self.limit
+                ),
+            ));
+            self.depth.store(0, Ordering::Relaxed);
+            drop(state);
+            self.wake.notify_one();
+            return Push::Overflow;
+        }
+        let was_empty = state.frames.is_empty();
+        state.frames.push_back(frame);
+        self.depth.store(state.frames.len(), Ordering::Relaxed);
+        drop(state);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Asks the writer to close after what is queued now has been sent. The first close wins.
+    pub fn close(&self, disconnect: Disconnect) {
+        let mut state = self.state.lock();
+        if state.closing.is_none() {
+            state.closing = Some(disconnect);
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// True once a close was asked for (by [`Outbound::close`] or an overflow).
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().closing.is_some()
+    }
+
+    /// Frames queued now.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Waits for work. `batch` must be empty; on [`Next::Frames`] it holds the queued
+    /// frames (the two buffers are swapped, so neither side allocates in steady state).
+    pub async fn next_batch(&self, batch: &mut VecDeque<EncodedFrame>) -> Next {
+        debug_assert!(batch.is_empty());
+        loop {
+            {
+                let mut state = self.state.lock();
+                if !state.frames.is_empty() {
+                    std::mem::swap(&mut state.frames, batch);
+                    self.depth.store(0, Ordering::Relaxed);
+                    return Next::Frames;
+                }
+                if let Some(d) = &state.closing {
+                    return Next::Close(d.clone());
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    /// Resolves once the queue overflowed (slow consumer): a write in progress should be
+    /// abandoned, since the client is not reading.
+    pub async fn aborted(&self) {
+        loop {
+            if self.abort_reason().is_some() {
+                return;
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    /// The slow-consumer disconnect, once the queue overflowed.
+    pub fn abort_reason(&self) -> Option<Disconnect> {
+        let state = self.state.lock();
+        state
+            .closing
+            .as_ref()
+            .filter(|d| d.code == CloseCode::SlowConsumer)
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(s: &str) -> EncodedFrame {
+        crate::protocol::encode(&s)
+    }
+
+    #[tokio::test]
+    async fn batches_in_order() {
+        let q = Outbound::new(8);
+        for i in 0..3 {
+            assert_eq!(q.push(frame(&i.to_string())), Push::Queued);
+        }
+        let mut batch = VecDeque::new();
+        assert!(matches!(q.next_batch(&mut batch).await, Next::Frames));
+        let got: Vec<_> = batch.iter().map(|f| f.as_str().to_string()).collect();
+        assert_eq!(got, vec!["\"0\"", "\"1\"", "\"2\""]);
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_with_4009_and_drops_the_queue() {
+        let q = Outbound::new(2);
+        q.push(frame("a"));
+        q.push(frame("b"));
+        assert_eq!(q.push(frame("c")), Push::Overflow);
+        assert_eq!(q.push(frame("d")), Push::Closed);
+        let mut batch = VecDeque::new();
+        match q.next_batch(&mut batch).await {
+            Next::Close(d) => assert_eq!(d.code, CloseCode::SlowConsumer),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(batch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn close_flushes_what_was_queued_first() {
+        let q = Outbound::new(8);
+        q.push(frame("a"));
+        q.close(Disconnect::new(CloseCode::Restart, "bye"));
+        let mut batch = VecDeque::new();
+        assert!(matches!(q.next_batch(&mut batch).await, Next::Frames));
+        batch.clear();
+        assert!(matches!(q.next_batch(&mut batch).await, Next::Close(_)));
+    }
+
+    #[tokio::test]
+    async fn wakes_a_waiting_writer() {
+        let q = std::sync::Arc::new(Outbound::new(8));
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move {
+            let mut batch = VecDeque::new();
+            q2.next_batch(&mut batch).await;
+            batch.len()
+        });
+        tokio::task::yield_now().await;
+        q.push(frame("x"));
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+}

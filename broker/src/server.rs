@@ -1,0 +1,133 @@
+//! Start-up and shutdown: bind listeners, run until a signal, drain.
+//!
+//! Shutdown order: cancel the node's token (listeners stop accepting, `/ready` answers 503,
+//! every session queues `disconnect` 1012 behind what it already had queued) → wait for
+//! the connection tasks to flush and close, at most `shutdown.drain_ms` → stop the admin
+//! listener → return.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::admin;
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::node::Node;
+use crate::protocol::now_ms;
+use crate::transport::ws;
+
+/// A bound, not yet running, server.
+pub struct Server {
+    pub node: Arc<Node>,
+    ws_listener: TcpListener,
+    admin_listener: TcpListener,
+}
+
+impl Server {
+    /// Binds the listeners (port 0 picks a free port; see [`Server::ws_addr`]).
+    pub async fn bind(config: Config, verifier: Verifier) -> anyhow::Result<Self> {
+        let ws_addr = config.ws_socket_addr();
+        let admin_addr = config.admin_socket_addr();
+        let ws_listener = TcpListener::bind(ws_addr)
+            .await
+            .with_context(|| format!("cannot listen on ws_addr {ws_addr}"))?;
+        let admin_listener = TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("cannot listen on admin_addr {admin_addr}"))?;
+        Ok(Self {
+            node: Node::new(config, verifier),
+            ws_listener,
+            admin_listener,
+        })
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_listener.local_addr().expect("bound")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener.local_addr().expect("bound")
+    }
+
+    /// Serves until the node's shutdown token is cancelled, then drains.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let node = self.node;
+        tracing::info!(listener = "ws", addr = %self.ws_listener.local_addr()?, path = ws::PATH, "Listening");
+        tracing::info!(listener = "admin", addr = %self.admin_listener.local_addr()?, "Listening");
+        tracing::info!(node = %node.name, "Ready");
+
+        let admin_stop = tokio_util::sync::CancellationToken::new();
+        let admin = {
+            let stop = admin_stop.clone();
+            let app = admin::router(node.clone());
+            tokio::spawn(async move {
+                axum::serve(self.admin_listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            })
+        };
+        let sweeper = tokio::spawn(sweep(node.clone()));
+        ws::serve(self.ws_listener, node.clone()).await;
+
+        // The token is cancelled: sessions are closing with 1012 after flushing.
+        let open = node.stats.connections();
+        tracing::info!(
+            connections = open,
+            drain_ms = node.config.shutdown.drain_ms,
+            "Draining"
+        );
+        node.tasks.close();
+        let drained = tokio::time::timeout(
+            Duration::from_millis(node.config.shutdown.drain_ms),
+            node.tasks.wait(),
+        )
+        .await
+        .is_ok();
+        if !drained {
+            tracing::warn!(
+                connections = node.stats.connections(),
+                "Drain deadline passed; closing the remaining connections"
+            );
+        }
+        sweeper.abort();
+        admin_stop.cancel();
+        let _ = admin.await;
+        tracing::info!("Stopped");
+        Ok(())
+    }
+}
+
+/// Periodically expires history and idempotency keys.
+async fn sweep(node: Arc<Node>) {
+    let cfg = &node.config.history;
+    let mut every = tokio::time::interval(Duration::from_millis(cfg.sweep_interval_ms));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let now = now_ms();
+        node.hub
+            .history()
+            .sweep(now, cfg.stream_idle_ttl_secs * 1000);
+        node.pipeline.sweep(now);
+    }
+}
+
+/// Cancels the node's token on SIGTERM or SIGINT. SIGHUP is logged (nothing reloads yet).
+pub async fn watch_signals(node: Arc<Node>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!(signal = "SIGTERM", "Shutting down"); break; }
+            _ = int.recv() => { tracing::info!(signal = "SIGINT", "Shutting down"); break; }
+            _ = hup.recv() => tracing::info!(signal = "SIGHUP", "Nothing to reload in this version"),
+        }
+    }
+    node.shutdown.cancel();
+    Ok(())
+}

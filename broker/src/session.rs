@@ -1,0 +1,571 @@
+//! A client session: the protocol state machine for one connection, over any [`Transport`].
+//!
+//! One task per connection runs [`run`]: it waits for `connect`, then selects over inbound
+//! frames, its own outbound queue (written in batches, one flush per wake-up), a single
+//! timer (keepalive and token expiry) and the node's shutdown token. Requests are handled
+//! synchronously (hub and pipeline calls never await), and every reply goes through the
+//! same outbound queue as publications, so the writer is the only one touching the socket.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::access;
+use crate::auth::{self, Claims};
+use crate::channel::{ChannelName, Namespace};
+use crate::history::Query;
+use crate::hub::Peer;
+use crate::node::Node;
+use crate::outbound::{Next, Outbound};
+use crate::protocol::{
+    self, CloseCode, Disconnect, EncodedFrame, ErrorCode, ErrorReply, Request, RequestBody,
+    StreamPosition,
+};
+use crate::publish::{PublishRequest, Source};
+use crate::transport::{Inbound, Transport};
+
+/// What the transport learned while opening the connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    /// `Authorization: Bearer …` from the upgrade request.
+    pub bearer: Option<String>,
+    /// The URL carried a token (refused: URLs leak into logs).
+    pub token_in_query: bool,
+    /// When the transport opened; the `connect` deadline counts from here.
+    pub opened: Instant,
+}
+
+/// How a session ended.
+enum Exit {
+    /// Send `disconnect` and close with this.
+    Disconnect(Disconnect),
+    /// Close with 1009, no `disconnect` push (the spec's exception).
+    TooLarge,
+    /// The client went away (closed, failed, or stopped answering).
+    Gone(&'static str),
+}
+
+/// Runs a connection to its end.
+pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, conn: ConnInfo) {
+    node.stats.connection_opened();
+    let session = match handshake(&node, &mut transport, &conn).await {
+        Ok(session) => session,
+        Err(exit) => {
+            finish(&mut transport, exit).await;
+            node.stats.connection_closed();
+            return;
+        }
+    };
+    let mut session = session;
+    tracing::info!(
+        client = %session.peer.client,
+        user = %session.peer.user,
+        transport = transport.kind(),
+        remote = %conn.remote,
+        name = session.name.as_deref().unwrap_or(""),
+        "Connected"
+    );
+    let exit = session.serve(&mut transport).await;
+    session.leave_all();
+    let (code, reason) = match &exit {
+        Exit::Disconnect(d) => (d.code.code(), d.reason.to_string()),
+        Exit::TooLarge => (1009, "frame too large".to_string()),
+        Exit::Gone(why) => (1000, why.to_string()),
+    };
+    tracing::info!(
+        client = %session.peer.client,
+        user = %session.peer.user,
+        code,
+        reason = %reason,
+        secs = session.started.elapsed().as_secs(),
+        "Disconnected"
+    );
+    finish(&mut transport, exit).await;
+    node.stats.connection_closed();
+}
+
+async fn finish<T: Transport>(transport: &mut T, exit: Exit) {
+    match exit {
+        Exit::Disconnect(d) => {
+            let mut batch = VecDeque::from([d.encode()]);
+            if transport.send(&mut batch).await.is_ok() {
+                transport.close(d.code, &d.reason).await;
+            }
+        }
+        Exit::TooLarge => {
+            transport
+                .close(CloseCode::TooLarge, "frame too large")
+                .await
+        }
+        Exit::Gone(_) => {}
+    }
+}
+
+async fn send_now<T: Transport>(transport: &mut T, frame: EncodedFrame) -> Result<(), Exit> {
+    let mut batch = VecDeque::from([frame]);
+    transport
+        .send(&mut batch)
+        .await
+        .map_err(|_| Exit::Gone("write failed"))
+}
+
+fn unauthorized(reason: impl Into<std::borrow::Cow<'static, str>>) -> Exit {
+    Exit::Disconnect(Disconnect::new(CloseCode::Unauthorized, reason))
+}
+
+/// Waits for a valid `connect` within the deadline and answers `connected`.
+async fn handshake<T: Transport>(
+    node: &Arc<Node>,
+    transport: &mut T,
+    conn: &ConnInfo,
+) -> Result<Session, Exit> {
+    if conn.token_in_query {
+        node.stats.auth_failed("token_in_url");
+        return Err(unauthorized(
+            "tokens in the URL are refused because URLs end up in logs; send the token as `token` in the connect frame or as an Authorization: Bearer header",
+        ));
+    }
+    let deadline = conn.opened + node.settings.handshake_timeout;
+    let request = loop {
+        let inbound = match tokio::time::timeout_at(deadline, transport.recv()).await {
+            Ok(inbound) => inbound,
+            Err(_) => {
+                return Err(unauthorized(format!(
+                    "no connect frame within {} ms of opening the connection; send connect first",
+                    node.settings.handshake_timeout.as_millis()
+                )));
+            }
+        };
+        match inbound {
+            Inbound::Text(text) => break protocol::parse_request(&text),
+            Inbound::Activity => continue,
+            Inbound::Binary => {
+                break Err(protocol::ParseError {
+                    id: None,
+                    message: "binary frames are not part of protocol v1; send connect as a JSON text frame".into(),
+                });
+            }
+            Inbound::TooLarge => return Err(Exit::TooLarge),
+            Inbound::Closed => return Err(Exit::Gone("closed before connect")),
+        }
+    };
+    let (id, token, name) = match request {
+        Ok(Request {
+            id,
+            body: RequestBody::Connect { token, name },
+        }) => (id, token, name),
+        Ok(Request { id, body }) => {
+            let err = ErrorReply::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "`{}` before `connect`: the first frame must be connect",
+                    body.kind()
+                ),
+            );
+            send_now(transport, protocol::error_reply(id, &err)).await?;
+            return Err(unauthorized(err.message));
+        }
+        Err(e) => {
+            let err = ErrorReply::new(ErrorCode::BadRequest, e.message);
+            send_now(transport, protocol::error_reply(e.id, &err)).await?;
+            return Err(unauthorized(
+                "the first frame must be a valid connect frame",
+            ));
+        }
+    };
+    let token = token.or_else(|| conn.bearer.clone());
+    let claims = match token
+        .as_deref()
+        .map_or(Err(auth::Error::Missing), |t| node.verifier.verify(t))
+    {
+        Ok(claims) => claims,
+        Err(e) => {
+            node.stats.auth_failed(e.reason());
+            tracing::info!(remote = %conn.remote, reason = e.reason(), "Authentication failed");
+            send_now(transport, protocol::error_reply(id, &e.to_reply())).await?;
+            return Err(unauthorized(e.to_string()));
+        }
+    };
+    let key = node.next_key();
+    let peer = Arc::new(Peer {
+        key,
+        client: format!("c-{key:x}-{:04x}", rand::rng().random::<u16>()).into(),
+        user: claims.sub.as_str().into(),
+        info: claims.info.clone(),
+        outbound: Outbound::new(node.settings.outbound_queue_frames),
+    });
+    #[derive(Serialize)]
+    struct Connected<'a> {
+        client: &'a str,
+        user: &'a str,
+        expires: u64,
+        node: &'a str,
+    }
+    let reply = protocol::reply(
+        id,
+        "connected",
+        Connected {
+            client: &peer.client,
+            user: &peer.user,
+            expires: claims.exp,
+            node: &node.name,
+        },
+    );
+    peer.outbound.push(reply);
+    let now = Instant::now();
+    Ok(Session {
+        node: node.clone(),
+        expires_at: expiry_instant(claims.exp),
+        claims,
+        peer,
+        subscriptions: HashMap::new(),
+        started: now,
+        next_ping: now + node.settings.ping_interval,
+        awaiting_pong_since: None,
+        name,
+    })
+}
+
+/// The `Instant` at which a token with this `exp` (Unix seconds) expires.
+fn expiry_instant(exp: u64) -> Instant {
+    let now_s = protocol::now_ms() / 1000;
+    Instant::now() + Duration::from_secs(exp.saturating_sub(now_s))
+}
+
+struct Session {
+    node: Arc<Node>,
+    peer: Arc<Peer>,
+    claims: Claims,
+    expires_at: Instant,
+    subscriptions: HashMap<ChannelName, Arc<Namespace>>,
+    started: Instant,
+    next_ping: Instant,
+    awaiting_pong_since: Option<Instant>,
+    /// The client's self-chosen name from `connect`, for logs.
+    name: Option<String>,
+}
+
+impl Session {
+    async fn serve<T: Transport>(&mut self, transport: &mut T) -> Exit {
+        let mut batch = VecDeque::new();
+        let timer = tokio::time::sleep_until(self.next_deadline());
+        tokio::pin!(timer);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.node.shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    let mut d = Disconnect::new(CloseCode::Restart, "the server is restarting; reconnect and recover");
+                    d.delay_ms = Some(rand::rng().random_range(500..=self.node.settings.reconnect_jitter_ms.max(500)));
+                    self.peer.outbound.close(d);
+                }
+                next = self.peer.outbound.next_batch(&mut batch) => match next {
+                    Next::Frames => {
+                        let stuck_limit = self.node.settings.ping_interval + self.node.settings.pong_timeout;
+                        let written = tokio::select! {
+                            r = tokio::time::timeout(stuck_limit, transport.send(&mut batch)) => r,
+                            _ = self.peer.outbound.aborted() => {
+                                let reason = self.peer.outbound.abort_reason();
+                                return Exit::Disconnect(reason.expect("aborted() resolves once there is a reason"));
+                            }
+                        };
+                        batch.clear();
+                        match written {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return Exit::Gone("write failed"),
+                            Err(_) => return Exit::Gone("write stalled"),
+                        }
+                    }
+                    Next::Close(d) => return Exit::Disconnect(d),
+                },
+                inbound = transport.recv() => {
+                    self.awaiting_pong_since = None;
+                    match inbound {
+                        Inbound::Text(text) => self.handle_text(&text),
+                        Inbound::Binary => self.reply_error(None, ErrorReply::new(
+                            ErrorCode::BadRequest,
+                            "binary frames are not part of protocol v1; send each frame as a JSON text frame",
+                        )),
+                        Inbound::Activity => {}
+                        Inbound::TooLarge => return Exit::TooLarge,
+                        Inbound::Closed => return Exit::Gone("closed by client"),
+                    }
+                }
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if now >= self.expires_at {
+                        self.peer.outbound.close(Disconnect::new(
+                            CloseCode::TokenExpired,
+                            "the token expired; send refresh with a new token before exp, or reconnect with one",
+                        ));
+                        self.expires_at = now + Duration::from_secs(86_400 * 365);
+                    }
+                    if let Some(since) = self.awaiting_pong_since
+                        && now >= since + self.node.settings.pong_timeout
+                    {
+                        return Exit::Gone("keepalive timeout");
+                    }
+                    if now >= self.next_ping {
+                        if transport.ping().await.is_err() {
+                            return Exit::Gone("write failed");
+                        }
+                        self.awaiting_pong_since.get_or_insert(now);
+                        self.next_ping = now + self.node.settings.ping_interval;
+                    }
+                    timer.as_mut().reset(self.next_deadline());
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut at = self.next_ping.min(self.expires_at);
+        if let Some(since) = self.awaiting_pong_since {
+            at = at.min(since + self.node.settings.pong_timeout);
+        }
+        at
+    }
+
+    fn push(&self, frame: EncodedFrame) {
+        self.peer.outbound.push(frame);
+    }
+
+    fn reply_error(&self, id: Option<u64>, err: ErrorReply) {
+        self.push(protocol::error_reply(id, &err));
+    }
+
+    fn handle_text(&mut self, text: &str) {
+        match protocol::parse_request(text) {
+            Ok(req) => {
+                let id = req.id;
+                if let Err(err) = self.handle(req) {
+                    self.reply_error(id, err);
+                }
+            }
+            Err(e) => self.reply_error(e.id, ErrorReply::new(ErrorCode::BadRequest, e.message)),
+        }
+    }
+
+    /// Handles one request; success replies are queued here (only when the frame had an id).
+    fn handle(&mut self, req: Request) -> Result<(), ErrorReply> {
+        let id = req.id;
+        match req.body {
+            RequestBody::Connect { .. } => {
+                Err(ErrorReply::new(ErrorCode::BadRequest, "already connected"))
+            }
+            RequestBody::Subscribe { channel, recover } => {
+                self.subscribe(id, &channel, recover.as_ref())
+            }
+            RequestBody::Unsubscribe { channel } => {
+                let (channel, ns) = access::resolve(&self.node.namespaces, &channel)?;
+                if self.subscriptions.remove(&channel).is_some() {
+                    self.node.hub.unsubscribe(&ns, &channel, &self.peer);
+                }
+                self.reply(
+                    id,
+                    "unsubscribed",
+                    Channel {
+                        channel: channel.as_str(),
+                    },
+                );
+                Ok(())
+            }
+            RequestBody::Publish { channel, data, key } => {
+                let accepted = self.node.pipeline.publish(PublishRequest {
+                    source: Source::Client {
+                        client: &self.peer.client,
+                        claims: &self.claims,
+                    },
+                    channel: &channel,
+                    data: &data,
+                    key: key.as_deref(),
+                })?;
+                #[derive(Serialize)]
+                struct Published<'a> {
+                    channel: &'a str,
+                    offset: u64,
+                }
+                self.reply(
+                    id,
+                    "published",
+                    Published {
+                        channel: accepted.channel.as_str(),
+                        offset: accepted.offset,
+                    },
+                );
+                Ok(())
+            }
+            RequestBody::History {
+                channel,
+                limit,
+                since,
+            } => self.history(id, &channel, limit, since.as_ref()),
+            RequestBody::Presence { channel } => {
+                let (channel, ns) = access::resolve(&self.node.namespaces, &channel)?;
+                access::can_subscribe(&ns, &channel, &self.claims)?;
+                if !ns.config.presence {
+                    return Err(ErrorReply::new(
+                        ErrorCode::NotFound,
+                        format!("presence is not enabled in namespace {:?}", ns.name),
+                    ));
+                }
+                #[derive(Serialize)]
+                struct Presence<'a> {
+                    channel: &'a str,
+                    clients: Vec<crate::hub::PresenceEntry>,
+                }
+                let clients = self.node.hub.presence(&channel);
+                self.reply(
+                    id,
+                    "presence",
+                    Presence {
+                        channel: channel.as_str(),
+                        clients,
+                    },
+                );
+                Ok(())
+            }
+            RequestBody::Refresh { token } => {
+                let claims = self.node.verifier.verify(&token).map_err(|e| {
+                    self.node.stats.auth_failed(e.reason());
+                    e.to_reply()
+                })?;
+                if claims.sub != self.claims.sub {
+                    let e = auth::Error::SubMismatch {
+                        current: self.claims.sub.clone(),
+                        new: claims.sub,
+                    };
+                    return Err(e.to_reply());
+                }
+                self.expires_at = expiry_instant(claims.exp);
+                #[derive(Serialize)]
+                struct Refreshed {
+                    expires: u64,
+                }
+                self.reply(
+                    id,
+                    "refreshed",
+                    Refreshed {
+                        expires: claims.exp,
+                    },
+                );
+                self.claims = claims;
+                tracing::debug!(client = %self.peer.client, user = %self.peer.user, "Token refreshed");
+                Ok(())
+            }
+            RequestBody::Ping => {
+                self.reply(id, "pong", Empty {});
+                Ok(())
+            }
+        }
+    }
+
+    fn reply<B: Serialize>(&self, id: Option<u64>, kind: &str, body: B) {
+        if id.is_some() {
+            self.push(protocol::reply(id, kind, body));
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        channel: &str,
+        recover: Option<&StreamPosition>,
+    ) -> Result<(), ErrorReply> {
+        let (channel, ns) = access::resolve(&self.node.namespaces, channel)?;
+        access::can_subscribe(&ns, &channel, &self.claims)?;
+        if self.subscriptions.contains_key(&channel) {
+            return Err(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!("already subscribed to {channel}"),
+            ));
+        }
+        if self.subscriptions.len() >= self.node.settings.max_subscriptions {
+            return Err(ErrorReply::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "this connection already has {} subscriptions, the limit (limits.max_subscriptions); unsubscribe first",
+                    self.subscriptions.len()
+                ),
+            ));
+        }
+        self.node
+            .hub
+            .subscribe(&ns, &channel, &self.peer, id, recover)
+            .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
+        self.subscriptions.insert(channel, ns);
+        Ok(())
+    }
+
+    fn history(
+        &self,
+        id: Option<u64>,
+        channel: &str,
+        limit: Option<usize>,
+        since: Option<&StreamPosition>,
+    ) -> Result<(), ErrorReply> {
+        let (channel, ns) = access::resolve(&self.node.namespaces, channel)?;
+        access::can_subscribe(&ns, &channel, &self.claims)?;
+        let limit = limit.unwrap_or(100);
+        let query = match since {
+            Some(since) => Query::Since { since, limit },
+            None => Query::Latest { limit },
+        };
+        let page = self
+            .node
+            .hub
+            .history_read(&ns, &channel, query)
+            .map_err(|e| ErrorReply::new(ErrorCode::NotFound, e.to_string()))?;
+        #[derive(Serialize)]
+        struct Head<'a> {
+            channel: &'a str,
+            offset: u64,
+            epoch: &'a str,
+        }
+        if id.is_none() {
+            return Ok(());
+        }
+        let (offset, epoch, publications) = match &page {
+            Some(p) => (
+                p.position.offset,
+                &*p.position.epoch,
+                p.publications.as_slice(),
+            ),
+            None => (0, "", &[][..]),
+        };
+        let head = Head {
+            channel: channel.as_str(),
+            offset,
+            epoch,
+        };
+        self.push(protocol::reply_with_publications(
+            id,
+            "history",
+            head,
+            publications,
+        ));
+        Ok(())
+    }
+
+    /// Leaves every channel (join/leave pushes go to the others).
+    fn leave_all(&mut self) {
+        for (channel, ns) in self.subscriptions.drain() {
+            self.node.hub.unsubscribe(&ns, &channel, &self.peer);
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Channel<'a> {
+    channel: &'a str,
+}
+
+#[derive(Serialize)]
+struct Empty {}

@@ -1,0 +1,53 @@
+//! Transports adapt a client connection into a stream of [`Inbound`] items and a sink for
+//! batches of [`EncodedFrame`]s. Sessions see only the [`Transport`] trait, so they run the
+//! same over WebSocket, WebTransport or in-memory channels in tests.
+
+pub mod ws;
+
+use std::collections::VecDeque;
+use std::future::Future;
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::protocol::{CloseCode, EncodedFrame};
+
+/// One thing a client sent.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A text frame: one JSON object.
+    Text(Utf8Bytes),
+    /// A binary frame (not part of protocol v1).
+    Binary,
+    /// Transport-level traffic (a pong, a ping): the client is alive.
+    Activity,
+    /// A frame over the size limit; the connection must close with 1009.
+    TooLarge,
+    /// The client closed the connection or it failed.
+    Closed,
+}
+
+/// A write failed; the connection is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("transport write failed: {0}")]
+pub struct WriteError(pub String);
+
+pub trait Transport: Send {
+    /// A short name for logs and metrics (`websocket`).
+    fn kind(&self) -> &'static str;
+
+    /// The next inbound item. Must be cancel-safe: sessions poll it in `select!`.
+    fn recv(&mut self) -> impl Future<Output = Inbound> + Send;
+
+    /// Writes every frame of `batch`, in order, with as few syscalls as it can (one flush),
+    /// and leaves `batch` empty.
+    fn send(
+        &mut self,
+        batch: &mut VecDeque<EncodedFrame>,
+    ) -> impl Future<Output = Result<(), WriteError>> + Send;
+
+    /// Sends a keepalive ping.
+    fn ping(&mut self) -> impl Future<Output = Result<(), WriteError>> + Send;
+
+    /// Closes with a code and reason, best effort.
+    fn close(&mut self, code: CloseCode, reason: &str) -> impl Future<Output = ()> + Send;
+}

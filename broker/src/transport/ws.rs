@@ -1,0 +1,211 @@
+//! WebSocket transport: `GET /ws` on the client listener (tokio-tungstenite).
+//!
+//! Buffers are sized deliberately: a small read buffer (grows only for a larger frame), a
+//! write buffer that gathers a batch of frames into one socket write, and a bound on it.
+
+// tungstenite's upgrade callback returns its `ErrorResponse` by value.
+#![allow(clippy::result_large_err)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::{
+    CloseFrame, WebSocketConfig, frame::coding::CloseCode as WsCloseCode,
+};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError, http};
+
+use crate::node::{Node, Settings};
+use crate::protocol::{CloseCode, EncodedFrame, SUBPROTOCOL};
+use crate::session::{self, ConnInfo};
+use crate::transport::{Inbound, Transport, WriteError};
+
+/// The path clients upgrade on.
+pub const PATH: &str = "/ws";
+
+/// Query parameters that look like a token; any of them refuses the connection with 4001.
+const TOKEN_PARAMS: &[&str] = &["token", "jwt", "access_token", "auth", "authorization"];
+
+/// Accepts connections until shutdown; each runs in its own task on the node's tracker.
+pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    node.tasks.spawn(connection(stream, remote, node.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+pub fn ws_config(settings: &Settings) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(settings.read_buffer_bytes)
+        .write_buffer_size(settings.write_buffer_bytes)
+        // Bounded: the buffer passes write_buffer_size by at most one frame before a flush.
+        .max_write_buffer_size(settings.write_buffer_bytes + (8 << 20))
+        .max_message_size(Some(settings.max_frame_bytes))
+        .max_frame_size(Some(settings.max_frame_bytes))
+}
+
+#[derive(Default)]
+struct Upgrade {
+    bearer: Option<String>,
+    token_in_query: bool,
+}
+
+/// Checks the upgrade request: path, subprotocol, where the token is. (The error type is
+/// tungstenite's callback contract.)
+fn check_upgrade(
+    req: &Request,
+    mut resp: Response,
+    upgrade: &mut Upgrade,
+) -> Result<Response, ErrorResponse> {
+    if req.uri().path() != PATH {
+        let mut err = ErrorResponse::new(Some(format!(
+            "not found: WebSocket clients connect to {PATH}\n"
+        )));
+        *err.status_mut() = http::StatusCode::NOT_FOUND;
+        return Err(err);
+    }
+    if let Some(query) = req.uri().query() {
+        upgrade.token_in_query = query.split('&').any(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            TOKEN_PARAMS.iter().any(|p| name.eq_ignore_ascii_case(p))
+        });
+    }
+    if let Some(token) = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        upgrade.bearer = Some(token.trim().to_string());
+    }
+    let offers_v1 = req
+        .headers()
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL);
+    if offers_v1 {
+        resp.headers_mut().insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    Ok(resp)
+}
+
+async fn connection(stream: TcpStream, remote: SocketAddr, node: Arc<Node>) {
+    let opened = Instant::now();
+    let _ = stream.set_nodelay(true);
+    let mut upgrade = Upgrade::default();
+    let config = ws_config(&node.settings);
+    // Boxed: the handshake's buffers live only while it runs, not in every connection task.
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        |req: &Request, resp: Response| check_upgrade(req, resp, &mut upgrade),
+        Some(config),
+    ));
+    let ws = match tokio::time::timeout(node.settings.handshake_timeout, handshake).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(remote = %remote, error = %e, "WebSocket upgrade failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(remote = %remote, "WebSocket upgrade timed out");
+            return;
+        }
+    };
+    let conn = ConnInfo {
+        remote,
+        bearer: upgrade.bearer,
+        token_in_query: upgrade.token_in_query,
+        opened,
+    };
+    session::run(node, WsTransport { ws }, conn).await;
+}
+
+pub struct WsTransport {
+    ws: WebSocketStream<TcpStream>,
+}
+
+fn write_err(e: WsError) -> WriteError {
+    WriteError(e.to_string())
+}
+
+impl Transport for WsTransport {
+    fn kind(&self) -> &'static str {
+        "websocket"
+    }
+
+    async fn recv(&mut self) -> Inbound {
+        match self.ws.next().await {
+            Some(Ok(Message::Text(text))) => Inbound::Text(text),
+            Some(Ok(Message::Binary(_))) => Inbound::Binary,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Inbound::Activity,
+            Some(Ok(Message::Close(_))) | None => Inbound::Closed,
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => Inbound::TooLarge,
+            Some(Err(_)) => Inbound::Closed,
+        }
+    }
+
+    async fn send(&mut self, batch: &mut VecDeque<EncodedFrame>) -> Result<(), WriteError> {
+        // `feed` queues into tungstenite's write buffer (written when it passes
+        // write_buffer_size); one flush per batch.
+        while let Some(frame) = batch.pop_front() {
+            self.ws
+                .feed(Message::Text(frame.utf8()))
+                .await
+                .map_err(write_err)?;
+        }
+        self.ws.flush().await.map_err(write_err)
+    }
+
+    async fn ping(&mut self) -> Result<(), WriteError> {
+        self.ws
+            .send(Message::Ping(Default::default()))
+            .await
+            .map_err(write_err)
+    }
+
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        let frame = CloseFrame {
+            code: WsCloseCode::from(code.code()),
+            reason: truncate_reason(reason).into(),
+        };
+        if self.ws.close(Some(frame)).await.is_err() {
+            return;
+        }
+        // Give the client a moment to answer the close, so it is not cut off by a reset.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}
+
+/// Close reasons must fit a control frame (125 bytes with the code).
+fn truncate_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
