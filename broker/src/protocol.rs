@@ -1,4 +1,4 @@
-//! Client protocol v1 (`docs/protocol.md`): frames, error codes and close codes.
+//! Client protocol v1 (`broker/docs/protocol.md`): frames, error codes and close codes.
 //!
 //! Pure data and encoding, no I/O. Transports hand text frames to [`parse_request`] and
 //! write the [`EncodedFrame`]s this module produces; sessions speak only in these types.
@@ -376,7 +376,7 @@ pub fn parse_request(text: &str) -> Result<Request, ParseError> {
     let id = parse_id(wire.id).map_err(|message| ParseError { id: None, message })?;
     let fail = |message: String| ParseError { id, message };
     let kind = wire.kind.ok_or_else(|| {
-        fail("the frame has no `type`; see docs/protocol.md for the frame types".into())
+        fail("the frame has no `type`; see broker/docs/protocol.md for the frame types".into())
     })?;
     let channel =
         |ch: Option<String>| ch.ok_or_else(|| fail(format!("a `{kind}` frame needs a `channel`")));

@@ -57,7 +57,7 @@ pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, conn: ConnInfo
     let session = match handshake(&node, &mut transport, &conn).await {
         Ok(session) => session,
         Err(exit) => {
-            finish(&mut transport, exit).await;
+            finish(&mut transport, exit, node.settings.pong_timeout).await;
             node.stats.connection_closed();
             return;
         }
@@ -86,25 +86,30 @@ pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, conn: ConnInfo
         secs = session.started.elapsed().as_secs(),
         "Disconnected"
     );
-    finish(&mut transport, exit).await;
+    finish(&mut transport, exit, node.settings.pong_timeout).await;
     node.stats.connection_closed();
 }
 
-async fn finish<T: Transport>(transport: &mut T, exit: Exit) {
-    match exit {
-        Exit::Disconnect(d) => {
-            let mut batch = VecDeque::from([d.encode()]);
-            if transport.send(&mut batch).await.is_ok() {
-                transport.close(d.code, &d.reason).await;
+/// Sends the `disconnect` push and the close, waiting at most `within` for a client that
+/// does not read (a slow consumer may never read again; its task must still end).
+async fn finish<T: Transport>(transport: &mut T, exit: Exit, within: Duration) {
+    let close = async {
+        match exit {
+            Exit::Disconnect(d) => {
+                let mut batch = VecDeque::from([d.encode()]);
+                if transport.send(&mut batch).await.is_ok() {
+                    transport.close(d.code, &d.reason).await;
+                }
             }
+            Exit::TooLarge => {
+                transport
+                    .close(CloseCode::TooLarge, "frame too large")
+                    .await
+            }
+            Exit::Gone(_) => {}
         }
-        Exit::TooLarge => {
-            transport
-                .close(CloseCode::TooLarge, "frame too large")
-                .await
-        }
-        Exit::Gone(_) => {}
-    }
+    };
+    let _ = tokio::time::timeout(within, close).await;
 }
 
 async fn send_now<T: Transport>(transport: &mut T, frame: EncodedFrame) -> Result<(), Exit> {
@@ -313,8 +318,12 @@ impl Session {
                         return Exit::Gone("keepalive timeout");
                     }
                     if now >= self.next_ping {
-                        if transport.ping().await.is_err() {
-                            return Exit::Gone("write failed");
+                        // A client whose socket takes not even a ping is not reading.
+                        let pong_timeout = self.node.settings.pong_timeout;
+                        match tokio::time::timeout(pong_timeout, transport.ping()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return Exit::Gone("write failed"),
+                            Err(_) => return Exit::Gone("keepalive timeout"),
                         }
                         self.awaiting_pong_since.get_or_insert(now);
                         self.next_ping = now + self.node.settings.ping_interval;
@@ -569,3 +578,6 @@ struct Channel<'a> {
 
 #[derive(Serialize)]
 struct Empty {}
+
+#[cfg(test)]
+mod tests;

@@ -2,4 +2,11 @@
 
 mod harness;
 
+mod auth;
+mod channels;
+mod cli;
 mod connect;
+mod limits;
+mod presence;
+mod recovery;
+mod refresh;
