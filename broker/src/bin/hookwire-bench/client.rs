@@ -1,0 +1,215 @@
+//! One client connection: dial from a chosen 127.0.0.x source address, upgrade to
+//! WebSocket, `connect` (and `subscribe`), then, for subscribers, count what arrives.
+//!
+//! Failures are sorted into classes (`emfile`, `eaddrnotavail`, `refused`, `timeout`, …)
+//! because the point of a connection benchmark is often to find which cap is hit first.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::stats::{RecvStats, now_us};
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Token lifetime: longer than any bench run, so no session expires mid-run.
+const TOKEN_TTL: Duration = Duration::from_secs(4 * 3600);
+
+/// How every client of a worker reaches the broker.
+pub struct Dial {
+    pub broker: SocketAddr,
+    pub url: String,
+    pub secret: Vec<u8>,
+    pub config: WebSocketConfig,
+    pub timeout: Duration,
+}
+
+/// A connection attempt that failed, with its class.
+#[derive(Debug)]
+pub struct ConnectError {
+    pub class: &'static str,
+    pub message: String,
+}
+
+impl ConnectError {
+    fn new(class: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            message: message.into(),
+        }
+    }
+}
+
+/// Names the operating-system caps a benchmark is likely to hit.
+fn io_error(stage: &str, e: &io::Error) -> ConnectError {
+    let class = match e.raw_os_error() {
+        Some(24) => "emfile",
+        Some(23) => "enfile",
+        Some(99) => "eaddrnotavail",
+        Some(98) => "eaddrinuse",
+        Some(111) => "refused",
+        Some(104) => "reset",
+        Some(110) => "timeout",
+        _ => "io",
+    };
+    ConnectError::new(class, format!("{stage}: {e}"))
+}
+
+fn ws_error(stage: &str, e: &WsError) -> ConnectError {
+    match e {
+        WsError::Io(io) => io_error(stage, io),
+        WsError::Http(resp) => {
+            ConnectError::new("http", format!("{stage}: HTTP status {}", resp.status()))
+        }
+        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+            ConnectError::new("closed", format!("{stage}: connection closed"))
+        }
+        other => ConnectError::new("handshake", format!("{stage}: {other}")),
+    }
+}
+
+/// The `channels` claim that lets a client use `channel`: every channel of its namespace.
+fn channel_claim(channel: &str) -> String {
+    match channel.split_once(':') {
+        Some((ns, _)) => format!("{ns}:*"),
+        None => channel.to_string(),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Opens one client as user `sub` and, with `subscribe`, subscribes it; the whole
+/// attempt is bounded by `dial.timeout`.
+pub async fn open(
+    dial: &Dial,
+    source: Ipv4Addr,
+    sub: &str,
+    channel: &str,
+    subscribe: bool,
+) -> Result<Ws, ConnectError> {
+    match tokio::time::timeout(
+        dial.timeout,
+        open_inner(dial, source, sub, channel, subscribe),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::new(
+            "timeout",
+            format!(
+                "no connected/subscribed reply within {} ms",
+                dial.timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+async fn open_inner(
+    dial: &Dial,
+    source: Ipv4Addr,
+    sub: &str,
+    channel: &str,
+    subscribe: bool,
+) -> Result<Ws, ConnectError> {
+    let socket = TcpSocket::new_v4().map_err(|e| io_error("socket", &e))?;
+    socket
+        .bind(SocketAddr::new(source.into(), 0))
+        .map_err(|e| io_error("bind", &e))?;
+    let stream = socket
+        .connect(dial.broker)
+        .await
+        .map_err(|e| io_error("connect", &e))?;
+    let _ = stream.set_nodelay(true);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(dial.url.as_str(), stream, Some(dial.config))
+            .await
+            .map_err(|e| ws_error("upgrade", &e))?;
+
+    let token = hookwire::auth::TokenSpec::new(sub, TOKEN_TTL)
+        .channels([channel_claim(channel)])
+        .sign_hs256(&dial.secret);
+    // Pipelined: the broker handles frames in order, so subscribe may follow connect
+    // without waiting a round trip.
+    let connect = format!(r#"{{"type":"connect","id":1,"token":"{token}","name":"bench"}}"#);
+    ws.feed(Message::text(connect))
+        .await
+        .map_err(|e| ws_error("send connect", &e))?;
+    if subscribe {
+        let frame = format!(r#"{{"type":"subscribe","id":2,"channel":"{channel}"}}"#);
+        ws.feed(Message::text(frame))
+            .await
+            .map_err(|e| ws_error("send subscribe", &e))?;
+    }
+    ws.flush().await.map_err(|e| ws_error("send", &e))?;
+
+    let mut waiting = if subscribe { 2 } else { 1 };
+    // Bounded: a handful of replies are expected; the caller's timeout bounds the time.
+    for _ in 0..64 {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let b = text.as_bytes();
+                if contains(b, br#""type":"error""#) {
+                    return Err(ConnectError::new("rejected", text.as_str()));
+                }
+                if contains(b, br#""type":"connected""#) || contains(b, br#""type":"subscribed""#) {
+                    waiting -= 1;
+                    if waiting == 0 {
+                        return Ok(ws);
+                    }
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let why = frame.map_or_else(
+                    || "no close frame".to_string(),
+                    |f| format!("{} {}", u16::from(f.code), f.reason),
+                );
+                return Err(ConnectError::new(
+                    "closed",
+                    format!("closed by the broker: {why}"),
+                ));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(ws_error("handshake reply", &e)),
+            None => return Err(ConnectError::new("closed", "closed before the reply")),
+        }
+    }
+    Err(ConnectError::new(
+        "handshake",
+        "too many frames before the reply",
+    ))
+}
+
+/// Subscriber: counts messages until the connection ends (or the worker exits), then
+/// records why it ended. Pings are answered by tungstenite while reading.
+pub async fn subscriber_loop(
+    mut ws: Ws,
+    conn: usize,
+    stats: Rc<RefCell<RecvStats>>,
+    closed: Rc<RefCell<BTreeMap<String, u64>>>,
+) {
+    let cause = loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                stats.borrow_mut().on_frame(conn, text.as_bytes(), now_us());
+            }
+            Some(Ok(Message::Close(frame))) => {
+                break frame.map_or_else(|| "close".to_string(), |f| u16::from(f.code).to_string());
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break format!("error:{}", ws_error("read", &e).class),
+            None => break "eof".to_string(),
+        }
+    };
+    *closed.borrow_mut().entry(cause).or_default() += 1;
+}
