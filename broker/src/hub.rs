@@ -33,6 +33,11 @@ pub struct Peer {
     /// The token's `info` claim.
     pub info: Option<Box<RawValue>>,
     pub outbound: Outbound,
+    /// `websocket` (later `webtransport`).
+    pub transport: &'static str,
+    pub remote: std::net::SocketAddr,
+    /// When the connection authenticated, Unix milliseconds.
+    pub connected_at_ms: u64,
 }
 
 impl Peer {
@@ -319,6 +324,23 @@ impl Hub {
         })
     }
 
+    /// The channels a peer is subscribed to (an operator view: scans every shard).
+    pub fn channels_of(&self, key: u64) -> Vec<ChannelName> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            out.extend(
+                shard
+                    .channels
+                    .iter()
+                    .filter(|(_, subs)| subs.contains_key(&key))
+                    .map(|(c, _)| c.clone()),
+            );
+        }
+        out.sort();
+        out
+    }
+
     /// Every channel with subscribers on this node, with their counts.
     pub fn channels(&self) -> Vec<(ChannelName, usize)> {
         let mut out = Vec::new();
@@ -363,6 +385,9 @@ mod tests {
             user: format!("u{key}").into(),
             info: None,
             outbound: Outbound::new(4),
+            transport: "test",
+            remote: ([127, 0, 0, 1], 1).into(),
+            connected_at_ms: 0,
         })
     }
 

@@ -1,4 +1,4 @@
-//! Client protocol v1 (`docs/protocol.md`): frames, error codes and close codes.
+//! Client protocol v1 (`broker/docs/protocol.md`): frames, error codes and close codes.
 //!
 //! Pure data and encoding, no I/O. Transports hand text frames to [`parse_request`] and
 //! write the [`EncodedFrame`]s this module produces; sessions speak only in these types.
@@ -322,7 +322,9 @@ struct WireFrame<'a> {
 }
 
 /// Keeps `"data": null` apart from a missing `data`: `null` is a valid payload.
-fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+pub(crate) fn present_raw<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Box<RawValue>>, D::Error> {
     Box::<RawValue>::deserialize(d).map(Some)
 }
 
@@ -376,7 +378,7 @@ pub fn parse_request(text: &str) -> Result<Request, ParseError> {
     let id = parse_id(wire.id).map_err(|message| ParseError { id: None, message })?;
     let fail = |message: String| ParseError { id, message };
     let kind = wire.kind.ok_or_else(|| {
-        fail("the frame has no `type`; see docs/protocol.md for the frame types".into())
+        fail("the frame has no `type`; see broker/docs/protocol.md for the frame types".into())
     })?;
     let channel =
         |ch: Option<String>| ch.ok_or_else(|| fail(format!("a `{kind}` frame needs a `channel`")));
