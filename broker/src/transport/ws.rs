@@ -266,3 +266,32 @@ fn truncate_reason(reason: &str) -> &str {
     }
     &reason[..end]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_match_exactly_or_by_pattern() {
+        let allowed = vec![
+            "https://app.example.com".to_string(),
+            "https://*.example.org".to_string(),
+        ];
+        assert!(origin_allowed(&allowed, "https://app.example.com"));
+        assert!(origin_allowed(&allowed, "https://chat.example.org"));
+        assert!(!origin_allowed(&allowed, "http://app.example.com"));
+        assert!(!origin_allowed(
+            &allowed,
+            "https://app.example.com.evil.net"
+        ));
+        assert!(!origin_allowed(&allowed, "https://example.org"));
+        assert!(origin_allowed(&[], "https://anything.test"));
+    }
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        let long = "é".repeat(100);
+        let r = truncate_reason(&long);
+        assert!(r.len() <= 120 && long.starts_with(r));
+    }
+}
