@@ -9,6 +9,7 @@ mod api;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -201,9 +202,12 @@ struct UserQuery {
 async fn connections(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    Query(q): Query<UserQuery>,
+    q: Result<Query<UserQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&node, &headers, Scope::Admin)?;
+    let Query(q) = q.map_err(|e| {
+        ApiError::bad_request(format!("the query string is not valid: {}", e.body_text()))
+    })?;
     #[derive(Serialize)]
     struct Connection {
         client: String,

@@ -104,23 +104,31 @@ pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, conn: ConnInfo
     gauge.dec();
 }
 
+/// Sends the `disconnect` push and the close, waiting at most `pong_timeout` for a client
+/// that does not read (a slow consumer may never read again; its task must still end).
 async fn finish<T: Transport>(node: &Node, transport: &mut T, exit: Exit) {
-    match exit {
-        Exit::Disconnect(d) => {
-            node.metrics.disconnect(d.code);
-            let mut batch = VecDeque::from([d.encode()]);
-            if transport.send(&mut batch).await.is_ok() {
-                transport.close(d.code, &d.reason).await;
-            }
-        }
-        Exit::TooLarge => {
-            node.metrics.disconnect(CloseCode::TooLarge);
-            transport
-                .close(CloseCode::TooLarge, "frame too large")
-                .await;
-        }
+    match &exit {
+        Exit::Disconnect(d) => node.metrics.disconnect(d.code),
+        Exit::TooLarge => node.metrics.disconnect(CloseCode::TooLarge),
         Exit::Gone(_) => {}
     }
+    let close = async {
+        match exit {
+            Exit::Disconnect(d) => {
+                let mut batch = VecDeque::from([d.encode()]);
+                if transport.send(&mut batch).await.is_ok() {
+                    transport.close(d.code, &d.reason).await;
+                }
+            }
+            Exit::TooLarge => {
+                transport
+                    .close(CloseCode::TooLarge, "frame too large")
+                    .await
+            }
+            Exit::Gone(_) => {}
+        }
+    };
+    let _ = tokio::time::timeout(node.settings.pong_timeout, close).await;
 }
 
 async fn send_now<T: Transport>(transport: &mut T, frame: EncodedFrame) -> Result<(), Exit> {
@@ -366,8 +374,12 @@ impl Session {
                         return Exit::Gone("keepalive timeout");
                     }
                     if now >= self.next_ping {
-                        if transport.ping().await.is_err() {
-                            return Exit::Gone("write failed");
+                        // A client whose socket takes not even a ping is not reading.
+                        let pong_timeout = self.node.settings.pong_timeout;
+                        match tokio::time::timeout(pong_timeout, transport.ping()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return Exit::Gone("write failed"),
+                            Err(_) => return Exit::Gone("keepalive timeout"),
                         }
                         self.awaiting_pong_since.get_or_insert(now);
                         self.next_ping = now + self.node.settings.ping_interval;
@@ -675,3 +687,6 @@ struct Channel<'a> {
 
 #[derive(Serialize)]
 struct Empty {}
+
+#[cfg(test)]
+mod tests;

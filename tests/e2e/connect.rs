@@ -30,3 +30,15 @@ async fn connects_subscribes_and_receives_its_publication() {
     let pong = c.request(json!({"type":"ping"})).await;
     assert_eq!(pong["type"], "pong");
 }
+
+#[tokio::test]
+async fn a_client_offering_no_subprotocol_is_accepted() {
+    let broker = TestBroker::start().await;
+    let mut c = Client::open_without_subprotocol(&broker.ws_url()).await;
+    assert_eq!(c.subprotocol, None);
+    let r = c
+        .request(json!({"type": "connect", "token": token("alice", &["chat:*"])}))
+        .await;
+    assert_eq!(r["type"], "connected", "{r}");
+    c.ping().await;
+}

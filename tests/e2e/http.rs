@@ -34,13 +34,29 @@ impl Response {
         assert_eq!(self.status, status, "{self:?}");
         let v = self.json();
         assert_eq!(v["code"], code, "{v}");
-        assert!(v["message"].as_str().is_some_and(|m| m.len() > 10), "a sentence: {v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.len() > 10),
+            "a sentence: {v}"
+        );
     }
 }
 
 /// Sends one request; `key` goes in `Authorization: apikey <key>`.
-pub async fn request(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> Response {
-    request_with(addr, method, path, key.map(|k| format!("apikey {k}")).as_deref(), body).await
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> Response {
+    request_with(
+        addr,
+        method,
+        path,
+        key.map(|k| format!("apikey {k}")).as_deref(),
+        body,
+    )
+    .await
 }
 
 /// Sends one request with a raw `Authorization` header value.
@@ -51,13 +67,19 @@ pub async fn request_with(
     authorization: Option<&str>,
     body: Option<&str>,
 ) -> Response {
-    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr)).await.unwrap().unwrap();
+    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(a) = authorization {
         req += &format!("Authorization: {a}\r\n");
     }
     if let Some(b) = body {
-        req += &format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len());
+        req += &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        );
     }
     req += "\r\n";
     if let Some(b) = body {
@@ -65,7 +87,10 @@ pub async fn request_with(
     }
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     parse_response(&buf)
 }
 
@@ -82,12 +107,19 @@ fn parse_response(raw: &[u8]) -> Response {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let body = if headers.get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"))
+    {
         dechunk(body)
     } else {
         body.to_string()
     };
-    Response { status, headers, body }
+    Response {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -128,7 +160,9 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
             continue;
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').ok_or_else(|| err("TYPE without a type"))?;
+            let (name, kind) = rest
+                .split_once(' ')
+                .ok_or_else(|| err("TYPE without a type"))?;
             if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
                 return Err(err("unknown type"));
             }
@@ -142,7 +176,9 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
         let value: f64 = value.parse().map_err(|_| err("value is not a number"))?;
         let (name, labels) = match series.split_once('{') {
             Some((name, rest)) => {
-                let body = rest.strip_suffix('}').ok_or_else(|| err("unclosed labels"))?;
+                let body = rest
+                    .strip_suffix('}')
+                    .ok_or_else(|| err("unclosed labels"))?;
                 let mut labels = BTreeMap::new();
                 for pair in body.split("\",").filter(|p| !p.is_empty()) {
                     let (k, v) = pair.split_once("=\"").ok_or_else(|| err("bad label"))?;
@@ -152,17 +188,27 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
             }
             None => (series.to_string(), BTreeMap::new()),
         };
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        {
             return Err(err("bad metric name"));
         }
         let base = ["_bucket", "_sum", "_count"]
             .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|b| types.get(*b).is_some_and(|t| t == "histogram")))
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|b| types.get(*b).is_some_and(|t| t == "histogram"))
+            })
             .unwrap_or(&name);
         if !types.contains_key(base) {
             return Err(err("sample of an undeclared metric"));
         }
-        samples.push(Sample { name, labels, value });
+        samples.push(Sample {
+            name,
+            labels,
+            value,
+        });
     }
     Ok(samples)
 }
@@ -171,6 +217,11 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
 pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples
         .iter()
-        .find(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v)))
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
+        })
         .map(|s| s.value)
 }

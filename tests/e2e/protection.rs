@@ -27,9 +27,19 @@ async fn connection_frame_limit_trips_at_the_burst_and_recovers() {
     }
     let e = c.request(json!({"type":"ping"})).await;
     assert_eq!(e["code"], "rate_limited", "{e}");
-    assert!(e["message"].as_str().unwrap().contains("2 frames per second (burst 5)"), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 frames per second (burst 5)"),
+        "{e}"
+    );
     wait_window(1_100).await;
-    assert_eq!(c.request(json!({"type":"ping"})).await["type"], "pong", "recovered after the window");
+    assert_eq!(
+        c.request(json!({"type":"ping"})).await["type"],
+        "pong",
+        "recovered after the window"
+    );
 }
 
 #[tokio::test]
@@ -45,7 +55,9 @@ async fn user_publish_limit_counts_every_connection_of_the_user() {
     a1.publish("chat:a", json!(1)).await;
     a2.publish("chat:a", json!(2)).await;
     a1.publish("chat:a", json!(3)).await;
-    let e = a2.request(json!({"type":"publish","channel":"chat:a","data":4})).await;
+    let e = a2
+        .request(json!({"type":"publish","channel":"chat:a","data":4}))
+        .await;
     assert_eq!(e["code"], "rate_limited", "{e}");
     assert!(e["message"].as_str().unwrap().contains("user alice"), "{e}");
     bob.publish("chat:a", json!(5)).await; // another user is not affected
@@ -64,9 +76,14 @@ async fn channel_publish_limit_is_per_channel_and_per_namespace() {
     let mut bob = b.client("bob", &["chat:*"]).await;
     a.publish("chat:busy", json!(1)).await;
     bob.publish("chat:busy", json!(2)).await;
-    let e = a.request(json!({"type":"publish","channel":"chat:busy","data":3})).await;
+    let e = a
+        .request(json!({"type":"publish","channel":"chat:busy","data":3}))
+        .await;
     assert_eq!(e["code"], "rate_limited", "{e}");
-    assert!(e["message"].as_str().unwrap().contains("channel chat:busy"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("channel chat:busy"),
+        "{e}"
+    );
     a.publish("chat:quiet", json!(4)).await;
 
     // A namespace's own limit wins over the global one.
@@ -81,7 +98,9 @@ async fn channel_publish_limit_is_per_channel_and_per_namespace() {
     for i in 0..5 {
         a.publish("chat:busy", json!(i)).await;
     }
-    let e = a.request(json!({"type":"publish","channel":"chat:busy","data":6})).await;
+    let e = a
+        .request(json!({"type":"publish","channel":"chat:busy","data":6}))
+        .await;
     assert_eq!(e["code"], "rate_limited", "{e}");
 }
 
@@ -118,13 +137,19 @@ async fn a_flooding_client_is_cut_off_with_4008_while_a_well_behaved_one_gets_ev
                     assert_eq!(v["reconnect"], true);
                 }
             }
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
+                break f.map(|f| u16::from(f.code));
+            }
             Some(Ok(_)) => {}
             Some(Err(_)) | None => break None,
         }
     };
     assert_eq!(closed, Some(4008));
-    assert!(!accepted.is_empty() && accepted.len() < 200, "{} accepted", accepted.len());
+    assert!(
+        !accepted.is_empty() && accepted.len() < 200,
+        "{} accepted",
+        accepted.len()
+    );
     // The well-behaved client got exactly what the broker accepted, in order, and still works.
     let got: Vec<u64> = good
         .messages("chat:room", accepted.len())
@@ -139,7 +164,10 @@ async fn a_flooding_client_is_cut_off_with_4008_while_a_well_behaved_one_gets_ev
 
 #[tokio::test]
 async fn connection_limits_close_with_1013() {
-    let b = TestBroker::builder().env("HOOKWIRE_CONNECTIONS_MAX", "2").start().await;
+    let b = TestBroker::builder()
+        .env("HOOKWIRE_CONNECTIONS_MAX", "2")
+        .start()
+        .await;
     let _a = b.client("a", &[]).await;
     let _b = b.client("b", &[]).await;
     let mut third = Client::open(&b.ws_url()).await;
@@ -148,13 +176,21 @@ async fn connection_limits_close_with_1013() {
     let d = closed.disconnect.expect("disconnect push before the close");
     assert_eq!(d["code"], 1013);
     assert_eq!(d["reconnect"], true);
-    assert!(d["reason"].as_str().unwrap().contains("connection limit (2)"), "{d}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("connection limit (2)"),
+        "{d}"
+    );
     drop(_a);
     // The slot comes back once the first connection is gone (bounded retries: no other signal).
     let mut ok = false;
     for _ in 0..50 {
         let mut c = Client::open(&b.ws_url()).await;
-        let r = c.request(json!({"type":"connect","token":token("c", &[])})).await;
+        let r = c
+            .request(json!({"type":"connect","token":token("c", &[])}))
+            .await;
         if r["type"] == "connected" {
             ok = true;
             break;
@@ -163,16 +199,29 @@ async fn connection_limits_close_with_1013() {
     }
     assert!(ok, "a slot freed up");
 
-    let b = TestBroker::builder().env("HOOKWIRE_CONNECTIONS_MAX_PER_USER", "1").start().await;
+    let b = TestBroker::builder()
+        .env("HOOKWIRE_CONNECTIONS_MAX_PER_USER", "1")
+        .start()
+        .await;
     let _a = b.client("alice", &[]).await;
     let mut again = Client::open(&b.ws_url()).await;
-    again.send(json!({"type":"connect","token":token("alice", &[])})).await;
+    again
+        .send(json!({"type":"connect","token":token("alice", &[])}))
+        .await;
     let closed = again.closed().await;
     assert_eq!(closed.code, Some(1013), "{closed:?}");
-    assert!(closed.disconnect.unwrap()["reason"].as_str().unwrap().contains("user alice"));
+    assert!(
+        closed.disconnect.unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("user alice")
+    );
     let _bob = b.client("bob", &[]).await;
 
-    let b = TestBroker::builder().env("HOOKWIRE_CONNECTIONS_MAX_PER_IP", "1").start().await;
+    let b = TestBroker::builder()
+        .env("HOOKWIRE_CONNECTIONS_MAX_PER_IP", "1")
+        .start()
+        .await;
     let _a = b.client("alice", &[]).await;
     let mut again = Client::open(&b.ws_url()).await;
     assert_eq!(again.closed().await.code, Some(1013));
@@ -187,7 +236,9 @@ async fn new_connections_per_ip_are_rate_limited_before_the_upgrade() {
         .await;
     let _a = Client::open(&b.ws_url()).await;
     let _b = Client::open(&b.ws_url()).await;
-    let err = tokio_tungstenite::connect_async(b.ws_url()).await.unwrap_err();
+    let err = tokio_tungstenite::connect_async(b.ws_url())
+        .await
+        .unwrap_err();
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => {
             assert_eq!(resp.status(), 429);
@@ -200,17 +251,25 @@ async fn new_connections_per_ip_are_rate_limited_before_the_upgrade() {
 
 fn with_origin(url: &str, origin: &str) -> http::Request<()> {
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert("Origin", http::HeaderValue::from_str(origin).unwrap());
+    req.headers_mut()
+        .insert("Origin", http::HeaderValue::from_str(origin).unwrap());
     req
 }
 
 #[tokio::test]
 async fn a_cross_origin_upgrade_gets_403_before_any_frame() {
     let b = TestBroker::builder()
-        .env("HOOKWIRE_CONNECTIONS_ALLOWED_ORIGINS", "https://app.example.com,https://*.example.org")
+        .env(
+            "HOOKWIRE_CONNECTIONS_ALLOWED_ORIGINS",
+            "https://app.example.com,https://*.example.org",
+        )
         .start()
         .await;
-    for origin in ["https://evil.example.net", "https://app.example.com.evil.net", "http://app.example.com"] {
+    for origin in [
+        "https://evil.example.net",
+        "https://app.example.com.evil.net",
+        "http://app.example.com",
+    ] {
         match tokio_tungstenite::connect_async(with_origin(&b.ws_url(), origin)).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status(), 403, "{origin}");
@@ -222,7 +281,9 @@ async fn a_cross_origin_upgrade_gets_403_before_any_frame() {
     }
     for origin in ["https://app.example.com", "https://chat.example.org"] {
         let mut c = Client::open_with(with_origin(&b.ws_url(), origin)).await;
-        let r = c.request(json!({"type":"connect","token":token("a", &[])})).await;
+        let r = c
+            .request(json!({"type":"connect","token":token("a", &[])}))
+            .await;
         assert_eq!(r["type"], "connected", "{origin}");
     }
     // No Origin (a non-browser client) is allowed by default...
@@ -256,13 +317,17 @@ async fn a_slowloris_upgrade_is_dropped_at_the_handshake_timeout() {
             break;
         }
         let mut buf = [0u8; 64];
-        if let Ok(r) = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
-            if matches!(r, Ok(0) | Err(_)) {
-                closed = true;
-                break;
-            }
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await
+        {
+            closed = true;
+            break;
         }
     }
     assert!(closed, "the server kept a byte-by-byte upgrade open");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Json;
@@ -177,6 +177,12 @@ pub struct ChannelQuery {
     limit: Option<usize>,
 }
 
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q).map_err(|e| {
+        ApiError::bad_request(format!("the query string is not valid: {}", e.body_text()))
+    })
+}
+
 fn channel_param(q: &ChannelQuery) -> Result<&str, ApiError> {
     q.channel.as_deref().ok_or_else(|| {
         ApiError::bad_request("add the `channel` query parameter, e.g. ?channel=chat:lobby")
@@ -187,9 +193,10 @@ fn channel_param(q: &ChannelQuery) -> Result<&str, ApiError> {
 pub async fn presence(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    Query(q): Query<ChannelQuery>,
+    q: Result<Query<ChannelQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&node, &headers, Scope::Api)?;
+    let q = query(q)?;
     let (channel, ns) = access::resolve(&node.namespaces, channel_param(&q)?)?;
     if !ns.config.presence {
         return Err(ApiError::new(
@@ -208,9 +215,10 @@ pub async fn presence(
 pub async fn history(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    Query(q): Query<ChannelQuery>,
+    q: Result<Query<ChannelQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&node, &headers, Scope::Api)?;
+    let q = query(q)?;
     let (channel, ns) = access::resolve(&node.namespaces, channel_param(&q)?)?;
     let limit = q.limit.unwrap_or(100);
     let page = node

@@ -127,11 +127,13 @@ fn check_upgrade(
             TOKEN_PARAMS.iter().any(|p| name.eq_ignore_ascii_case(p))
         });
     }
-    if let Some(token) = req
+    // The scheme is case-insensitive (RFC 9110, section 11.1).
+    if let Some((_, token)) = req
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
     {
         upgrade.bearer = Some(token.trim().to_string());
     }

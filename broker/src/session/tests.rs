@@ -1,0 +1,74 @@
+//! Session tests over an in-memory transport.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{ConnInfo, run};
+use crate::auth::{TokenSpec, Verifier};
+use crate::config::Config;
+use crate::node::Node;
+use crate::protocol::{CloseCode, EncodedFrame};
+use crate::transport::{Inbound, Transport, WriteError};
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+/// A client that sends `connect`, then nothing, and whose socket takes replies but never
+/// a ping (its receive window is full).
+struct FullSocket {
+    connect: Option<String>,
+}
+
+impl Transport for FullSocket {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn recv(&mut self) -> Inbound {
+        match self.connect.take() {
+            Some(text) => Inbound::Text(text.into()),
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn send(&mut self, batch: &mut VecDeque<EncodedFrame>) -> Result<(), WriteError> {
+        batch.clear();
+        Ok(())
+    }
+
+    fn ping(&mut self) -> impl Future<Output = Result<(), WriteError>> + Send {
+        std::future::pending()
+    }
+
+    async fn close(&mut self, _code: CloseCode, _reason: &str) {}
+}
+
+#[tokio::test]
+async fn a_ping_that_cannot_be_written_ends_the_session() {
+    let mut config = Config::default();
+    config.limits.ping_interval_ms = 100;
+    config.limits.pong_timeout_ms = 100;
+    let verifier = Verifier::new(&config.auth, Some(SECRET)).unwrap();
+    let node = Node::new(config, verifier, crate::node::ApiKeys::default());
+    let token = TokenSpec::new("alice", Duration::from_secs(60)).sign_hs256(SECRET);
+    let transport = FullSocket {
+        connect: Some(format!(r#"{{"id":1,"type":"connect","token":"{token}"}}"#)),
+    };
+    let conn = ConnInfo {
+        remote: "127.0.0.1:1".parse().unwrap(),
+        bearer: None,
+        refuse: None,
+        opened: Instant::now(),
+    };
+    let session = run(Arc::clone(&node), transport, conn);
+    tokio::time::timeout(Duration::from_secs(5), session)
+        .await
+        .expect("the session waited forever on a ping");
+    assert!(
+        node.registry.peers(None).is_empty(),
+        "the session left the registry"
+    );
+}
