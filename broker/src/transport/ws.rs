@@ -184,6 +184,7 @@ async fn connection(stream: TcpStream, remote: SocketAddr, node: Arc<Node>) {
         }
         Ok(_) if upgrade.token_in_query => {
             node.metrics.auth_failed("token_in_url");
+            tracing::info!(remote = %remote, "Refused a token in the URL (the token is not logged)");
             Some(Disconnect::new(
                 CloseCode::Unauthorized,
                 "tokens in the URL are refused because URLs end up in logs; send the token as `token` in the connect frame or as an Authorization: Bearer header",
