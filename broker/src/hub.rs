@@ -326,32 +326,23 @@ impl Hub {
 
     /// The channels a peer is subscribed to (an operator view: scans every shard).
     pub fn channels_of(&self, key: u64) -> Vec<ChannelName> {
-        let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard.lock();
-            out.extend(
-                shard
-                    .channels
-                    .iter()
-                    .filter(|(_, subs)| subs.contains_key(&key))
-                    .map(|(c, _)| c.clone()),
-            );
-        }
-        out.sort();
-        out
+        self.scan(|channel, subs| subs.contains_key(&key).then(|| channel.clone()))
     }
 
     /// Every channel with subscribers on this node, with their counts.
     pub fn channels(&self) -> Vec<(ChannelName, usize)> {
+        self.scan(|channel, subs| Some((channel.clone(), subs.len())))
+    }
+
+    /// Visits every channel, one shard lock at a time; returns what `pick` kept, sorted.
+    fn scan<T: Ord>(
+        &self,
+        mut pick: impl FnMut(&ChannelName, &IndexMap<u64, Arc<Peer>>) -> Option<T>,
+    ) -> Vec<T> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock();
-            out.extend(
-                shard
-                    .channels
-                    .iter()
-                    .map(|(c, subs)| (c.clone(), subs.len())),
-            );
+            out.extend(shard.channels.iter().filter_map(|(c, subs)| pick(c, subs)));
         }
         out.sort();
         out
