@@ -29,7 +29,7 @@ pub struct Peer {
     pub key: u64,
     /// The client id sent in `connected` (`c-…`).
     pub client: Box<str>,
-    pub user: Box<str>,
+    pub user: Arc<str>,
     /// The token's `info` claim.
     pub info: Option<Box<RawValue>>,
     pub outbound: Outbound,

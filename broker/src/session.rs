@@ -236,7 +236,7 @@ async fn handshake<T: Transport>(
     let peer = Arc::new(Peer {
         key,
         client: format!("c-{key:x}-{:04x}", rand::rng().random::<u16>()).into(),
-        user: claims.sub.as_str().into(),
+        user: user.clone(),
         info: claims.info.clone(),
         outbound: Outbound::new(node.settings.outbound_queue_frames),
         transport: transport.kind(),
