@@ -1,21 +1,171 @@
-//! The admin listener: health and readiness (and, later, metrics and the server API).
+//! The admin listener: health, readiness, metrics, the server HTTP API (`/api/*`) and
+//! operator endpoints (`/admin/*`), per the server API contract.
+//!
+//! Handlers only parse, call the library (the same publish pipeline clients use) and
+//! wrap its answers; errors become responses in one place ([`ApiError`]).
+
+mod api;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
-use axum::routing::get;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::node::Node;
+use crate::protocol::{ErrorCode, ErrorReply};
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/api/publish", post(api::publish))
+        .route("/api/broadcast", post(api::broadcast))
+        .route("/api/disconnect", post(api::disconnect))
+        .route("/api/revoke", post(api::revoke))
+        .route("/api/presence", get(api::presence))
+        .route("/api/history", get(api::history))
+        .route("/api/channels", get(api::channels))
+        .route("/admin/connections", get(connections))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(node.clone(), count_requests))
+        .layer(DefaultBodyLimit::max(node.config.api.max_body_bytes))
         .with_state(node)
+}
+
+/// An HTTP error: the status and the client protocol's `{"code","message"}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+    }
+}
+
+/// The HTTP status for each client protocol error code.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized | ErrorCode::TokenExpired => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden | ErrorCode::Rejected => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<ErrorReply> for ApiError {
+    fn from(e: ErrorReply) -> Self {
+        Self::new(status_of(e.code), e.code, e.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            code: &'static str,
+            message: &'a str,
+        }
+        let body = Body {
+            code: self.code.as_str(),
+            message: &self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Which key a route needs.
+#[derive(Clone, Copy)]
+pub enum Scope {
+    Api,
+    Admin,
+}
+
+/// Checks `Authorization: apikey <key>` against the key for the scope.
+pub fn authorize(node: &Node, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
+    let (expected, var) = match scope {
+        Scope::Api => (node.keys.api.as_deref(), "HOOKWIRE_API_KEY"),
+        Scope::Admin => (node.keys.admin.as_deref(), "HOOKWIRE_ADMIN_KEY"),
+    };
+    let unauthorized =
+        |m: String| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, m);
+    let Some(expected) = expected else {
+        return Err(unauthorized(format!(
+            "this endpoint is disabled because {var} is not set on the server"
+        )));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("apikey "))
+        .map(str::trim);
+    match given {
+        None => Err(unauthorized(
+            "send the key as `Authorization: apikey <key>`".into(),
+        )),
+        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(unauthorized("the API key is not valid".into())),
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal a key's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts server API requests by route (a fixed set) and status class.
+async fn count_requests(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    const ROUTES: &[&str] = &[
+        "/api/publish",
+        "/api/broadcast",
+        "/api/disconnect",
+        "/api/revoke",
+        "/api/presence",
+        "/api/history",
+        "/api/channels",
+        "/admin/connections",
+    ];
+    let route = ROUTES.iter().find(|r| **r == req.uri().path()).copied();
+    let response = next.run(req).await;
+    if let Some(route) = route {
+        let status = format!("{}xx", response.status().as_u16() / 100);
+        node.metrics
+            .api_requests
+            .with_label_values(&[route, &status])
+            .inc();
+    }
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no such endpoint; see the server API documentation for the routes",
+    )
 }
 
 async fn health() -> impl IntoResponse {
@@ -31,4 +181,61 @@ async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
     } else {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        node.metrics.render(),
+    )
+}
+
+#[derive(Deserialize)]
+struct UserQuery {
+    user: Option<String>,
+}
+
+/// `GET /admin/connections?user=…`: every connection (of one user), for debugging.
+async fn connections(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    q: Result<Query<UserQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&node, &headers, Scope::Admin)?;
+    let Query(q) = q.map_err(|e| {
+        ApiError::bad_request(format!("the query string is not valid: {}", e.body_text()))
+    })?;
+    #[derive(Serialize)]
+    struct Connection {
+        client: String,
+        user: String,
+        transport: &'static str,
+        remote: String,
+        connected_at: u64,
+        subscriptions: Vec<String>,
+        queue_depth: usize,
+    }
+    let list: Vec<Connection> = node
+        .registry
+        .peers(q.user.as_deref())
+        .into_iter()
+        .map(|p| Connection {
+            client: p.client.to_string(),
+            user: p.user.to_string(),
+            transport: p.transport,
+            remote: p.remote.to_string(),
+            connected_at: p.connected_at_ms,
+            subscriptions: node
+                .hub
+                .channels_of(p.key)
+                .into_iter()
+                .map(|c| c.to_string())
+                .collect(),
+            queue_depth: p.outbound.depth(),
+        })
+        .collect();
+    Ok(Json(json!({ "connections": list })))
 }

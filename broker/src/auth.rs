@@ -71,6 +71,10 @@ pub enum Error {
         "the new token is for user {new:?}, but this connection is user {current:?}; reconnect to change user"
     )]
     SubMismatch { current: String, new: String },
+    #[error(
+        "tokens of this user issued before the revocation are refused until {until} (Unix time); get a new token after that"
+    )]
+    Revoked { until: u64 },
 }
 
 impl Error {
@@ -90,13 +94,14 @@ impl Error {
             Self::MissingClaim(_) => "missing_claim",
             Self::BadClaims(_) => "bad_claims",
             Self::SubMismatch { .. } => "sub_mismatch",
+            Self::Revoked { .. } => "revoked",
         }
     }
 
     pub fn to_reply(&self) -> ErrorReply {
         let code = match self {
             Self::Expired => ErrorCode::TokenExpired,
-            Self::SubMismatch { .. } => ErrorCode::Forbidden,
+            Self::SubMismatch { .. } | Self::Revoked { .. } => ErrorCode::Forbidden,
             _ => ErrorCode::Unauthorized,
         };
         ErrorReply::new(code, self.to_string())
@@ -398,6 +403,42 @@ impl TokenSpec {
 
 /// A shared verifier.
 pub type SharedVerifier = Arc<Verifier>;
+
+/// Users whose tokens issued before a moment are refused until a deadline
+/// (`POST /api/revoke`).
+#[derive(Default)]
+pub struct Revocations {
+    /// user → (refuse tokens issued before this, until this), Unix seconds.
+    by_user: parking_lot::Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl Revocations {
+    /// Refuses `user`'s tokens issued before `now_s` until `until_s`.
+    pub fn revoke(&self, user: &str, now_s: u64, until_s: u64) {
+        self.by_user
+            .lock()
+            .insert(user.to_string(), (now_s, until_s));
+    }
+
+    /// `Err` when the token was issued before a revocation still in force. A token without
+    /// `iat` counts as issued before.
+    pub fn check(&self, claims: &Claims, now_s: u64) -> Result<(), Error> {
+        let by_user = self.by_user.lock();
+        match by_user.get(&claims.sub) {
+            Some(&(revoked_at, until))
+                if now_s < until && claims.iat.is_none_or(|iat| iat <= revoked_at) =>
+            {
+                Err(Error::Revoked { until })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets revocations that ended.
+    pub fn sweep(&self, now_s: u64) {
+        self.by_user.lock().retain(|_, (_, until)| *until > now_s);
+    }
+}
 
 #[cfg(test)]
 mod tests {

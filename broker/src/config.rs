@@ -17,6 +17,8 @@ pub use env::EnvOverrides;
 /// Secrets and paths that are never in the file.
 pub const ENV_CONFIG: &str = "HOOKWIRE_CONFIG";
 pub const ENV_JWT_SECRET: &str = "HOOKWIRE_JWT_SECRET";
+pub const ENV_API_KEY: &str = "HOOKWIRE_API_KEY";
+pub const ENV_ADMIN_KEY: &str = "HOOKWIRE_ADMIN_KEY";
 pub const DEFAULT_CONFIG_PATH: &str = "config/hookwire.toml";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,6 +32,9 @@ pub struct Config {
     pub node_name: String,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub rate_limits: RateLimitsConfig,
+    pub connections: ConnectionsConfig,
+    pub api: ApiConfig,
     pub history: HistoryConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
@@ -82,6 +87,51 @@ pub struct LimitsConfig {
     pub dedup_window_ms: u64,
 }
 
+/// Rates are per second with a burst above them; 0 turns a limit off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Frames one connection may send.
+    pub connection_frames_per_sec: u32,
+    pub connection_frames_burst: u32,
+    /// Publishes one user may make, across all of that user's connections.
+    pub user_publishes_per_sec: u32,
+    pub user_publishes_burst: u32,
+    /// New connections from one source IP.
+    pub ip_connects_per_sec: u32,
+    pub ip_connects_burst: u32,
+    /// Publishes into one channel, from every source (a namespace may override).
+    pub channel_publishes_per_sec: u32,
+    pub channel_publishes_burst: u32,
+    /// A connection that gets this many `rate_limited` errors within `violation_window_ms`
+    /// is sent `disconnect` 4008 and closed.
+    pub max_violations: u32,
+    pub violation_window_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Connections this node accepts; the next gets close 1013 (0: no limit).
+    pub max: u32,
+    /// Connections one user may hold at once (0: no limit).
+    pub max_per_user: u32,
+    /// Connections from one source IP at once (0: no limit).
+    pub max_per_ip: u32,
+    /// Origins browsers may connect from: exact (`https://app.example.com`) or with `*`
+    /// (`https://*.example.com`, `http://localhost:*`). Empty: any origin.
+    pub allowed_origins: Vec<String>,
+    /// Whether clients that send no `Origin` (non-browser clients) are accepted.
+    pub allow_missing_origin: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Largest request body of the server API, in bytes.
+    pub max_body_bytes: usize,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryConfig {
@@ -130,6 +180,10 @@ pub struct NamespaceConfig {
     pub personal: bool,
     /// Any connected client may subscribe, whatever its `channels` claim.
     pub public: bool,
+    /// Publishes per second into one channel of this namespace, and the burst
+    /// (0: `rate_limits.channel_publishes_*`).
+    pub channel_publishes_per_sec: u32,
+    pub channel_publishes_burst: u32,
 }
 
 impl Default for Config {
@@ -170,6 +224,9 @@ impl Default for Config {
             node_name: String::new(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
+            connections: ConnectionsConfig::default(),
+            api: ApiConfig::default(),
             history: HistoryConfig::default(),
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
@@ -205,6 +262,48 @@ impl Default for LimitsConfig {
             write_buffer_bytes: 16_384,
             max_subscriptions: 1_024,
             dedup_window_ms: 120_000,
+        }
+    }
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            connection_frames_per_sec: 200,
+            connection_frames_burst: 400,
+            user_publishes_per_sec: 100,
+            user_publishes_burst: 200,
+            ip_connects_per_sec: 50,
+            ip_connects_burst: 200,
+            channel_publishes_per_sec: 2_000,
+            channel_publishes_burst: 4_000,
+            max_violations: 20,
+            violation_window_ms: 10_000,
+        }
+    }
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        Self {
+            max: 100_000,
+            max_per_user: 100,
+            max_per_ip: 5_000,
+            allowed_origins: vec![
+                "http://localhost".into(),
+                "http://localhost:*".into(),
+                "http://127.0.0.1".into(),
+                "http://127.0.0.1:*".into(),
+            ],
+            allow_missing_origin: true,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
         }
     }
 }
@@ -418,6 +517,57 @@ impl Config {
             0,
             86_400_000,
         );
+        let r = &self.rate_limits;
+        for (key, rate, burst) in [
+            (
+                "connection_frames",
+                r.connection_frames_per_sec,
+                r.connection_frames_burst,
+            ),
+            (
+                "user_publishes",
+                r.user_publishes_per_sec,
+                r.user_publishes_burst,
+            ),
+            ("ip_connects", r.ip_connects_per_sec, r.ip_connects_burst),
+            (
+                "channel_publishes",
+                r.channel_publishes_per_sec,
+                r.channel_publishes_burst,
+            ),
+        ] {
+            rate_and_burst(&mut errs, &format!("rate_limits.{key}"), rate, burst);
+        }
+        range(
+            &mut errs,
+            "rate_limits.max_violations",
+            u64::from(r.max_violations),
+            1,
+            1_000_000,
+        );
+        range(
+            &mut errs,
+            "rate_limits.violation_window_ms",
+            r.violation_window_ms,
+            100,
+            3_600_000,
+        );
+        for origin in &self.connections.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                errs.push(format!(
+                    "connections.allowed_origins has {origin:?}: an origin is scheme://host[:port] with no path, e.g. \"https://app.example.com\" or \"https://*.example.com\""
+                ));
+            }
+        }
+        range(
+            &mut errs,
+            "api.max_body_bytes",
+            self.api.max_body_bytes as u64,
+            1024,
+            64 << 20,
+        );
         range(
             &mut errs,
             "history.stream_idle_ttl_secs",
@@ -489,7 +639,21 @@ fn range(errs: &mut Vec<String>, key: &str, value: u64, min: u64, max: u64) {
     }
 }
 
+fn rate_and_burst(errs: &mut Vec<String>, key: &str, rate: u32, burst: u32) {
+    if rate > 0 && burst < rate {
+        errs.push(format!(
+            "{key}_burst = {burst}: must be at least {key}_per_sec ({rate}) when the limit is on"
+        ));
+    }
+}
+
 fn namespace(errs: &mut Vec<String>, key: &str, ns: &NamespaceConfig) {
+    rate_and_burst(
+        errs,
+        &format!("{key}.channel_publishes"),
+        ns.channel_publishes_per_sec,
+        ns.channel_publishes_burst,
+    );
     range(
         errs,
         &format!("{key}.history_size"),

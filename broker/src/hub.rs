@@ -29,10 +29,15 @@ pub struct Peer {
     pub key: u64,
     /// The client id sent in `connected` (`c-…`).
     pub client: Box<str>,
-    pub user: Box<str>,
+    pub user: Arc<str>,
     /// The token's `info` claim.
     pub info: Option<Box<RawValue>>,
     pub outbound: Outbound,
+    /// `websocket` (later `webtransport`).
+    pub transport: &'static str,
+    pub remote: std::net::SocketAddr,
+    /// When the connection authenticated, Unix milliseconds.
+    pub connected_at_ms: u64,
 }
 
 impl Peer {
@@ -319,17 +324,25 @@ impl Hub {
         })
     }
 
+    /// The channels a peer is subscribed to (an operator view: scans every shard).
+    pub fn channels_of(&self, key: u64) -> Vec<ChannelName> {
+        self.scan(|channel, subs| subs.contains_key(&key).then(|| channel.clone()))
+    }
+
     /// Every channel with subscribers on this node, with their counts.
     pub fn channels(&self) -> Vec<(ChannelName, usize)> {
+        self.scan(|channel, subs| Some((channel.clone(), subs.len())))
+    }
+
+    /// Visits every channel, one shard lock at a time; returns what `pick` kept, sorted.
+    fn scan<T: Ord>(
+        &self,
+        mut pick: impl FnMut(&ChannelName, &IndexMap<u64, Arc<Peer>>) -> Option<T>,
+    ) -> Vec<T> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock();
-            out.extend(
-                shard
-                    .channels
-                    .iter()
-                    .map(|(c, subs)| (c.clone(), subs.len())),
-            );
+            out.extend(shard.channels.iter().filter_map(|(c, subs)| pick(c, subs)));
         }
         out.sort();
         out
@@ -363,6 +376,9 @@ mod tests {
             user: format!("u{key}").into(),
             info: None,
             outbound: Outbound::new(4),
+            transport: "test",
+            remote: ([127, 0, 0, 1], 1).into(),
+            connected_at_ms: 0,
         })
     }
 

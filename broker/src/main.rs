@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use hookwire::auth::{self, SecretSource, TokenSpec, Verifier};
 use hookwire::config::{self, Config, EnvOverrides, LogFormat};
+use hookwire::node::ApiKeys;
 use hookwire::server::{self, Server};
 
 /// Exit code for a bad config or bad arguments (EX_USAGE).
@@ -84,11 +85,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(args: &ConfigArgs) -> Result<config::Loaded, ExitCode> {
-    let (path, is_default) = match &args.config {
+fn config_path(args: &ConfigArgs) -> (PathBuf, bool) {
+    match &args.config {
         Some(p) => (p.clone(), false),
         None => (PathBuf::from(config::DEFAULT_CONFIG_PATH), true),
-    };
+    }
+}
+
+fn load(args: &ConfigArgs) -> Result<config::Loaded, ExitCode> {
+    let (path, is_default) = config_path(args);
     Config::load(&path, is_default, &EnvOverrides::from_process()).map_err(|e| {
         eprintln!("hookwire: {e}");
         ExitCode::from(EXIT_CONFIG)
@@ -114,7 +119,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     let config = loaded.config;
-    hookwire::logging::init(
+    let log = hookwire::logging::init(
         args.log_format.unwrap_or(config.log.format),
         &config.log.level,
     );
@@ -154,9 +159,26 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let keys = ApiKeys {
+        api: std::env::var(config::ENV_API_KEY)
+            .ok()
+            .filter(|k| !k.is_empty()),
+        admin: std::env::var(config::ENV_ADMIN_KEY)
+            .ok()
+            .filter(|k| !k.is_empty()),
+    };
+    if keys.api.is_none() {
+        tracing::info!("HOOKWIRE_API_KEY is not set: the server API (/api/*) answers 401");
+    }
+    let (config_path, path_is_default) = config_path(&args.config);
+    let reload = server::Reload {
+        config_path,
+        path_is_default,
+        log,
+    };
     let result = runtime.block_on(async move {
-        let server = Server::bind(config, verifier).await?;
-        tokio::spawn(server::watch_signals(server.node.clone()));
+        let server = Server::bind(config, verifier, keys).await?;
+        tokio::spawn(server::watch_signals(server.node.clone(), reload));
         server.run().await
     });
     match result {

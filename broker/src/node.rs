@@ -7,12 +7,15 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Verifier;
+use crate::auth::{Revocations, Verifier};
 use crate::channel::Namespaces;
 use crate::config::Config;
 use crate::history::{HistoryStore, MemoryHistory};
 use crate::hub::Hub;
+use crate::limits::{ConnectionLimits, RateLimits};
+use crate::metrics::Metrics;
 use crate::publish::Pipeline;
+use crate::registry::Registry;
 
 /// Per-connection settings, resolved from `[limits]`.
 #[derive(Debug, Clone)]
@@ -46,30 +49,20 @@ impl Settings {
     }
 }
 
-/// Counters kept on the hot path with relaxed atomics.
-#[derive(Debug, Default)]
-pub struct Stats {
-    connections: AtomicU64,
-    connections_total: AtomicU64,
-    auth_failures: AtomicU64,
+/// Keys for the server API (`/api/*`) and the admin endpoints (`/admin/*`), from the
+/// environment. `None`: those endpoints answer 401 to everything.
+#[derive(Clone, Default)]
+pub struct ApiKeys {
+    pub api: Option<String>,
+    pub admin: Option<String>,
 }
 
-impl Stats {
-    pub fn connection_opened(&self) {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        self.connections_total.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn connection_closed(&self) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub fn auth_failed(&self, _reason: &'static str) {
-        self.auth_failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn connections(&self) -> u64 {
-        self.connections.load(Ordering::Relaxed)
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeys")
+            .field("api", &self.api.as_ref().map(|_| "set"))
+            .field("admin", &self.admin.as_ref().map(|_| "set"))
+            .finish()
     }
 }
 
@@ -85,18 +78,28 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them to drain.
     pub tasks: TaskTracker,
-    pub stats: Stats,
+    pub metrics: Arc<Metrics>,
+    pub rate_limits: Arc<RateLimits>,
+    pub connections: Arc<ConnectionLimits>,
+    /// Every open connection, for operator actions.
+    pub registry: Registry,
+    pub revocations: Revocations,
+    pub keys: ApiKeys,
     next_key: AtomicU64,
 }
 
 impl Node {
-    pub fn new(config: Config, verifier: Verifier) -> Arc<Self> {
+    pub fn new(config: Config, verifier: Verifier, keys: ApiKeys) -> Arc<Self> {
         let history: Arc<dyn HistoryStore> = Arc::new(MemoryHistory::new());
         let namespaces = Arc::new(Namespaces::from_config(&config));
         let hub = Arc::new(Hub::new(history));
+        let metrics = Arc::new(Metrics::new());
+        let rate_limits = Arc::new(RateLimits::new(&config));
         let pipeline = Pipeline::new(
             hub.clone(),
             namespaces.clone(),
+            rate_limits.clone(),
+            metrics.clone(),
             config.limits.dedup_window_ms,
         );
         let name = if config.node_name.is_empty() {
@@ -107,14 +110,19 @@ impl Node {
         Arc::new(Self {
             name,
             settings: Settings::from_config(&config),
-            config: Arc::new(config),
             verifier,
             namespaces,
             hub,
             pipeline,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            stats: Stats::default(),
+            connections: ConnectionLimits::new(&config.connections),
+            config: Arc::new(config),
+            metrics,
+            rate_limits,
+            registry: Registry::default(),
+            revocations: Revocations::default(),
+            keys,
             next_key: AtomicU64::new(1),
         })
     }

@@ -322,7 +322,9 @@ struct WireFrame<'a> {
 }
 
 /// Keeps `"data": null` apart from a missing `data`: `null` is a valid payload.
-fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+pub(crate) fn present_raw<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Box<RawValue>>, D::Error> {
     Box::<RawValue>::deserialize(d).map(Some)
 }
 

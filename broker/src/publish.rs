@@ -1,6 +1,6 @@
-//! The publish pipeline: every publication, from a client or (later) the server API and
-//! NATS ingress, goes through [`Pipeline::publish`]: name → namespace → permission →
-//! idempotency → hooks (plugins) → hub.
+//! The publish pipeline: every publication, from a client, the server API or (later) NATS
+//! ingress, goes through [`Pipeline::publish`]: name → namespace → permission → rate
+//! limits → hooks (plugins) → idempotency → hub.
 //!
 //! Hooks run once per publication, never per delivery; a pipeline without hooks pays
 //! one empty slice check.
@@ -15,13 +15,21 @@ use crate::access;
 use crate::auth::Claims;
 use crate::channel::{ChannelName, Namespace, Namespaces};
 use crate::hub::{Hub, NewPublication, Published};
+use crate::limits::{Exceeded, RateLimits};
+use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, ErrorReply, now_ms};
+use std::time::Instant;
 
 /// Where a publication comes from. Client publications are checked against the token;
 /// server-side sources are trusted.
 #[derive(Clone, Copy, Debug)]
 pub enum Source<'a> {
-    Client { client: &'a str, claims: &'a Claims },
+    Client {
+        client: &'a str,
+        claims: &'a Claims,
+        /// The user id, shared (the per-user limiter's key).
+        user: &'a Arc<str>,
+    },
     Api,
 }
 
@@ -83,15 +91,25 @@ pub trait PublishHook: Send + Sync {
 pub struct Pipeline {
     hub: Arc<Hub>,
     namespaces: Arc<Namespaces>,
+    limits: Arc<RateLimits>,
+    metrics: Arc<Metrics>,
     hooks: Vec<Arc<dyn PublishHook>>,
     dedup: Dedup,
 }
 
 impl Pipeline {
-    pub fn new(hub: Arc<Hub>, namespaces: Arc<Namespaces>, dedup_window_ms: u64) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        namespaces: Arc<Namespaces>,
+        limits: Arc<RateLimits>,
+        metrics: Arc<Metrics>,
+        dedup_window_ms: u64,
+    ) -> Self {
         Self {
             hub,
             namespaces,
+            limits,
+            metrics,
             hooks: Vec::new(),
             dedup: Dedup::new(dedup_window_ms),
         }
@@ -103,10 +121,17 @@ impl Pipeline {
     }
 
     pub fn publish(&self, req: PublishRequest<'_>) -> Result<Accepted, ErrorReply> {
+        let accepted_at = Instant::now();
         let (channel, ns) = access::resolve(&self.namespaces, req.channel)?;
-        if let Source::Client { claims, .. } = req.source {
+        if let Source::Client { claims, user, .. } = req.source {
             access::can_publish(&ns, &channel, claims)?;
+            self.limits
+                .check_user_publish(user)
+                .map_err(|e| self.limited(&e))?;
         }
+        self.limits
+            .check_channel_publish(&ns, &channel)
+            .map_err(|e| self.limited(&e))?;
         for hook in &self.hooks {
             let event = PublishEvent {
                 source: req.source,
@@ -136,12 +161,29 @@ impl Pipeline {
             None => (publish(), false),
             Some(key) => self.dedup.once(&channel, key, publish),
         };
+        if !duplicate {
+            self.metrics
+                .publications
+                .with_label_values(&[req.source.label()])
+                .inc();
+            self.metrics.deliveries.inc_by(published.delivered as u64);
+            self.metrics
+                .frames_sent("message", published.delivered as u64);
+            self.metrics
+                .publish_latency
+                .observe(accepted_at.elapsed().as_secs_f64());
+        }
         Ok(Accepted {
             channel,
             offset: published.offset,
             duplicate,
             delivered: published.delivered,
         })
+    }
+
+    fn limited(&self, e: &Exceeded) -> ErrorReply {
+        self.metrics.rate_limited(e.limit);
+        e.to_reply()
     }
 
     /// Forgets idempotency keys older than the window.
@@ -225,9 +267,12 @@ mod tests {
     }
 
     fn pipeline() -> Pipeline {
-        let namespaces = Arc::new(Namespaces::from_config(&Config::default()));
+        let config = Config::default();
+        let namespaces = Arc::new(Namespaces::from_config(&config));
         let hub = Arc::new(Hub::new(Arc::new(MemoryHistory::new())));
-        Pipeline::new(hub, namespaces, 60_000).with_hook(Arc::new(NoSwearing))
+        let limits = Arc::new(RateLimits::new(&config));
+        Pipeline::new(hub, namespaces, limits, Arc::new(Metrics::new()), 60_000)
+            .with_hook(Arc::new(NoSwearing))
     }
 
     fn raw(s: &str) -> Box<RawValue> {

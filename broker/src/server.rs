@@ -14,8 +14,9 @@ use tokio::net::TcpListener;
 
 use crate::admin;
 use crate::auth::Verifier;
-use crate::config::Config;
-use crate::node::Node;
+use crate::config::{Config, EnvOverrides};
+use crate::logging::LogControl;
+use crate::node::{ApiKeys, Node};
 use crate::protocol::now_ms;
 use crate::transport::ws;
 
@@ -28,7 +29,7 @@ pub struct Server {
 
 impl Server {
     /// Binds the listeners (port 0 picks a free port; see [`Server::ws_addr`]).
-    pub async fn bind(config: Config, verifier: Verifier) -> anyhow::Result<Self> {
+    pub async fn bind(config: Config, verifier: Verifier, keys: ApiKeys) -> anyhow::Result<Self> {
         let ws_addr = config.ws_socket_addr();
         let admin_addr = config.admin_socket_addr();
         let ws_listener = TcpListener::bind(ws_addr)
@@ -38,7 +39,7 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on admin_addr {admin_addr}"))?;
         Ok(Self {
-            node: Node::new(config, verifier),
+            node: Node::new(config, verifier, keys),
             ws_listener,
             admin_listener,
         })
@@ -73,7 +74,7 @@ impl Server {
         ws::serve(self.ws_listener, node.clone()).await;
 
         // The token is cancelled: sessions are closing with 1012 after flushing.
-        let open = node.stats.connections();
+        let open = node.connections.open();
         tracing::info!(
             connections = open,
             drain_ms = node.config.shutdown.drain_ms,
@@ -88,7 +89,7 @@ impl Server {
         .is_ok();
         if !drained {
             tracing::warn!(
-                connections = node.stats.connections(),
+                connections = node.connections.open(),
                 "Drain deadline passed; closing the remaining connections"
             );
         }
@@ -100,7 +101,8 @@ impl Server {
     }
 }
 
-/// Periodically expires history and idempotency keys.
+/// Periodically expires history, idempotency keys, idle limiter keys and revocations, and
+/// samples the gauges that are cheaper to read than to keep up to date.
 async fn sweep(node: Arc<Node>) {
     let cfg = &node.config.history;
     let mut every = tokio::time::interval(Duration::from_millis(cfg.sweep_interval_ms));
@@ -108,15 +110,60 @@ async fn sweep(node: Arc<Node>) {
     loop {
         every.tick().await;
         let now = now_ms();
-        node.hub
+        let (streams, publications, bytes) = node
+            .hub
             .history()
             .sweep(now, cfg.stream_idle_ttl_secs * 1000);
         node.pipeline.sweep(now);
+        node.rate_limits.sweep();
+        node.revocations.sweep(now / 1000);
+        let (queued, longest) = node.registry.queue_depths();
+        let m = &node.metrics;
+        m.history_streams.set(streams as i64);
+        m.history_publications.set(publications as i64);
+        m.history_bytes.set(bytes as i64);
+        m.outbound_queue_frames.set(queued as i64);
+        m.outbound_queue_frames_max.set(longest as i64);
     }
 }
 
-/// Cancels the node's token on SIGTERM or SIGINT. SIGHUP is logged (nothing reloads yet).
-pub async fn watch_signals(node: Arc<Node>) -> anyhow::Result<()> {
+/// What SIGHUP reloads: the config file's `log.level` (other settings need a restart).
+pub struct Reload {
+    pub config_path: std::path::PathBuf,
+    pub path_is_default: bool,
+    pub log: LogControl,
+}
+
+impl Reload {
+    /// Re-reads the config; a bad file is logged and changes nothing.
+    fn apply(&self, running: &Config) {
+        let loaded = match Config::load(
+            &self.config_path,
+            self.path_is_default,
+            &EnvOverrides::from_process(),
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "Reload failed; the running config is unchanged");
+                return;
+            }
+        };
+        match self.log.set_level(&loaded.config.log.level) {
+            Ok(()) => tracing::info!(level = %loaded.config.log.level, "Reloaded log.level"),
+            Err(e) => tracing::error!(error = %e, "Reload of log.level failed"),
+        }
+        let mut without_log = loaded.config.clone();
+        without_log.log = running.log.clone();
+        if &without_log != running {
+            tracing::warn!(
+                "Settings other than log.level changed in the file; they take effect after a restart"
+            );
+        }
+    }
+}
+
+/// Cancels the node's token on SIGTERM or SIGINT; SIGHUP reloads what can be reloaded.
+pub async fn watch_signals(node: Arc<Node>, reload: Reload) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -125,7 +172,10 @@ pub async fn watch_signals(node: Arc<Node>) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { tracing::info!(signal = "SIGTERM", "Shutting down"); break; }
             _ = int.recv() => { tracing::info!(signal = "SIGINT", "Shutting down"); break; }
-            _ = hup.recv() => tracing::info!(signal = "SIGHUP", "Nothing to reload in this version"),
+            _ = hup.recv() => {
+                tracing::info!(signal = "SIGHUP", "Reloading");
+                reload.apply(&node.config);
+            }
         }
     }
     node.shutdown.cancel();

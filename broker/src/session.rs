@@ -20,6 +20,7 @@ use crate::auth::{self, Claims};
 use crate::channel::{ChannelName, Namespace};
 use crate::history::Query;
 use crate::hub::Peer;
+use crate::limits::{FrameLimiter, UserPermit};
 use crate::node::Node;
 use crate::outbound::{Next, Outbound};
 use crate::protocol::{
@@ -35,8 +36,9 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// `Authorization: Bearer …` from the upgrade request.
     pub bearer: Option<String>,
-    /// The URL carried a token (refused: URLs leak into logs).
-    pub token_in_query: bool,
+    /// The transport refuses the connection (a token in the URL, a connection limit):
+    /// the session only says so and closes.
+    pub refuse: Option<Disconnect>,
     /// When the transport opened; the `connect` deadline counts from here.
     pub opened: Instant,
 }
@@ -53,16 +55,24 @@ enum Exit {
 
 /// Runs a connection to its end.
 pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, conn: ConnInfo) {
-    node.stats.connection_opened();
-    let session = match handshake(&node, &mut transport, &conn).await {
+    let gauge = node
+        .metrics
+        .connections
+        .with_label_values(&[transport.kind()]);
+    gauge.inc();
+    node.metrics
+        .connections_total
+        .with_label_values(&[transport.kind()])
+        .inc();
+    let mut session = match handshake(&node, &mut transport, &conn).await {
         Ok(session) => session,
         Err(exit) => {
-            finish(&mut transport, exit, node.settings.pong_timeout).await;
-            node.stats.connection_closed();
+            finish(&node, &mut transport, exit).await;
+            gauge.dec();
             return;
         }
     };
-    let mut session = session;
+    node.registry.insert(session.peer.clone());
     tracing::info!(
         client = %session.peer.client,
         user = %session.peer.user,
@@ -73,6 +83,7 @@ pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, conn: ConnInfo
     );
     let exit = session.serve(&mut transport).await;
     session.leave_all();
+    node.registry.remove(session.peer.key);
     let (code, reason) = match &exit {
         Exit::Disconnect(d) => (d.code.code(), d.reason.to_string()),
         Exit::TooLarge => (1009, "frame too large".to_string()),
@@ -86,13 +97,21 @@ pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, conn: ConnInfo
         secs = session.started.elapsed().as_secs(),
         "Disconnected"
     );
-    finish(&mut transport, exit, node.settings.pong_timeout).await;
-    node.stats.connection_closed();
+    node.metrics
+        .connection_duration
+        .observe(session.started.elapsed().as_secs_f64());
+    finish(&node, &mut transport, exit).await;
+    gauge.dec();
 }
 
-/// Sends the `disconnect` push and the close, waiting at most `within` for a client that
-/// does not read (a slow consumer may never read again; its task must still end).
-async fn finish<T: Transport>(transport: &mut T, exit: Exit, within: Duration) {
+/// Sends the `disconnect` push and the close, waiting at most `pong_timeout` for a client
+/// that does not read (a slow consumer may never read again; its task must still end).
+async fn finish<T: Transport>(node: &Node, transport: &mut T, exit: Exit) {
+    match &exit {
+        Exit::Disconnect(d) => node.metrics.disconnect(d.code),
+        Exit::TooLarge => node.metrics.disconnect(CloseCode::TooLarge),
+        Exit::Gone(_) => {}
+    }
     let close = async {
         match exit {
             Exit::Disconnect(d) => {
@@ -109,7 +128,7 @@ async fn finish<T: Transport>(transport: &mut T, exit: Exit, within: Duration) {
             Exit::Gone(_) => {}
         }
     };
-    let _ = tokio::time::timeout(within, close).await;
+    let _ = tokio::time::timeout(node.settings.pong_timeout, close).await;
 }
 
 async fn send_now<T: Transport>(transport: &mut T, frame: EncodedFrame) -> Result<(), Exit> {
@@ -130,11 +149,8 @@ async fn handshake<T: Transport>(
     transport: &mut T,
     conn: &ConnInfo,
 ) -> Result<Session, Exit> {
-    if conn.token_in_query {
-        node.stats.auth_failed("token_in_url");
-        return Err(unauthorized(
-            "tokens in the URL are refused because URLs end up in logs; send the token as `token` in the connect frame or as an Authorization: Bearer header",
-        ));
+    if let Some(refuse) = &conn.refuse {
+        return Err(Exit::Disconnect(refuse.clone()));
     }
     let deadline = conn.opened + node.settings.handshake_timeout;
     let request = loop {
@@ -185,25 +201,47 @@ async fn handshake<T: Transport>(
         }
     };
     let token = token.or_else(|| conn.bearer.clone());
-    let claims = match token
+    let verified = token
         .as_deref()
         .map_or(Err(auth::Error::Missing), |t| node.verifier.verify(t))
-    {
+        .and_then(|claims| {
+            node.revocations.check(&claims, protocol::now_ms() / 1000)?;
+            Ok(claims)
+        });
+    let claims = match verified {
         Ok(claims) => claims,
         Err(e) => {
-            node.stats.auth_failed(e.reason());
+            node.metrics.auth_failed(e.reason());
             tracing::info!(remote = %conn.remote, reason = e.reason(), "Authentication failed");
             send_now(transport, protocol::error_reply(id, &e.to_reply())).await?;
-            return Err(unauthorized(e.to_string()));
+            let code = match e {
+                auth::Error::Revoked { .. } => CloseCode::Forbidden,
+                _ => CloseCode::Unauthorized,
+            };
+            return Err(Exit::Disconnect(Disconnect::new(code, e.to_string())));
+        }
+    };
+    let user: Arc<str> = Arc::from(claims.sub.as_str());
+    let user_permit = match node.connections.admit_user(&user) {
+        Ok(permit) => permit,
+        Err(e) => {
+            node.metrics.rate_limited(e.limit);
+            return Err(Exit::Disconnect(Disconnect::new(
+                CloseCode::TryAgainLater,
+                e.message,
+            )));
         }
     };
     let key = node.next_key();
     let peer = Arc::new(Peer {
         key,
         client: format!("c-{key:x}-{:04x}", rand::rng().random::<u16>()).into(),
-        user: claims.sub.as_str().into(),
+        user: user.clone(),
         info: claims.info.clone(),
         outbound: Outbound::new(node.settings.outbound_queue_frames),
+        transport: transport.kind(),
+        remote: conn.remote,
+        connected_at_ms: protocol::now_ms(),
     });
     #[derive(Serialize)]
     struct Connected<'a> {
@@ -228,6 +266,11 @@ async fn handshake<T: Transport>(
         node: node.clone(),
         expires_at: expiry_instant(claims.exp),
         claims,
+        user,
+        _user_permit: user_permit,
+        frames: node.rate_limits.connection_frames(),
+        violations: 0,
+        violations_since: now,
         peer,
         subscriptions: HashMap::new(),
         started: now,
@@ -247,6 +290,15 @@ struct Session {
     node: Arc<Node>,
     peer: Arc<Peer>,
     claims: Claims,
+    /// `claims.sub`, shared (the per-user limiter's key).
+    user: Arc<str>,
+    /// Holds this connection's slot in the per-user count.
+    _user_permit: UserPermit,
+    /// This connection's frame rate limiter.
+    frames: Option<FrameLimiter>,
+    /// `rate_limited` errors in the current window, and when the window began.
+    violations: u32,
+    violations_since: Instant,
     expires_at: Instant,
     subscriptions: HashMap<ChannelName, Arc<Namespace>>,
     started: Instant,
@@ -293,7 +345,11 @@ impl Session {
                 inbound = transport.recv() => {
                     self.awaiting_pong_since = None;
                     match inbound {
-                        Inbound::Text(text) => self.handle_text(&text),
+                        Inbound::Text(text) => {
+                            if let Err(exit) = self.handle_text(&text) {
+                                return exit;
+                            }
+                        }
                         Inbound::Binary => self.reply_error(None, ErrorReply::new(
                             ErrorCode::BadRequest,
                             "binary frames are not part of protocol v1; send each frame as a JSON text frame",
@@ -347,19 +403,60 @@ impl Session {
     }
 
     fn reply_error(&self, id: Option<u64>, err: ErrorReply) {
+        self.node.metrics.frames_sent("error", 1);
         self.push(protocol::error_reply(id, &err));
     }
 
-    fn handle_text(&mut self, text: &str) {
-        match protocol::parse_request(text) {
-            Ok(req) => {
-                let id = req.id;
-                if let Err(err) = self.handle(req) {
-                    self.reply_error(id, err);
-                }
-            }
-            Err(e) => self.reply_error(e.id, ErrorReply::new(ErrorCode::BadRequest, e.message)),
+    /// Handles one text frame; `Err` when the connection must close (too many violations).
+    fn handle_text(&mut self, text: &str) -> Result<(), Exit> {
+        let parsed = protocol::parse_request(text);
+        let kind = parsed.as_ref().map_or("other", |r| r.body.kind());
+        self.node.metrics.frame_received(kind);
+        let id = match &parsed {
+            Ok(r) => r.id,
+            Err(e) => e.id,
+        };
+        let result = match &self.frames {
+            Some(limiter) => limiter.check().map_err(|e| {
+                self.node.metrics.rate_limited(e.limit);
+                e.to_reply()
+            }),
+            None => Ok(()),
         }
+        .and_then(|()| match parsed {
+            Ok(req) => self.handle(req),
+            Err(e) => Err(ErrorReply::new(ErrorCode::BadRequest, e.message)),
+        });
+        let Err(err) = result else { return Ok(()) };
+        let limited = err.code == ErrorCode::RateLimited;
+        self.reply_error(id, err);
+        if limited {
+            self.count_violation()?;
+        }
+        Ok(())
+    }
+
+    /// Counts a `rate_limited` answer; too many within the window close the connection.
+    fn count_violation(&mut self) -> Result<(), Exit> {
+        let limits = &self.node.rate_limits;
+        let now = Instant::now();
+        if now.duration_since(self.violations_since)
+            > Duration::from_millis(limits.violation_window_ms)
+        {
+            self.violations = 0;
+            self.violations_since = now;
+        }
+        self.violations += 1;
+        if self.violations >= limits.max_violations {
+            return Err(Exit::Disconnect(Disconnect::new(
+                CloseCode::RateLimited,
+                format!(
+                    "{} rate-limit violations within {} ms; reconnect later and stay under the limits",
+                    self.violations, limits.violation_window_ms
+                ),
+            )));
+        }
+        Ok(())
     }
 
     /// Handles one request; success replies are queued here (only when the frame had an id).
@@ -391,6 +488,7 @@ impl Session {
                     source: Source::Client {
                         client: &self.peer.client,
                         claims: &self.claims,
+                        user: &self.user,
                     },
                     channel: &channel,
                     data: &data,
@@ -442,10 +540,20 @@ impl Session {
                 Ok(())
             }
             RequestBody::Refresh { token } => {
-                let claims = self.node.verifier.verify(&token).map_err(|e| {
-                    self.node.stats.auth_failed(e.reason());
-                    e.to_reply()
-                })?;
+                let claims = self
+                    .node
+                    .verifier
+                    .verify(&token)
+                    .and_then(|claims| {
+                        self.node
+                            .revocations
+                            .check(&claims, protocol::now_ms() / 1000)?;
+                        Ok(claims)
+                    })
+                    .map_err(|e| {
+                        self.node.metrics.auth_failed(e.reason());
+                        e.to_reply()
+                    })?;
                 if claims.sub != self.claims.sub {
                     let e = auth::Error::SubMismatch {
                         current: self.claims.sub.clone(),
@@ -476,8 +584,9 @@ impl Session {
         }
     }
 
-    fn reply<B: Serialize>(&self, id: Option<u64>, kind: &str, body: B) {
+    fn reply<B: Serialize>(&self, id: Option<u64>, kind: &'static str, body: B) {
         if id.is_some() {
+            self.node.metrics.frames_sent(kind, 1);
             self.push(protocol::reply(id, kind, body));
         }
     }

@@ -30,21 +30,38 @@ pub struct TestBroker {
     pub ws_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    config_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
 pub struct Builder {
     config: Option<String>,
     env: Vec<(String, String)>,
+    /// Default variables this test does not want set.
+    unset: Vec<String>,
     args: Vec<String>,
     secret: bool,
 }
+
+/// Variables every test broker gets unless a test overrides or unsets them. Rate limits
+/// are off so that tests of other behaviour can send as fast as they like; the limit
+/// tests turn each one on.
+const DEFAULT_ENV: &[(&str, &str)] = &[
+    ("HOOKWIRE_WS_ADDR", "127.0.0.1:0"),
+    ("HOOKWIRE_ADMIN_ADDR", "127.0.0.1:0"),
+    ("HOOKWIRE_LOG_LEVEL", "debug"),
+    ("HOOKWIRE_RATE_LIMITS_CONNECTION_FRAMES_PER_SEC", "0"),
+    ("HOOKWIRE_RATE_LIMITS_USER_PUBLISHES_PER_SEC", "0"),
+    ("HOOKWIRE_RATE_LIMITS_IP_CONNECTS_PER_SEC", "0"),
+    ("HOOKWIRE_RATE_LIMITS_CHANNEL_PUBLISHES_PER_SEC", "0"),
+];
 
 impl TestBroker {
     pub fn builder() -> Builder {
         Builder {
             config: None,
             env: Vec::new(),
+            unset: Vec::new(),
             args: Vec::new(),
             secret: true,
         }
@@ -53,6 +70,11 @@ impl TestBroker {
     /// A broker with the shipped config.
     pub async fn start() -> Self {
         Self::builder().start().await
+    }
+
+    /// The config file the broker was started with (tests may rewrite it, then SIGHUP).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.config_path.clone()
     }
 
     pub fn ws_url(&self) -> String {
@@ -167,6 +189,12 @@ impl Builder {
         self
     }
 
+    /// Leaves one of the harness's default variables unset (see `DEFAULT_ENV`).
+    pub fn unset_env(mut self, key: &str) -> Self {
+        self.unset.push(key.into());
+        self
+    }
+
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.into());
         self
@@ -199,11 +227,13 @@ impl Builder {
             .args(&self.args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOOKWIRE_WS_ADDR", "127.0.0.1:0")
-            .env("HOOKWIRE_ADMIN_ADDR", "127.0.0.1:0")
-            .env("HOOKWIRE_LOG_LEVEL", "debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        for (k, v) in DEFAULT_ENV {
+            if !self.unset.iter().any(|u| u == k) {
+                cmd.env(k, v);
+            }
+        }
         if self.secret {
             cmd.env("HOOKWIRE_JWT_SECRET", SECRET);
         }
@@ -253,6 +283,7 @@ impl Builder {
             ws_addr: ws_addr.unwrap(),
             admin_addr: admin_addr.unwrap(),
             logs,
+            config_path,
             _dir: dir,
         }
     }
@@ -356,29 +387,8 @@ pub fn spec(sub: &str, channels: &[&str]) -> TokenSpec {
 }
 
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let r = crate::http::request(addr, "GET", path, None, None).await;
+    (r.status, r.body)
 }
 
 /// A real WebSocket client speaking protocol v1.

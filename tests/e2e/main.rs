@@ -1,12 +1,16 @@
 //! End-to-end tests: the real `hookwire` binary on port 0, real WebSocket clients on loopback.
 
 mod harness;
+mod http;
 
+mod api;
 mod auth;
 mod channels;
 mod cli;
 mod connect;
 mod limits;
+mod operations;
 mod presence;
+mod protection;
 mod recovery;
 mod refresh;

@@ -21,8 +21,9 @@ use tokio_tungstenite::tungstenite::protocol::{
 };
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError, http};
 
+use crate::channel::glob_match;
 use crate::node::{Node, Settings};
-use crate::protocol::{CloseCode, EncodedFrame, SUBPROTOCOL};
+use crate::protocol::{CloseCode, Disconnect, EncodedFrame, SUBPROTOCOL};
 use crate::session::{self, ConnInfo};
 use crate::transport::{Inbound, Transport, WriteError};
 
@@ -67,19 +68,58 @@ struct Upgrade {
     token_in_query: bool,
 }
 
+fn http_error(status: http::StatusCode, message: String) -> ErrorResponse {
+    let mut err = ErrorResponse::new(Some(message + "\n"));
+    *err.status_mut() = status;
+    err
+}
+
+/// Whether a browser `Origin` is allowed: exact, or a pattern with `*`.
+pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    allowed.is_empty() || allowed.iter().any(|pattern| glob_match(pattern, origin))
+}
+
 /// Checks the upgrade request: path, subprotocol, where the token is. (The error type is
 /// tungstenite's callback contract.)
 fn check_upgrade(
+    node: &Node,
+    remote: SocketAddr,
     req: &Request,
     mut resp: Response,
     upgrade: &mut Upgrade,
 ) -> Result<Response, ErrorResponse> {
     if req.uri().path() != PATH {
-        let mut err = ErrorResponse::new(Some(format!(
-            "not found: WebSocket clients connect to {PATH}\n"
-        )));
-        *err.status_mut() = http::StatusCode::NOT_FOUND;
-        return Err(err);
+        return Err(http_error(
+            http::StatusCode::NOT_FOUND,
+            format!("not found: WebSocket clients connect to {PATH}"),
+        ));
+    }
+    let conns = &node.config.connections;
+    match req
+        .headers()
+        .get(http::header::ORIGIN)
+        .map(|o| o.to_str().unwrap_or(""))
+    {
+        Some(origin) if !origin_allowed(&conns.allowed_origins, origin) => {
+            tracing::info!(remote = %remote, origin, "Upgrade refused: origin not allowed");
+            return Err(http_error(
+                http::StatusCode::FORBIDDEN,
+                format!(
+                    "origin {origin:?} is not allowed to connect; add it to connections.allowed_origins"
+                ),
+            ));
+        }
+        None if !conns.allow_missing_origin => {
+            return Err(http_error(
+                http::StatusCode::FORBIDDEN,
+                "an Origin header is required (connections.allow_missing_origin = false)".into(),
+            ));
+        }
+        _ => {}
+    }
+    if let Err(e) = node.rate_limits.check_ip_connect(remote.ip()) {
+        node.metrics.rate_limited(e.limit);
+        return Err(http_error(http::StatusCode::TOO_MANY_REQUESTS, e.message));
     }
     if let Some(query) = req.uri().query() {
         upgrade.token_in_query = query.split('&').any(|pair| {
@@ -121,7 +161,7 @@ async fn connection(stream: TcpStream, remote: SocketAddr, node: Arc<Node>) {
     // Boxed: the handshake's buffers live only while it runs, not in every connection task.
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
         stream,
-        |req: &Request, resp: Response| check_upgrade(req, resp, &mut upgrade),
+        |req: &Request, resp: Response| check_upgrade(&node, remote, req, resp, &mut upgrade),
         Some(config),
     ));
     let ws = match tokio::time::timeout(node.settings.handshake_timeout, handshake).await {
@@ -135,13 +175,31 @@ async fn connection(stream: TcpStream, remote: SocketAddr, node: Arc<Node>) {
             return;
         }
     };
+    // Connection limits answer with a WebSocket close (1013), so they are checked after the upgrade.
+    let permit = node.connections.admit(remote.ip());
+    let refuse = match &permit {
+        Err(e) => {
+            node.metrics.rate_limited(e.limit);
+            Some(Disconnect::new(CloseCode::TryAgainLater, e.message.clone()))
+        }
+        Ok(_) if upgrade.token_in_query => {
+            node.metrics.auth_failed("token_in_url");
+            tracing::info!(remote = %remote, "Refused a token in the URL (the token is not logged)");
+            Some(Disconnect::new(
+                CloseCode::Unauthorized,
+                "tokens in the URL are refused because URLs end up in logs; send the token as `token` in the connect frame or as an Authorization: Bearer header",
+            ))
+        }
+        Ok(_) => None,
+    };
     let conn = ConnInfo {
         remote,
         bearer: upgrade.bearer,
-        token_in_query: upgrade.token_in_query,
+        refuse,
         opened,
     };
     session::run(node, WsTransport { ws }, conn).await;
+    drop(permit);
 }
 
 pub struct WsTransport {
@@ -210,4 +268,33 @@ fn truncate_reason(reason: &str) -> &str {
         end -= 1;
     }
     &reason[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_match_exactly_or_by_pattern() {
+        let allowed = vec![
+            "https://app.example.com".to_string(),
+            "https://*.example.org".to_string(),
+        ];
+        assert!(origin_allowed(&allowed, "https://app.example.com"));
+        assert!(origin_allowed(&allowed, "https://chat.example.org"));
+        assert!(!origin_allowed(&allowed, "http://app.example.com"));
+        assert!(!origin_allowed(
+            &allowed,
+            "https://app.example.com.evil.net"
+        ));
+        assert!(!origin_allowed(&allowed, "https://example.org"));
+        assert!(origin_allowed(&[], "https://anything.test"));
+    }
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        let long = "é".repeat(100);
+        let r = truncate_reason(&long);
+        assert!(r.len() <= 120 && long.starts_with(r));
+    }
 }

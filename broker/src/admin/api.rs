@@ -1,0 +1,276 @@
+//! The server HTTP API for backends (`/api/*`), per the server API contract. Publishes go
+//! through the same [`crate::publish::Pipeline`] as client publishes, as `Source::Api`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Json;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::{ApiError, Scope, authorize};
+use crate::access;
+use crate::history::Query as HistoryQuery;
+use crate::node::Node;
+use crate::protocol::{self, CloseCode, Disconnect, ErrorCode, MAX_KEY_BYTES, now_ms};
+use crate::publish::{PublishRequest, Source};
+
+/// Most channels one broadcast may name.
+pub const MAX_BROADCAST_CHANNELS: usize = 1_000;
+
+/// Reads a JSON body, turning every failure into a `{"code","message"}` answer.
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::TooLarge,
+                "the request body is larger than api.max_body_bytes",
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid for this route: {e}")))
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    channel: String,
+    #[serde(default, deserialize_with = "protocol::present_raw")]
+    data: Option<Box<RawValue>>,
+    key: Option<String>,
+}
+
+fn check_key(key: Option<&str>) -> Result<(), ApiError> {
+    match key {
+        Some(k) if k.is_empty() || k.len() > MAX_KEY_BYTES => Err(ApiError::bad_request(format!(
+            "`key` must be 1 to {MAX_KEY_BYTES} bytes, got {}",
+            k.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn require_data(data: Option<Box<RawValue>>) -> Result<Box<RawValue>, ApiError> {
+    data.ok_or_else(|| ApiError::bad_request("the body needs `data` (any JSON value)"))
+}
+
+/// `POST /api/publish`
+pub async fn publish(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&node, &headers, Scope::Api)?;
+    let body: PublishBody = parse(body)?;
+    check_key(body.key.as_deref())?;
+    let data = require_data(body.data)?;
+    let accepted = node.pipeline.publish(PublishRequest {
+        source: Source::Api,
+        channel: &body.channel,
+        data: &data,
+        key: body.key.as_deref(),
+    })?;
+    Ok(Json(
+        json!({"channel": accepted.channel.as_str(), "offset": accepted.offset}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct BroadcastBody {
+    channels: Vec<String>,
+    #[serde(default, deserialize_with = "protocol::present_raw")]
+    data: Option<Box<RawValue>>,
+}
+
+/// `POST /api/broadcast`: one result per channel, in the order given.
+pub async fn broadcast(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&node, &headers, Scope::Api)?;
+    let body: BroadcastBody = parse(body)?;
+    let data = require_data(body.data)?;
+    if body.channels.is_empty() || body.channels.len() > MAX_BROADCAST_CHANNELS {
+        return Err(ApiError::bad_request(format!(
+            "`channels` must list 1 to {MAX_BROADCAST_CHANNELS} channels, got {}",
+            body.channels.len()
+        )));
+    }
+    let results: Vec<Value> = body
+        .channels
+        .iter()
+        .map(|channel| {
+            match node.pipeline.publish(PublishRequest {
+                source: Source::Api,
+                channel,
+                data: &data,
+                key: None,
+            }) {
+                Ok(a) => json!({"channel": channel, "offset": a.offset}),
+                Err(e) => json!({"channel": channel, "error": {"code": e.code.as_str(), "message": e.message}}),
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+#[derive(Deserialize)]
+struct UserBody {
+    user: String,
+}
+
+/// `POST /api/disconnect`: closes the user's connections on this node with 4003.
+pub async fn disconnect(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&node, &headers, Scope::Api)?;
+    let body: UserBody = parse(body)?;
+    let d = Disconnect::new(CloseCode::Forbidden, "disconnected by an operator");
+    let n = node.registry.disconnect_user(&body.user, &d);
+    tracing::info!(user = %body.user, connections = n, "Operator disconnected a user");
+    Ok(Json(json!({ "disconnected": n })))
+}
+
+#[derive(Deserialize)]
+struct RevokeBody {
+    user: String,
+    until: u64,
+}
+
+/// `POST /api/revoke`: refuses the user's tokens issued before now, until `until`, and
+/// closes the user's open connections with 4003.
+pub async fn revoke(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&node, &headers, Scope::Api)?;
+    let body: RevokeBody = parse(body)?;
+    let now_s = now_ms() / 1000;
+    if body.until <= now_s {
+        return Err(ApiError::bad_request(format!(
+            "`until` ({}) must be in the future (now is {now_s}, Unix seconds)",
+            body.until
+        )));
+    }
+    node.revocations.revoke(&body.user, now_s, body.until);
+    let d = Disconnect::new(CloseCode::Forbidden, "the token was revoked by an operator");
+    let n = node.registry.disconnect_user(&body.user, &d);
+    tracing::info!(user = %body.user, until = body.until, connections = n, "Operator revoked a user's tokens");
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub struct ChannelQuery {
+    channel: Option<String>,
+    limit: Option<usize>,
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q).map_err(|e| {
+        ApiError::bad_request(format!("the query string is not valid: {}", e.body_text()))
+    })
+}
+
+fn channel_param(q: &ChannelQuery) -> Result<&str, ApiError> {
+    q.channel.as_deref().ok_or_else(|| {
+        ApiError::bad_request("add the `channel` query parameter, e.g. ?channel=chat:lobby")
+    })
+}
+
+/// `GET /api/presence?channel=…`
+pub async fn presence(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    q: Result<Query<ChannelQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&node, &headers, Scope::Api)?;
+    let q = query(q)?;
+    let (channel, ns) = access::resolve(&node.namespaces, channel_param(&q)?)?;
+    if !ns.config.presence {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("presence is not enabled in namespace {:?}", ns.name),
+        ));
+    }
+    let clients = node.hub.presence(&channel);
+    Ok(Json(
+        json!({"type": "presence", "channel": channel.as_str(), "clients": clients}),
+    ))
+}
+
+/// `GET /api/history?channel=…&limit=N`
+pub async fn history(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    q: Result<Query<ChannelQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&node, &headers, Scope::Api)?;
+    let q = query(q)?;
+    let (channel, ns) = access::resolve(&node.namespaces, channel_param(&q)?)?;
+    let limit = q.limit.unwrap_or(100);
+    let page = node
+        .hub
+        .history_read(&ns, &channel, HistoryQuery::Latest { limit })
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, e.to_string()))?;
+    let (offset, epoch, publications) = match &page {
+        Some(p) => (
+            p.position.offset,
+            p.position.epoch.to_string(),
+            p.publications.as_slice(),
+        ),
+        None => (0, String::new(), &[][..]),
+    };
+    #[derive(serde::Serialize)]
+    struct Head<'a> {
+        channel: &'a str,
+        offset: u64,
+        epoch: &'a str,
+    }
+    let frame = protocol::reply_with_publications(
+        None,
+        "history",
+        Head {
+            channel: channel.as_str(),
+            offset,
+            epoch: &epoch,
+        },
+        publications,
+    );
+    let value: Value = serde_json::from_str(frame.as_str()).map_err(|e| {
+        tracing::error!(error = %e, "Encoded history is not JSON");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "internal error",
+        )
+    })?;
+    Ok(Json(value))
+}
+
+/// `GET /api/channels`
+pub async fn channels(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&node, &headers, Scope::Api)?;
+    let list: Vec<Value> = node
+        .hub
+        .channels()
+        .into_iter()
+        .map(|(c, n)| json!({"channel": c.as_str(), "subscribers": n}))
+        .collect();
+    Ok(Json(json!({ "channels": list })))
+}

@@ -1,0 +1,362 @@
+//! Rate and connection limits, checked at the edge before work is queued.
+//!
+//! Rates use governor's GCRA limiters: keyed ones (per user, per channel, per source IP)
+//! shard their state in a concurrent map, so no global lock sits on the publish path; a
+//! connection's own frame limiter lives in its session. Connection counts are held by
+//! RAII permits ([`ConnectionPermit`], [`UserPermit`]) that give their slot back on drop.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
+
+use crate::channel::{ChannelName, Namespace};
+use crate::config::{Config, ConnectionsConfig, RateLimitsConfig};
+use crate::metrics::Limit;
+use crate::protocol::{ErrorCode, ErrorReply};
+
+/// A limit that was hit, with the sentence for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Exceeded {
+    pub limit: Limit,
+    pub message: String,
+}
+
+impl Exceeded {
+    pub fn to_reply(&self) -> ErrorReply {
+        ErrorReply::new(ErrorCode::RateLimited, self.message.clone())
+    }
+}
+
+fn quota(rate: u32, burst: u32) -> Option<Quota> {
+    let rate = NonZeroU32::new(rate)?;
+    let burst = NonZeroU32::new(burst.max(rate.get())).unwrap_or(rate);
+    Some(Quota::per_second(rate).allow_burst(burst))
+}
+
+/// A keyed limiter with the numbers it enforces, for messages.
+struct Keyed<K: Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+    rate: u32,
+    burst: u32,
+}
+
+impl<K: Hash + Eq + Clone> Keyed<K> {
+    fn new(rate: u32, burst: u32) -> Option<Self> {
+        quota(rate, burst).map(|q| Self {
+            limiter: RateLimiter::keyed(q),
+            rate,
+            burst: burst.max(rate),
+        })
+    }
+}
+
+/// The rate limits of the node.
+pub struct RateLimits {
+    frames: Option<(Quota, u32, u32)>,
+    user_publishes: Option<Keyed<Arc<str>>>,
+    channel_publishes: Option<Keyed<ChannelName>>,
+    /// Namespaces with their own channel publish rate.
+    namespace_publishes: HashMap<String, Keyed<ChannelName>>,
+    ip_connects: Option<Keyed<IpAddr>>,
+    pub max_violations: u32,
+    pub violation_window_ms: u64,
+}
+
+impl RateLimits {
+    pub fn new(config: &Config) -> Self {
+        let r: &RateLimitsConfig = &config.rate_limits;
+        Self {
+            frames: quota(r.connection_frames_per_sec, r.connection_frames_burst).map(|q| {
+                (
+                    q,
+                    r.connection_frames_per_sec,
+                    r.connection_frames_burst.max(r.connection_frames_per_sec),
+                )
+            }),
+            user_publishes: Keyed::new(r.user_publishes_per_sec, r.user_publishes_burst),
+            channel_publishes: Keyed::new(r.channel_publishes_per_sec, r.channel_publishes_burst),
+            namespace_publishes: config
+                .namespaces
+                .iter()
+                .filter_map(|(name, ns)| {
+                    Keyed::new(ns.channel_publishes_per_sec, ns.channel_publishes_burst)
+                        .map(|k| (name.clone(), k))
+                })
+                .collect(),
+            ip_connects: Keyed::new(r.ip_connects_per_sec, r.ip_connects_burst),
+            max_violations: r.max_violations,
+            violation_window_ms: r.violation_window_ms,
+        }
+    }
+
+    /// A new connection's own frame limiter (`None`: unlimited).
+    pub fn connection_frames(&self) -> Option<FrameLimiter> {
+        self.frames.map(|(q, rate, burst)| FrameLimiter {
+            limiter: RateLimiter::direct(q),
+            rate,
+            burst,
+        })
+    }
+
+    pub fn check_user_publish(&self, user: &Arc<str>) -> Result<(), Exceeded> {
+        let Some(k) = &self.user_publishes else {
+            return Ok(());
+        };
+        k.limiter.check_key(user).map_err(|_| Exceeded {
+            limit: Limit::UserPublishes,
+            message: format!(
+                "user {user} is publishing faster than {} per second (burst {}) across its connections; slow down",
+                k.rate, k.burst
+            ),
+        })
+    }
+
+    pub fn check_channel_publish(
+        &self,
+        ns: &Namespace,
+        channel: &ChannelName,
+    ) -> Result<(), Exceeded> {
+        let Some(k) = self
+            .namespace_publishes
+            .get(&ns.name)
+            .or(self.channel_publishes.as_ref())
+        else {
+            return Ok(());
+        };
+        k.limiter.check_key(channel).map_err(|_| Exceeded {
+            limit: Limit::ChannelPublishes,
+            message: format!(
+                "channel {channel} takes at most {} publications per second (burst {}); slow down",
+                k.rate, k.burst
+            ),
+        })
+    }
+
+    pub fn check_ip_connect(&self, ip: IpAddr) -> Result<(), Exceeded> {
+        let Some(k) = &self.ip_connects else {
+            return Ok(());
+        };
+        k.limiter.check_key(&ip).map_err(|_| Exceeded {
+            limit: Limit::IpConnects,
+            message: format!(
+                "too many new connections from {ip}: at most {} per second (burst {}); retry with backoff",
+                k.rate, k.burst
+            ),
+        })
+    }
+
+    /// Forgets keys whose limiters are back to full, so the maps do not grow without bound.
+    pub fn sweep(&self) {
+        if let Some(k) = &self.user_publishes {
+            k.limiter.retain_recent();
+        }
+        if let Some(k) = &self.channel_publishes {
+            k.limiter.retain_recent();
+        }
+        for k in self.namespace_publishes.values() {
+            k.limiter.retain_recent();
+        }
+        if let Some(k) = &self.ip_connects {
+            k.limiter.retain_recent();
+        }
+    }
+}
+
+/// One connection's frame limiter.
+pub struct FrameLimiter {
+    limiter: DefaultDirectRateLimiter,
+    rate: u32,
+    burst: u32,
+}
+
+impl FrameLimiter {
+    pub fn check(&self) -> Result<(), Exceeded> {
+        self.limiter.check().map_err(|_| Exceeded {
+            limit: Limit::ConnectionFrames,
+            message: format!(
+                "this connection sent more than {} frames per second (burst {}); slow down",
+                self.rate, self.burst
+            ),
+        })
+    }
+}
+
+/// Counts of open connections per node, source IP and user.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    config: ConnectionsConfig,
+    node: AtomicU32,
+    by_ip: Mutex<HashMap<IpAddr, u32>>,
+    by_user: Mutex<HashMap<Arc<str>, u32>>,
+}
+
+/// A connection's slot on the node and for its source IP; given back on drop.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+/// A connection's slot for its user; given back on drop.
+#[derive(Debug)]
+pub struct UserPermit {
+    limits: Arc<ConnectionLimits>,
+    user: Arc<str>,
+}
+
+impl ConnectionLimits {
+    pub fn new(config: &ConnectionsConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config: config.clone(),
+            node: AtomicU32::new(0),
+            by_ip: Mutex::new(HashMap::new()),
+            by_user: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes a node and IP slot, or says which limit is full.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Exceeded> {
+        let max = self.config.max;
+        let now = self.node.fetch_add(1, Ordering::AcqRel) + 1;
+        if max > 0 && now > max {
+            self.node.fetch_sub(1, Ordering::AcqRel);
+            return Err(Exceeded {
+                limit: Limit::NodeConnections,
+                message: format!(
+                    "this node is at its connection limit ({max}); retry later or on another node"
+                ),
+            });
+        }
+        let mut by_ip = self.by_ip.lock();
+        let count = by_ip.entry(ip).or_insert(0);
+        if self.config.max_per_ip > 0 && *count >= self.config.max_per_ip {
+            drop(by_ip);
+            self.node.fetch_sub(1, Ordering::AcqRel);
+            return Err(Exceeded {
+                limit: Limit::IpConnections,
+                message: format!(
+                    "{ip} already has {} connections, the limit per source address; close some or retry later",
+                    self.config.max_per_ip
+                ),
+            });
+        }
+        *count += 1;
+        Ok(ConnectionPermit {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Takes a slot for the user, or says the user is at its limit.
+    pub fn admit_user(self: &Arc<Self>, user: &Arc<str>) -> Result<UserPermit, Exceeded> {
+        let mut by_user = self.by_user.lock();
+        let count = by_user.entry(user.clone()).or_insert(0);
+        if self.config.max_per_user > 0 && *count >= self.config.max_per_user {
+            return Err(Exceeded {
+                limit: Limit::UserConnections,
+                message: format!(
+                    "user {user} already has {} connections, the limit per user; close one first",
+                    self.config.max_per_user
+                ),
+            });
+        }
+        *count += 1;
+        Ok(UserPermit {
+            limits: self.clone(),
+            user: user.clone(),
+        })
+    }
+
+    pub fn open(&self) -> u32 {
+        self.node.load(Ordering::Relaxed)
+    }
+}
+
+fn release<K: Hash + Eq>(map: &Mutex<HashMap<K, u32>>, key: &K) {
+    let mut map = map.lock();
+    if let Some(count) = map.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.limits.node.fetch_sub(1, Ordering::AcqRel);
+        release(&self.limits.by_ip, &self.ip);
+    }
+}
+
+impl Drop for UserPermit {
+    fn drop(&mut self) {
+        release(&self.limits.by_user, &self.user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_slots_come_back_on_drop() {
+        let limits = ConnectionLimits::new(&ConnectionsConfig {
+            max: 2,
+            max_per_ip: 1,
+            max_per_user: 1,
+            ..ConnectionsConfig::default()
+        });
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let p1 = limits.admit(a).unwrap();
+        assert_eq!(limits.admit(a).unwrap_err().limit, Limit::IpConnections);
+        let _p2 = limits.admit(b).unwrap();
+        assert_eq!(
+            limits
+                .admit("127.0.0.3".parse().unwrap())
+                .unwrap_err()
+                .limit,
+            Limit::NodeConnections
+        );
+        drop(p1);
+        assert!(limits.admit(a).is_ok());
+        let alice: Arc<str> = Arc::from("alice");
+        let u = limits.admit_user(&alice).unwrap();
+        assert_eq!(
+            limits.admit_user(&alice).unwrap_err().limit,
+            Limit::UserConnections
+        );
+        drop(u);
+        assert!(limits.admit_user(&alice).is_ok());
+    }
+
+    #[test]
+    fn frame_limiter_allows_the_burst_then_refuses() {
+        let config = Config {
+            rate_limits: RateLimitsConfig {
+                connection_frames_per_sec: 1,
+                connection_frames_burst: 3,
+                ..RateLimitsConfig::default()
+            },
+            ..Config::default()
+        };
+        let f = RateLimits::new(&config).connection_frames().unwrap();
+        for _ in 0..3 {
+            assert!(f.check().is_ok());
+        }
+        let e = f.check().unwrap_err();
+        assert!(
+            e.message.contains("1 frames per second (burst 3)"),
+            "{}",
+            e.message
+        );
+    }
+}

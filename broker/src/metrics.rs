@@ -1,0 +1,242 @@
+//! Prometheus metrics. Names follow Prometheus conventions (units in names, `_total` on
+//! counters) and every label set is bounded: never a channel or a user as a label.
+//! Label children are resolved once here, so recording on the hot path is an atomic add.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::protocol::CloseCode;
+
+/// Client frame types, as counted (`other` for anything unparseable).
+pub const FRAME_TYPES: &[&str] = &[
+    "connect",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "history",
+    "presence",
+    "refresh",
+    "ping",
+    "other",
+];
+
+/// Rate limits, as labelled in `hookwire_rate_limited_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    ConnectionFrames,
+    UserPublishes,
+    ChannelPublishes,
+    IpConnects,
+    NodeConnections,
+    UserConnections,
+    IpConnections,
+}
+
+impl Limit {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ConnectionFrames => "connection_frames",
+            Self::UserPublishes => "user_publishes",
+            Self::ChannelPublishes => "channel_publishes",
+            Self::IpConnects => "ip_connects",
+            Self::NodeConnections => "node_connections",
+            Self::UserConnections => "user_connections",
+            Self::IpConnections => "ip_connections",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGaugeVec,
+    pub connections_total: IntCounterVec,
+    pub connection_duration: Histogram,
+    frames_received: IntCounterVec,
+    frames_sent: IntCounterVec,
+    pub publications: IntCounterVec,
+    pub deliveries: IntCounter,
+    pub publish_latency: Histogram,
+    disconnects: IntCounterVec,
+    rate_limited: IntCounterVec,
+    auth_failures: IntCounterVec,
+    pub slow_consumers: IntCounter,
+    pub history_streams: IntGauge,
+    pub history_publications: IntGauge,
+    pub history_bytes: IntGauge,
+    pub outbound_queue_frames: IntGauge,
+    pub outbound_queue_frames_max: IntGauge,
+    pub api_requests: IntCounterVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("hookwire")
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Self {
+            connections: IntGaugeVec::new(opts("connections", "Client connections open now."), &["transport"])
+                .expect("valid metric"),
+            connections_total: IntCounterVec::new(
+                opts("connections_total", "Client connections accepted."),
+                &["transport"],
+            )
+            .expect("valid metric"),
+            connection_duration: Histogram::with_opts(
+                HistogramOpts::new("connection_duration_seconds", "How long client connections lasted.")
+                    .namespace("hookwire")
+                    .buckets(vec![1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0]),
+            )
+            .expect("valid metric"),
+            frames_received: IntCounterVec::new(
+                opts("frames_received_total", "Client frames received, by type."),
+                &["type"],
+            )
+            .expect("valid metric"),
+            frames_sent: IntCounterVec::new(opts("frames_sent_total", "Server frames queued, by type."), &["type"])
+                .expect("valid metric"),
+            publications: IntCounterVec::new(
+                opts("publications_total", "Publications accepted, by source."),
+                &["source"],
+            )
+            .expect("valid metric"),
+            deliveries: IntCounter::with_opts(opts(
+                "deliveries_total",
+                "Publications queued for a local subscriber.",
+            ))
+            .expect("valid metric"),
+            publish_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "publish_latency_seconds",
+                    "From a publication's acceptance to its frame being queued for the last local subscriber.",
+                )
+                .namespace("hookwire")
+                .buckets(prometheus::exponential_buckets(0.000_01, 4.0, 10).expect("valid buckets")),
+            )
+            .expect("valid metric"),
+            disconnects: IntCounterVec::new(
+                opts("disconnects_total", "Server-initiated disconnects, by close code."),
+                &["code"],
+            )
+            .expect("valid metric"),
+            rate_limited: IntCounterVec::new(
+                opts("rate_limited_total", "Requests or connections refused by a limit, by limit."),
+                &["limit"],
+            )
+            .expect("valid metric"),
+            auth_failures: IntCounterVec::new(
+                opts("auth_failures_total", "Refused tokens, by reason."),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            slow_consumers: IntCounter::with_opts(opts(
+                "slow_consumer_disconnects_total",
+                "Connections cut off because their outbound queue overflowed.",
+            ))
+            .expect("valid metric"),
+            history_streams: IntGauge::with_opts(opts("history_streams", "Channel streams kept in memory."))
+                .expect("valid metric"),
+            history_publications: IntGauge::with_opts(opts(
+                "history_publications",
+                "Publications kept in history.",
+            ))
+            .expect("valid metric"),
+            history_bytes: IntGauge::with_opts(opts("history_bytes", "Bytes of publications kept in history."))
+                .expect("valid metric"),
+            outbound_queue_frames: IntGauge::with_opts(opts(
+                "outbound_queue_frames",
+                "Frames waiting in all outbound queues (sampled).",
+            ))
+            .expect("valid metric"),
+            outbound_queue_frames_max: IntGauge::with_opts(opts(
+                "outbound_queue_frames_max",
+                "The longest outbound queue (sampled).",
+            ))
+            .expect("valid metric"),
+            api_requests: IntCounterVec::new(
+                opts("api_requests_total", "Server API requests, by route and status class."),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        let r = &m.registry;
+        let register =
+            |c: Box<dyn prometheus::core::Collector>| r.register(c).expect("unique metric names");
+        register(Box::new(m.connections.clone()));
+        register(Box::new(m.connections_total.clone()));
+        register(Box::new(m.connection_duration.clone()));
+        register(Box::new(m.frames_received.clone()));
+        register(Box::new(m.frames_sent.clone()));
+        register(Box::new(m.publications.clone()));
+        register(Box::new(m.deliveries.clone()));
+        register(Box::new(m.publish_latency.clone()));
+        register(Box::new(m.disconnects.clone()));
+        register(Box::new(m.rate_limited.clone()));
+        register(Box::new(m.auth_failures.clone()));
+        register(Box::new(m.slow_consumers.clone()));
+        register(Box::new(m.history_streams.clone()));
+        register(Box::new(m.history_publications.clone()));
+        register(Box::new(m.history_bytes.clone()));
+        register(Box::new(m.outbound_queue_frames.clone()));
+        register(Box::new(m.outbound_queue_frames_max.clone()));
+        register(Box::new(m.api_requests.clone()));
+        register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        // Pre-create the bounded label sets so every series shows from the start.
+        for t in FRAME_TYPES {
+            m.frames_received.with_label_values(&[t]);
+        }
+        m
+    }
+
+    pub fn frame_received(&self, kind: &str) {
+        let kind = if FRAME_TYPES.contains(&kind) {
+            kind
+        } else {
+            "other"
+        };
+        self.frames_received.with_label_values(&[kind]).inc();
+    }
+
+    /// `kind` must be one of the protocol's server frame types (a bounded set).
+    pub fn frames_sent(&self, kind: &'static str, n: u64) {
+        if n > 0 {
+            self.frames_sent.with_label_values(&[kind]).inc_by(n);
+        }
+    }
+
+    pub fn disconnect(&self, code: CloseCode) {
+        self.disconnects.with_label_values(&[code.label()]).inc();
+        if code == CloseCode::SlowConsumer {
+            self.slow_consumers.inc();
+        }
+    }
+
+    pub fn rate_limited(&self, limit: Limit) {
+        self.rate_limited.with_label_values(&[limit.label()]).inc();
+    }
+
+    pub fn auth_failed(&self, reason: &'static str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of gathered metrics cannot fail");
+        String::from_utf8(out).expect("Prometheus text is UTF-8")
+    }
+}

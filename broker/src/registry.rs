@@ -1,0 +1,69 @@
+//! Every open connection on this node, for operator actions (disconnect a user, the
+//! per-connection admin view) and sampled queue metrics. Not on the message path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::hub::Peer;
+use crate::protocol::Disconnect;
+
+const SHARDS: usize = 16;
+
+#[derive(Default)]
+pub struct Registry {
+    shards: [Mutex<HashMap<u64, Arc<Peer>>>; SHARDS],
+}
+
+impl Registry {
+    fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Arc<Peer>>> {
+        &self.shards[(key as usize) % SHARDS]
+    }
+
+    pub fn insert(&self, peer: Arc<Peer>) {
+        self.shard(peer.key).lock().insert(peer.key, peer);
+    }
+
+    pub fn remove(&self, key: u64) {
+        self.shard(key).lock().remove(&key);
+    }
+
+    /// Every peer (optionally only one user's), collected without holding a lock afterwards.
+    pub fn peers(&self, user: Option<&str>) -> Vec<Arc<Peer>> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock();
+            out.extend(
+                shard
+                    .values()
+                    .filter(|p| user.is_none_or(|u| &*p.user == u))
+                    .cloned(),
+            );
+        }
+        out.sort_by_key(|p| p.key);
+        out
+    }
+
+    /// Asks every connection of `user` to close; returns how many.
+    pub fn disconnect_user(&self, user: &str, disconnect: &Disconnect) -> usize {
+        let peers = self.peers(Some(user));
+        for p in &peers {
+            p.outbound.close(disconnect.clone());
+        }
+        peers.len()
+    }
+
+    /// (frames queued in all connections, the longest queue).
+    pub fn queue_depths(&self) -> (usize, usize) {
+        let (mut sum, mut max) = (0, 0);
+        for shard in &self.shards {
+            for p in shard.lock().values() {
+                let d = p.outbound.depth();
+                sum += d;
+                max = max.max(d);
+            }
+        }
+        (sum, max)
+    }
+}
