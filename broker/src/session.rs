@@ -7,8 +7,10 @@
 //! same outbound queue as publications, so the writer is the only one touching the socket.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use rand::Rng;
@@ -29,6 +31,9 @@ use crate::protocol::{
 };
 use crate::publish::{PublishRequest, Source};
 use crate::transport::{Inbound, Transport};
+
+/// A write batch whose buffer grew past this many frames is given back after the burst.
+const SHRINK_ABOVE: usize = 256;
 
 /// What the transport learned while opening the connection.
 #[derive(Debug)]
@@ -54,24 +59,44 @@ enum Exit {
 }
 
 /// Runs a connection to its end.
-pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, conn: ConnInfo) {
-    let gauge = node
-        .metrics
-        .connections
-        .with_label_values(&[transport.kind()]);
-    gauge.inc();
-    node.metrics
-        .connections_total
-        .with_label_values(&[transport.kind()])
-        .inc();
-    let mut session = match handshake(&node, &mut transport, &conn).await {
-        Ok(session) => session,
-        Err(exit) => {
-            finish(&node, &mut transport, exit).await;
-            gauge.dec();
-            return;
-        }
-    };
+///
+/// Every connection's task holds this future for its whole life, so its size is counted
+/// per connection: it is an async block rather than an async fn (whose state keeps its
+/// arguments twice), the session lives on the heap, and the short-lived handshake and
+/// close futures are boxed.
+// Deliberately not `async fn`: see the doc comment (the state's size).
+#[allow(clippy::manual_async_fn)]
+pub fn run<T: Transport>(
+    node: Arc<Node>,
+    mut transport: T,
+    conn: ConnInfo,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let gauge = node
+            .metrics
+            .connections
+            .with_label_values(&[transport.kind()]);
+        gauge.inc();
+        node.metrics
+            .connections_total
+            .with_label_values(&[transport.kind()])
+            .inc();
+        let exit = match Box::pin(handshake(&node, &mut transport, &conn)).await {
+            Ok(session) => live(&node, &mut transport, &conn, session).await,
+            Err(exit) => exit,
+        };
+        Box::pin(finish(&node, &mut transport, exit)).await;
+        gauge.dec();
+    }
+}
+
+/// Serves an authenticated session and cleans up after it.
+async fn live<T: Transport>(
+    node: &Node,
+    transport: &mut T,
+    conn: &ConnInfo,
+    mut session: Box<Session>,
+) -> Exit {
     node.registry.insert(session.peer.clone());
     tracing::info!(
         client = %session.peer.client,
@@ -81,7 +106,7 @@ pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, conn: ConnInfo
         name = session.name.as_deref().unwrap_or(""),
         "Connected"
     );
-    let exit = session.serve(&mut transport).await;
+    let exit = session.serve(transport).await;
     session.leave_all();
     node.registry.remove(session.peer.key);
     let (code, reason) = match &exit {
@@ -100,8 +125,7 @@ pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, conn: ConnInfo
     node.metrics
         .connection_duration
         .observe(session.started.elapsed().as_secs_f64());
-    finish(&node, &mut transport, exit).await;
-    gauge.dec();
+    exit
 }
 
 /// Sends the `disconnect` push and the close, waiting at most `pong_timeout` for a client
@@ -148,7 +172,7 @@ async fn handshake<T: Transport>(
     node: &Arc<Node>,
     transport: &mut T,
     conn: &ConnInfo,
-) -> Result<Session, Exit> {
+) -> Result<Box<Session>, Exit> {
     if let Some(refuse) = &conn.refuse {
         return Err(Exit::Disconnect(refuse.clone()));
     }
@@ -262,7 +286,7 @@ async fn handshake<T: Transport>(
     );
     peer.outbound.push(reply);
     let now = Instant::now();
-    Ok(Session {
+    Ok(Box::new(Session {
         node: node.clone(),
         expires_at: expiry_instant(claims.exp),
         claims,
@@ -277,7 +301,7 @@ async fn handshake<T: Transport>(
         next_ping: now + node.settings.ping_interval,
         awaiting_pong_since: None,
         name,
-    })
+    }))
 }
 
 /// The `Instant` at which a token with this `exp` (Unix seconds) expires.
@@ -325,19 +349,14 @@ impl Session {
                 }
                 next = self.peer.outbound.next_batch(&mut batch) => match next {
                     Next::Frames => {
-                        let stuck_limit = self.node.settings.ping_interval + self.node.settings.pong_timeout;
-                        let written = tokio::select! {
-                            r = tokio::time::timeout(stuck_limit, transport.send(&mut batch)) => r,
-                            _ = self.peer.outbound.aborted() => {
-                                let reason = self.peer.outbound.abort_reason();
-                                return Exit::Disconnect(reason.expect("aborted() resolves once there is a reason"));
-                            }
-                        };
+                        let written = self.write_batch(transport, &mut batch).await;
                         batch.clear();
-                        match written {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => return Exit::Gone("write failed"),
-                            Err(_) => return Exit::Gone("write stalled"),
+                        if batch.capacity() > SHRINK_ABOVE {
+                            // A burst is over: do not keep its buffer for the life of the connection.
+                            batch.shrink_to(0);
+                        }
+                        if let Err(exit) = written {
+                            return exit;
                         }
                     }
                     Next::Close(d) => return Exit::Disconnect(d),
@@ -388,6 +407,37 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Writes a batch. Most writes finish at once (the socket has room); only a write that
+    /// has to wait arms the stall timeout and watches for a slow-consumer abort, in a boxed
+    /// future, so neither costs anything on the fast path nor in every connection's task.
+    async fn write_batch<T: Transport>(
+        &self,
+        transport: &mut T,
+        batch: &mut VecDeque<EncodedFrame>,
+    ) -> Result<(), Exit> {
+        let mut send = std::pin::pin!(transport.send(batch));
+        let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+        let result = match first {
+            Poll::Ready(result) => result,
+            Poll::Pending => {
+                let stuck_limit =
+                    self.node.settings.ping_interval + self.node.settings.pong_timeout;
+                let outbound = &self.peer.outbound;
+                let waited = Box::pin(async move {
+                    tokio::select! {
+                        r = tokio::time::timeout(stuck_limit, send) => r.map_err(|_| Exit::Gone("write stalled")),
+                        _ = outbound.aborted() => {
+                            let reason = outbound.abort_reason();
+                            Err(Exit::Disconnect(reason.expect("aborted() resolves once there is a reason")))
+                        }
+                    }
+                });
+                waited.await?
+            }
+        };
+        result.map_err(|_| Exit::Gone("write failed"))
     }
 
     fn next_deadline(&self) -> Instant {

@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,53 +154,63 @@ fn check_upgrade(
     Ok(resp)
 }
 
-async fn connection(stream: TcpStream, remote: SocketAddr, node: Arc<Node>) {
-    let opened = Instant::now();
-    let _ = stream.set_nodelay(true);
-    let mut upgrade = Upgrade::default();
-    let config = ws_config(&node.settings);
-    // Boxed: the handshake's buffers live only while it runs, not in every connection task.
-    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        |req: &Request, resp: Response| check_upgrade(&node, remote, req, resp, &mut upgrade),
-        Some(config),
-    ));
-    let ws = match tokio::time::timeout(node.settings.handshake_timeout, handshake).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            tracing::debug!(remote = %remote, error = %e, "WebSocket upgrade failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(remote = %remote, "WebSocket upgrade timed out");
-            return;
-        }
-    };
-    // Connection limits answer with a WebSocket close (1013), so they are checked after the upgrade.
-    let permit = node.connections.admit(remote.ip());
-    let refuse = match &permit {
-        Err(e) => {
-            node.metrics.rate_limited(e.limit);
-            Some(Disconnect::new(CloseCode::TryAgainLater, e.message.clone()))
-        }
-        Ok(_) if upgrade.token_in_query => {
-            node.metrics.auth_failed("token_in_url");
-            tracing::info!(remote = %remote, "Refused a token in the URL (the token is not logged)");
-            Some(Disconnect::new(
-                CloseCode::Unauthorized,
-                "tokens in the URL are refused because URLs end up in logs; send the token as `token` in the connect frame or as an Authorization: Bearer header",
-            ))
-        }
-        Ok(_) => None,
-    };
-    let conn = ConnInfo {
-        remote,
-        bearer: upgrade.bearer,
-        refuse,
-        opened,
-    };
-    session::run(node, WsTransport { ws }, conn).await;
-    drop(permit);
+/// One connection: the upgrade, then the session. An async block, not an async fn, so the
+/// task's state does not keep the arguments twice (see `session::run`).
+// Deliberately not `async fn`: see the doc comment (the state's size).
+#[allow(clippy::manual_async_fn)]
+fn connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    node: Arc<Node>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let opened = Instant::now();
+        let _ = stream.set_nodelay(true);
+        let mut upgrade = Upgrade::default();
+        let config = ws_config(&node.settings);
+        // Boxed: the handshake's buffers live only while it runs, not in every connection task.
+        let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            |req: &Request, resp: Response| check_upgrade(&node, remote, req, resp, &mut upgrade),
+            Some(config),
+        ));
+        let ws = match tokio::time::timeout(node.settings.handshake_timeout, handshake).await {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(e)) => {
+                tracing::debug!(remote = %remote, error = %e, "WebSocket upgrade failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(remote = %remote, "WebSocket upgrade timed out");
+                return;
+            }
+        };
+        // Connection limits answer with a WebSocket close (1013), so they are checked after the upgrade.
+        let permit = node.connections.admit(remote.ip());
+        let refuse = match &permit {
+            Err(e) => {
+                node.metrics.rate_limited(e.limit);
+                Some(Disconnect::new(CloseCode::TryAgainLater, e.message.clone()))
+            }
+            Ok(_) if upgrade.token_in_query => {
+                node.metrics.auth_failed("token_in_url");
+                tracing::info!(remote = %remote, "Refused a token in the URL (the token is not logged)");
+                Some(Disconnect::new(
+                    CloseCode::Unauthorized,
+                    "tokens in the URL are refused because URLs end up in logs; send the token as `token` in the connect frame or as an Authorization: Bearer header",
+                ))
+            }
+            Ok(_) => None,
+        };
+        let conn = ConnInfo {
+            remote,
+            bearer: upgrade.bearer,
+            refuse,
+            opened,
+        };
+        session::run(node, WsTransport { ws }, conn).await;
+        drop(permit);
+    }
 }
 
 pub struct WsTransport {
