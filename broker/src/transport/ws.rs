@@ -36,6 +36,7 @@ const TOKEN_PARAMS: &[&str] = &["token", "jwt", "access_token", "auth", "authori
 
 /// Accepts connections until shutdown; each runs in its own task on the node's tracker.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+    let mut last_accept_warning: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = node.shutdown.cancelled() => break,
@@ -44,8 +45,12 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
                     node.tasks.spawn(connection(stream, remote, node.clone()));
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "Accept failed");
+                    // Out of file descriptors and the like: back off instead of spinning,
+                    // and say so at most every 5 s.
+                    if last_accept_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                        tracing::warn!(error = %e, open = node.connections.open(), "Accept failed; set connections.max below the open-files limit");
+                        last_accept_warning = Some(Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
