@@ -123,6 +123,20 @@ pub async fn broadcast(
     Ok(Json(json!({ "results": results })))
 }
 
+/// Closes every connection of `user` on this node with 4003 (after what is queued).
+fn close_user(node: &Node, user: &str, reason: &'static str) -> usize {
+    let n = node
+        .registry
+        .disconnect_user(user, &Disconnect::new(CloseCode::Forbidden, reason));
+    tracing::info!(
+        user,
+        connections = n,
+        reason,
+        "Operator closed a user's connections"
+    );
+    n
+}
+
 #[derive(Deserialize)]
 struct UserBody {
     user: String,
@@ -136,9 +150,7 @@ pub async fn disconnect(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&node, &headers, Scope::Api)?;
     let body: UserBody = parse(body)?;
-    let d = Disconnect::new(CloseCode::Forbidden, "disconnected by an operator");
-    let n = node.registry.disconnect_user(&body.user, &d);
-    tracing::info!(user = %body.user, connections = n, "Operator disconnected a user");
+    let n = close_user(&node, &body.user, "disconnected by an operator");
     Ok(Json(json!({ "disconnected": n })))
 }
 
@@ -165,9 +177,8 @@ pub async fn revoke(
         )));
     }
     node.revocations.revoke(&body.user, now_s, body.until);
-    let d = Disconnect::new(CloseCode::Forbidden, "the token was revoked by an operator");
-    let n = node.registry.disconnect_user(&body.user, &d);
-    tracing::info!(user = %body.user, until = body.until, connections = n, "Operator revoked a user's tokens");
+    tracing::info!(user = %body.user, until = body.until, "Operator revoked a user's tokens");
+    close_user(&node, &body.user, "the token was revoked by an operator");
     Ok(Json(json!({})))
 }
 
