@@ -59,7 +59,7 @@ impl Server {
         tracing::info!(listener = "ws", addr = %self.ws_listener.local_addr()?, path = ws::PATH, "Listening");
         tracing::info!(listener = "admin", addr = %self.admin_listener.local_addr()?, "Listening");
         tracing::info!(node = %node.name, "Ready");
-        warn_if_over_file_limit(node.config.connections.max);
+        raise_file_limit(node.config.connections.max);
 
         let admin_stop = tokio_util::sync::CancellationToken::new();
         let admin = {
@@ -102,19 +102,16 @@ impl Server {
     }
 }
 
-/// Warns when `connections.max` can exceed the process's open-files limit: past it,
-/// accepts fail and clients wait instead of getting a 1013.
-fn warn_if_over_file_limit(max_connections: u32) {
-    let Some(limit) = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|soft| soft.parse::<u64>().ok())
-        })
-    else {
-        return;
+/// Raises the open-files soft limit to the hard limit (as Go's runtime does), and warns
+/// when `connections.max` can still exceed it: past it, accepts fail and clients wait
+/// instead of getting a 1013.
+fn raise_file_limit(max_connections: u32) {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot read or raise the open-files limit");
+            return;
+        }
     };
     // Listeners, logs and the admin API need some descriptors too.
     let usable = limit.saturating_sub(64);
@@ -122,8 +119,10 @@ fn warn_if_over_file_limit(max_connections: u32) {
         tracing::warn!(
             open_files_limit = limit,
             connections_max = max_connections,
-            "connections.max is above what the open-files limit allows; set it to at most {usable} or raise the limit (ulimit -n)"
+            "connections.max is above what the open-files limit allows; set it to at most {usable} or raise the hard limit"
         );
+    } else {
+        tracing::debug!(open_files_limit = limit, "Open-files limit");
     }
 }
 
