@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Query, State};
+use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Json;
 use serde::Deserialize;
@@ -40,8 +40,22 @@ fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, 
         .map_err(|e| ApiError::bad_request(format!("the body is not valid for this route: {e}")))
 }
 
+/// A server API request body: the API key is checked first, then the body is read and
+/// parsed, every failure becoming a `{"code","message"}` answer.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<Node>> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, node: &Arc<Node>) -> Result<Self, ApiError> {
+        authorize(node, req.headers(), Scope::Api)?;
+        let body = Bytes::from_request(req, node).await;
+        parse(body).map(ApiJson)
+    }
+}
+
 #[derive(Deserialize)]
-struct PublishBody {
+pub(super) struct PublishBody {
     channel: String,
     #[serde(default, deserialize_with = "protocol::present_raw")]
     data: Option<Box<RawValue>>,
@@ -63,13 +77,10 @@ fn require_data(data: Option<Box<RawValue>>) -> Result<Box<RawValue>, ApiError> 
 }
 
 /// `POST /api/publish`
-pub async fn publish(
+pub(super) async fn publish(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    ApiJson(body): ApiJson<PublishBody>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&node, &headers, Scope::Api)?;
-    let body: PublishBody = parse(body)?;
     check_key(body.key.as_deref())?;
     let data = require_data(body.data)?;
     let accepted = node.pipeline.publish(PublishRequest {
@@ -84,20 +95,17 @@ pub async fn publish(
 }
 
 #[derive(Deserialize)]
-struct BroadcastBody {
+pub(super) struct BroadcastBody {
     channels: Vec<String>,
     #[serde(default, deserialize_with = "protocol::present_raw")]
     data: Option<Box<RawValue>>,
 }
 
 /// `POST /api/broadcast`: one result per channel, in the order given.
-pub async fn broadcast(
+pub(super) async fn broadcast(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    ApiJson(body): ApiJson<BroadcastBody>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&node, &headers, Scope::Api)?;
-    let body: BroadcastBody = parse(body)?;
     let data = require_data(body.data)?;
     if body.channels.is_empty() || body.channels.len() > MAX_BROADCAST_CHANNELS {
         return Err(ApiError::bad_request(format!(
@@ -138,37 +146,31 @@ fn close_user(node: &Node, user: &str, reason: &'static str) -> usize {
 }
 
 #[derive(Deserialize)]
-struct UserBody {
+pub(super) struct UserBody {
     user: String,
 }
 
 /// `POST /api/disconnect`: closes the user's connections on this node with 4003.
-pub async fn disconnect(
+pub(super) async fn disconnect(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    ApiJson(body): ApiJson<UserBody>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&node, &headers, Scope::Api)?;
-    let body: UserBody = parse(body)?;
     let n = close_user(&node, &body.user, "disconnected by an operator");
     Ok(Json(json!({ "disconnected": n })))
 }
 
 #[derive(Deserialize)]
-struct RevokeBody {
+pub(super) struct RevokeBody {
     user: String,
     until: u64,
 }
 
 /// `POST /api/revoke`: refuses the user's tokens issued before now, until `until`, and
 /// closes the user's open connections with 4003.
-pub async fn revoke(
+pub(super) async fn revoke(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    ApiJson(body): ApiJson<RevokeBody>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&node, &headers, Scope::Api)?;
-    let body: RevokeBody = parse(body)?;
     let now_s = now_ms() / 1000;
     if body.until <= now_s {
         return Err(ApiError::bad_request(format!(
@@ -183,7 +185,7 @@ pub async fn revoke(
 }
 
 #[derive(Deserialize)]
-pub struct ChannelQuery {
+pub(super) struct ChannelQuery {
     channel: Option<String>,
     limit: Option<usize>,
 }
@@ -201,7 +203,7 @@ fn channel_param(q: &ChannelQuery) -> Result<&str, ApiError> {
 }
 
 /// `GET /api/presence?channel=…`
-pub async fn presence(
+pub(super) async fn presence(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     q: Result<Query<ChannelQuery>, QueryRejection>,
@@ -223,7 +225,7 @@ pub async fn presence(
 }
 
 /// `GET /api/history?channel=…&limit=N`
-pub async fn history(
+pub(super) async fn history(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     q: Result<Query<ChannelQuery>, QueryRejection>,
@@ -272,7 +274,7 @@ pub async fn history(
 }
 
 /// `GET /api/channels`
-pub async fn channels(
+pub(super) async fn channels(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
