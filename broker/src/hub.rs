@@ -65,6 +65,8 @@ pub struct NewPublication<'a> {
     pub user: Option<&'a str>,
     pub data: &'a RawValue,
     pub meta: Option<&'a RawValue>,
+    /// When the pipeline accepted it; the last subscriber's writer reports the latency.
+    pub accepted_at: std::time::Instant,
 }
 
 /// What a publish did.
@@ -278,8 +280,15 @@ impl Hub {
             overflowed: 0,
         };
         if let Some(subs) = shard.channels.get(publication.channel) {
-            for peer in subs.values() {
-                match peer.outbound.push(frame.clone()) {
+            let last = subs.len().saturating_sub(1);
+            for (i, peer) in subs.values().enumerate() {
+                let pushed = if i == last {
+                    peer.outbound
+                        .push_probed(frame.clone(), publication.accepted_at)
+                } else {
+                    peer.outbound.push(frame.clone())
+                };
+                match pushed {
                     Push::Queued => published.delivered += 1,
                     Push::Overflow => published.overflowed += 1,
                     Push::Closed => {}
@@ -385,7 +394,7 @@ mod tests {
     async fn drain(p: &Peer) -> Vec<serde_json::Value> {
         let mut batch = VecDeque::new();
         match p.outbound.next_batch(&mut batch).await {
-            Next::Frames => batch
+            Next::Frames { .. } => batch
                 .iter()
                 .map(|f| serde_json::from_str(f.as_str()).unwrap())
                 .collect(),
@@ -416,6 +425,7 @@ mod tests {
                     user: Some("u1"),
                     data: &d,
                     meta: None,
+                    accepted_at: std::time::Instant::now(),
                 },
             );
             assert_eq!(p.delivered, 2);
@@ -446,6 +456,7 @@ mod tests {
                         user: None,
                         data: &d,
                         meta: None,
+                        accepted_at: std::time::Instant::now(),
                     },
                 )
                 .overflowed;

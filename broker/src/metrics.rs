@@ -117,7 +117,7 @@ impl Metrics {
             publish_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "publish_latency_seconds",
-                    "From a publication's acceptance to its frame being queued for the last local subscriber.",
+                    "From a publication's acceptance until its frame is written to the socket of the last local subscriber.",
                 )
                 .namespace("hookwire")
                 .buckets(prometheus::exponential_buckets(0.000_01, 4.0, 10).expect("valid buckets")),

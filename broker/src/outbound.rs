@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -25,6 +26,8 @@ pub struct Outbound {
 struct State {
     frames: VecDeque<EncodedFrame>,
     closing: Option<Disconnect>,
+    /// When the newest probed publication among `frames` was accepted (see `push_probed`).
+    probe: Option<Instant>,
 }
 
 /// What happened to a pushed frame.
@@ -40,8 +43,9 @@ pub enum Push {
 /// What the writer gets next.
 #[derive(Debug)]
 pub enum Next {
-    /// `batch` now holds frames to write, in order.
-    Frames,
+    /// `batch` now holds frames to write, in order; `probe` is set when one of them is a
+    /// publication whose end-to-end latency should be recorded once the batch is written.
+    Frames { probe: Option<Instant> },
     /// Everything queued before the close was handed out; close with this.
     Close(Disconnect),
 }
@@ -52,6 +56,7 @@ impl Outbound {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 closing: None,
+                probe: None,
             }),
             wake: Notify::new(),
             limit,
@@ -61,6 +66,16 @@ impl Outbound {
 
     /// Queues a frame. Never blocks beyond a short uncontended lock.
     pub fn push(&self, frame: EncodedFrame) -> Push {
+        self.push_inner(frame, None)
+    }
+
+    /// Queues a publication accepted at `accepted_at` and asks the writer to report when
+    /// it is written (the hub probes the last subscriber of each publication).
+    pub fn push_probed(&self, frame: EncodedFrame, accepted_at: Instant) -> Push {
+        self.push_inner(frame, Some(accepted_at))
+    }
+
+    fn push_inner(&self, frame: EncodedFrame, probe: Option<Instant>) -> Push {
         let mut state = self.state.lock();
         if state.closing.is_some() {
             return Push::Closed;
@@ -81,6 +96,9 @@ impl Outbound {
         }
         let was_empty = state.frames.is_empty();
         state.frames.push_back(frame);
+        if probe.is_some() {
+            state.probe = probe;
+        }
         self.depth.store(state.frames.len(), Ordering::Relaxed);
         drop(state);
         if was_empty {
@@ -119,7 +137,9 @@ impl Outbound {
                 if !state.frames.is_empty() {
                     std::mem::swap(&mut state.frames, batch);
                     self.depth.store(0, Ordering::Relaxed);
-                    return Next::Frames;
+                    return Next::Frames {
+                        probe: state.probe.take(),
+                    };
                 }
                 if let Some(d) = &state.closing {
                     return Next::Close(d.clone());
@@ -166,7 +186,10 @@ mod tests {
             assert_eq!(q.push(frame(&i.to_string())), Push::Queued);
         }
         let mut batch = VecDeque::new();
-        assert!(matches!(q.next_batch(&mut batch).await, Next::Frames));
+        assert!(matches!(
+            q.next_batch(&mut batch).await,
+            Next::Frames { .. }
+        ));
         let got: Vec<_> = batch.iter().map(|f| f.as_str().to_string()).collect();
         assert_eq!(got, vec!["\"0\"", "\"1\"", "\"2\""]);
     }
@@ -192,7 +215,10 @@ mod tests {
         q.push(frame("a"));
         q.close(Disconnect::new(CloseCode::Restart, "bye"));
         let mut batch = VecDeque::new();
-        assert!(matches!(q.next_batch(&mut batch).await, Next::Frames));
+        assert!(matches!(
+            q.next_batch(&mut batch).await,
+            Next::Frames { .. }
+        ));
         batch.clear();
         assert!(matches!(q.next_batch(&mut batch).await, Next::Close(_)));
     }

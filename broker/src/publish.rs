@@ -154,6 +154,7 @@ impl Pipeline {
                     user: req.source.user(),
                     data: req.data,
                     meta: None,
+                    accepted_at,
                 },
             )
         };
@@ -169,9 +170,6 @@ impl Pipeline {
             self.metrics.deliveries.inc_by(published.delivered as u64);
             self.metrics
                 .frames_sent("message", published.delivered as u64);
-            self.metrics
-                .publish_latency
-                .observe(accepted_at.elapsed().as_secs_f64());
         }
         Ok(Accepted {
             channel,

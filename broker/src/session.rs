@@ -348,8 +348,11 @@ impl Session {
                     self.peer.outbound.close(d);
                 }
                 next = self.peer.outbound.next_batch(&mut batch) => match next {
-                    Next::Frames => {
+                    Next::Frames { probe } => {
                         let written = self.write_batch(transport, &mut batch).await;
+                        if let (Ok(()), Some(accepted_at)) = (&written, probe) {
+                            self.node.metrics.publish_latency.observe(accepted_at.elapsed().as_secs_f64());
+                        }
                         batch.clear();
                         if batch.capacity() > SHRINK_ABOVE {
                             // A burst is over: do not keep its buffer for the life of the connection.

@@ -51,11 +51,13 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     // The refused connection is counted down once its task ends (bounded polling: no other signal).
     let mut after = scrape().await;
     for _ in 0..100 {
+        // The latency of a publication is recorded once its last subscriber's write returns.
         if get(
             &after,
             "hookwire_connections",
             &[("transport", "websocket")],
         ) == 2.0
+            && get(&after, "hookwire_publish_latency_seconds_count", &[]) >= 6.0
         {
             break;
         }
