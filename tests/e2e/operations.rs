@@ -51,13 +51,14 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     // The refused connection is counted down once its task ends (bounded polling: no other signal).
     let mut after = scrape().await;
     for _ in 0..100 {
-        // The latency of a publication is recorded once its last subscriber's write returns.
+        // A publication's latency is recorded once its last subscriber's write returns
+        // (sampled: publications written in one batch count once).
         if get(
             &after,
             "hookwire_connections",
             &[("transport", "websocket")],
         ) == 2.0
-            && get(&after, "hookwire_publish_latency_seconds_count", &[]) >= 6.0
+            && get(&after, "hookwire_publish_latency_seconds_count", &[]) >= 1.0
         {
             break;
         }
@@ -112,7 +113,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
         ),
         1.0
     );
-    assert!(get(&after, "hookwire_publish_latency_seconds_count", &[]) >= 6.0);
+    assert!(get(&after, "hookwire_publish_latency_seconds_count", &[]) >= 1.0);
     assert!(
         get(
             &after,
