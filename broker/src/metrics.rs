@@ -55,7 +55,11 @@ pub struct Metrics {
     pub connection_duration: Histogram,
     frames_received: IntCounterVec,
     frames_sent: IntCounterVec,
-    pub publications: IntCounterVec,
+    publications: IntCounterVec,
+    /// Children resolved once, for the per-frame and per-publication paths.
+    received_by_type: Vec<IntCounter>,
+    published_by_source: [IntCounter; 2],
+    messages_sent: IntCounter,
     pub deliveries: IntCounter,
     pub publish_latency: Histogram,
     disconnects: IntCounterVec,
@@ -83,6 +87,32 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        let frames_received = IntCounterVec::new(
+            opts("frames_received_total", "Client frames received, by type."),
+            &["type"],
+        )
+        .expect("valid metric");
+        let frames_sent = IntCounterVec::new(
+            opts("frames_sent_total", "Server frames queued, by type."),
+            &["type"],
+        )
+        .expect("valid metric");
+        let publications = IntCounterVec::new(
+            opts("publications_total", "Publications accepted, by source."),
+            &["source"],
+        )
+        .expect("valid metric");
+        // Resolve the bounded label sets once: every series shows from the start, and
+        // recording on the per-frame and per-publication paths is a plain atomic add.
+        let received_by_type = FRAME_TYPES
+            .iter()
+            .map(|t| frames_received.with_label_values(&[t]))
+            .collect();
+        let published_by_source = [
+            publications.with_label_values(&["client"]),
+            publications.with_label_values(&["api"]),
+        ];
+        let messages_sent = frames_sent.with_label_values(&["message"]);
         let m = Self {
             connections: IntGaugeVec::new(opts("connections", "Client connections open now."), &["transport"])
                 .expect("valid metric"),
@@ -97,18 +127,12 @@ impl Metrics {
                     .buckets(vec![1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0]),
             )
             .expect("valid metric"),
-            frames_received: IntCounterVec::new(
-                opts("frames_received_total", "Client frames received, by type."),
-                &["type"],
-            )
-            .expect("valid metric"),
-            frames_sent: IntCounterVec::new(opts("frames_sent_total", "Server frames queued, by type."), &["type"])
-                .expect("valid metric"),
-            publications: IntCounterVec::new(
-                opts("publications_total", "Publications accepted, by source."),
-                &["source"],
-            )
-            .expect("valid metric"),
+            frames_received,
+            frames_sent,
+            publications,
+            received_by_type,
+            published_by_source,
+            messages_sent,
             deliveries: IntCounter::with_opts(opts(
                 "deliveries_total",
                 "Publications queued for a local subscriber.",
@@ -193,20 +217,23 @@ impl Metrics {
         register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
-        // Pre-create the bounded label sets so every series shows from the start.
-        for t in FRAME_TYPES {
-            m.frames_received.with_label_values(&[t]);
-        }
         m
     }
 
+    /// Records an accepted publication queued for `delivered` local subscribers.
+    pub fn publication(&self, source: &str, delivered: u64) {
+        let i = usize::from(source != "client");
+        self.published_by_source[i].inc();
+        self.deliveries.inc_by(delivered);
+        self.messages_sent.inc_by(delivered);
+    }
+
     pub fn frame_received(&self, kind: &str) {
-        let kind = if FRAME_TYPES.contains(&kind) {
-            kind
-        } else {
-            "other"
-        };
-        self.frames_received.with_label_values(&[kind]).inc();
+        let i = FRAME_TYPES
+            .iter()
+            .position(|t| *t == kind)
+            .unwrap_or(FRAME_TYPES.len() - 1);
+        self.received_by_type[i].inc();
     }
 
     /// `kind` must be one of the protocol's server frame types (a bounded set).

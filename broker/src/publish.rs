@@ -164,12 +164,7 @@ impl Pipeline {
         };
         if !duplicate {
             self.metrics
-                .publications
-                .with_label_values(&[req.source.label()])
-                .inc();
-            self.metrics.deliveries.inc_by(published.delivered as u64);
-            self.metrics
-                .frames_sent("message", published.delivered as u64);
+                .publication(req.source.label(), published.delivered as u64);
         }
         Ok(Accepted {
             channel,

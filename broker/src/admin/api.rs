@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{FromRequest, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Json;
 use serde::Deserialize;
@@ -15,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, Scope, authorize};
 use crate::access;
+use crate::channel::{ChannelName, Namespace};
 use crate::history::Query as HistoryQuery;
 use crate::node::Node;
 use crate::protocol::{self, CloseCode, Disconnect, ErrorCode, MAX_KEY_BYTES, now_ms};
@@ -51,6 +53,18 @@ impl<T: DeserializeOwned> FromRequest<Arc<Node>> for ApiJson<T> {
         authorize(node, req.headers(), Scope::Api)?;
         let body = Bytes::from_request(req, node).await;
         parse(body).map(ApiJson)
+    }
+}
+
+/// A server API query string: the API key is checked first, then the query is parsed.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<Arc<Node>> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        authorize(node, &parts.headers, Scope::Api)?;
+        query(Query::<T>::from_request_parts(parts, node).await).map(ApiQuery)
     }
 }
 
@@ -196,21 +210,20 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     })
 }
 
-fn channel_param(q: &ChannelQuery) -> Result<&str, ApiError> {
-    q.channel.as_deref().ok_or_else(|| {
+/// The `channel` query parameter, checked and resolved to its namespace.
+fn channel_param(node: &Node, q: &ChannelQuery) -> Result<(ChannelName, Arc<Namespace>), ApiError> {
+    let channel = q.channel.as_deref().ok_or_else(|| {
         ApiError::bad_request("add the `channel` query parameter, e.g. ?channel=chat:lobby")
-    })
+    })?;
+    Ok(access::resolve(&node.namespaces, channel)?)
 }
 
 /// `GET /api/presence?channel=…`
 pub(super) async fn presence(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    q: Result<Query<ChannelQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<ChannelQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&node, &headers, Scope::Api)?;
-    let q = query(q)?;
-    let (channel, ns) = access::resolve(&node.namespaces, channel_param(&q)?)?;
+    let (channel, ns) = channel_param(&node, &q)?;
     if !ns.config.presence {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -227,12 +240,9 @@ pub(super) async fn presence(
 /// `GET /api/history?channel=…&limit=N`
 pub(super) async fn history(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    q: Result<Query<ChannelQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<ChannelQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&node, &headers, Scope::Api)?;
-    let q = query(q)?;
-    let (channel, ns) = access::resolve(&node.namespaces, channel_param(&q)?)?;
+    let (channel, ns) = channel_param(&node, &q)?;
     let limit = q.limit.unwrap_or(100);
     let page = node
         .hub
