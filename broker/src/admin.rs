@@ -34,6 +34,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/history", get(api::history))
         .route("/api/channels", get(api::channels))
         .route("/admin/connections", get(connections))
+        .route("/admin/plugins", get(plugins))
+        .route("/admin/plugins/reload", post(reload_plugins))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(node.clone(), count_requests))
         .layer(DefaultBodyLimit::max(node.config.api.max_body_bytes))
@@ -147,6 +149,8 @@ async fn count_requests(State(node): State<Arc<Node>>, req: Request, next: Next)
         "/api/history",
         "/api/channels",
         "/admin/connections",
+        "/admin/plugins",
+        "/admin/plugins/reload",
     ];
     let route = ROUTES.iter().find(|r| **r == req.uri().path()).copied();
     let response = next.run(req).await;
@@ -238,4 +242,40 @@ async fn connections(
         })
         .collect();
     Ok(Json(json!({ "connections": list })))
+}
+
+/// `GET /admin/plugins`: every loaded plugin with its counters, and failed loads.
+async fn plugins(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&node, &headers, Scope::Admin)?;
+    Ok(Json(node.plugins.view()))
+}
+
+/// `POST /admin/plugins/reload`: reloads the plugin files; answers which changed and
+/// which failed (a failed plugin keeps its previous version).
+async fn reload_plugins(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&node, &headers, Scope::Admin)?;
+    if !node.plugins.active() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::NotFound,
+            "no plugins are configured (plugins.enabled is false or plugins.modules is empty); configure them and restart",
+        ));
+    }
+    let plugins = node.plugins.clone();
+    let report = tokio::task::spawn_blocking(move || plugins.reload(None))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                format!("the reload task failed: {e}"),
+            )
+        })?;
+    Ok(Json(report))
 }

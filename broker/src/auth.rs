@@ -317,6 +317,25 @@ impl Verifier {
     }
 }
 
+/// The claims of a token the verifier accepted, as the JSON object text it carries
+/// (every claim, not only those the broker reads), for plugins.
+pub fn claims_json(token: &str) -> String {
+    use base64::Engine;
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload.trim_end_matches('='))
+                .ok()
+        })
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|text| {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).is_ok()
+        })
+        .unwrap_or_else(|| "{}".to_string())
+}
+
 fn raw_alg(token: &str) -> Option<String> {
     use base64::Engine;
     let head = token.split('.').next()?;

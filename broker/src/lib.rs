@@ -31,6 +31,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod outbound;
+pub mod plugins;
 pub mod protocol;
 pub mod publish;
 pub mod registry;

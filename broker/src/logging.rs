@@ -13,9 +13,26 @@ pub struct LogControl {
 
 impl LogControl {
     pub fn set_level(&self, level: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        let filter = filter(level).map_err(|e| e.to_string())?;
         self.handle.reload(filter).map_err(|e| e.to_string())
     }
+}
+
+/// The filter for a level: the plugin compiler's own chatter stays at `warn` unless the
+/// level names it.
+fn filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let mut filter = EnvFilter::try_new(level)?;
+    for quiet in [
+        "wasmtime",
+        "cranelift_codegen",
+        "cranelift_frontend",
+        "wasmtime_internal_cranelift",
+    ] {
+        if !level.contains(quiet) {
+            filter = filter.add_directive(format!("{quiet}=warn").parse()?);
+        }
+    }
+    Ok(filter)
 }
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over the configured level.
@@ -23,7 +40,8 @@ pub fn init(format: LogFormat, level: &str) -> LogControl {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(level));
+        .or_else(|| filter(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
@@ -34,7 +52,8 @@ pub fn init(format: LogFormat, level: &str) -> LogControl {
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
-                    .with_target(false),
+                    // `audit` and `plugin` lines are told apart by their target.
+                    .with_target(true),
             )
             .init(),
     }

@@ -33,6 +33,33 @@ enum Command {
     Token(TokenArgs),
     /// Load and validate the config, print a summary, and exit (64 when invalid).
     CheckConfig(ConfigArgs),
+    /// Look at and test plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Show a plugin module's sha256, size, world, every import (and how the broker
+    /// serves it) and every export; exit 1 when the broker would refuse to load it.
+    Inspect {
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay recorded events (JSONL) through a plugin and print each decision as a
+    /// JSON line; exit 1 when an event's `expect` is not met, 2 when it cannot run.
+    Test {
+        file: PathBuf,
+        /// The events, one JSON object per line: {"hook":"publish","channel":"chat:a",
+        /// "data":{…},"user":"alice","claims":{…},"expect":"refuse"}.
+        #[arg(long)]
+        events: PathBuf,
+        /// The plugin's configuration (a JSON object), as `[plugins.modules.NAME.config]` would give it.
+        #[arg(long)]
+        config: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -82,6 +109,76 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
         Command::CheckConfig(args) => check_config(args),
+        Command::Plugin(command) => plugin(command),
+    }
+}
+
+fn plugin(command: PluginCommand) -> ExitCode {
+    use hookwire::plugins::replay;
+    match command {
+        PluginCommand::Inspect { file, json } => match replay::inspect(&file) {
+            Ok(report) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).expect("serializes")
+                    );
+                } else {
+                    println!("file:    {}", report.file);
+                    println!("sha256:  {}", report.sha256);
+                    println!("size:    {} bytes", report.size);
+                    println!(
+                        "world:   {}",
+                        report
+                            .world
+                            .unwrap_or("none (does not fit hookwire:plugin/plugin@0.1.0)")
+                    );
+                    if let (Some(name), Some(version)) = (&report.name, &report.version) {
+                        println!("plugin:  {name} {version}");
+                        println!("hooks:   {}", report.hooks.join(", "));
+                    }
+                    println!("imports:");
+                    for i in &report.imports {
+                        println!("  {:<44} {}", i.name, i.served);
+                    }
+                    println!("exports:");
+                    for e in &report.exports {
+                        println!("  {e}");
+                    }
+                    match &report.refused {
+                        Some(why) => println!("load:    REFUSED: {why}"),
+                        None => println!("load:    ok"),
+                    }
+                }
+                if report.refused.is_some() {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("hookwire: {}: {e}", file.display());
+                ExitCode::from(2)
+            }
+        },
+        PluginCommand::Test {
+            file,
+            events,
+            config,
+        } => {
+            let mut out = std::io::stdout().lock();
+            match replay::test(&file, &events, config.as_deref(), &mut out) {
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(unmet) => {
+                    eprintln!("hookwire: {unmet} expectation(s) not met");
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("hookwire: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 

@@ -3,8 +3,8 @@
 //! Label children are resolved once here, so recording on the hot path is an atomic add.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::protocol::CloseCode;
@@ -58,7 +58,7 @@ pub struct Metrics {
     publications: IntCounterVec,
     /// Children resolved once, for the per-frame and per-publication paths.
     received_by_type: Vec<IntCounter>,
-    published_by_source: [IntCounter; 2],
+    published_by_source: [IntCounter; 3],
     messages_sent: IntCounter,
     pub deliveries: IntCounter,
     pub publish_latency: Histogram,
@@ -72,6 +72,10 @@ pub struct Metrics {
     pub outbound_queue_frames: IntGauge,
     pub outbound_queue_frames_max: IntGauge,
     pub api_requests: IntCounterVec,
+    plugin_calls: IntCounterVec,
+    plugin_errors: IntCounterVec,
+    plugin_seconds: HistogramVec,
+    plugin_loads: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -98,7 +102,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let publications = IntCounterVec::new(
-            opts("publications_total", "Publications accepted, by source."),
+            opts(
+                "publications_total",
+                "Publications accepted, by source (client, api, plugin: emitted by a plugin).",
+            ),
             &["source"],
         )
         .expect("valid metric");
@@ -111,6 +118,7 @@ impl Metrics {
         let published_by_source = [
             publications.with_label_values(&["client"]),
             publications.with_label_values(&["api"]),
+            publications.with_label_values(&["plugin"]),
         ];
         let messages_sent = frames_sent.with_label_values(&["message"]);
         let m = Self {
@@ -191,6 +199,33 @@ impl Metrics {
                 &["route", "status"],
             )
             .expect("valid metric"),
+            plugin_calls: IntCounterVec::new(
+                opts("plugin_calls_total", "Plugin hook calls, by plugin and hook."),
+                &["plugin", "hook"],
+            )
+            .expect("valid metric"),
+            plugin_errors: IntCounterVec::new(
+                opts(
+                    "plugin_errors_total",
+                    "Failed plugin hook calls, by plugin and kind (trap, timeout, memory, output).",
+                ),
+                &["plugin", "kind"],
+            )
+            .expect("valid metric"),
+            plugin_seconds: HistogramVec::new(
+                HistogramOpts::new("plugin_hook_seconds", "Time of one plugin hook call.")
+                    .namespace("hookwire")
+                    .buckets(vec![
+                        1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2,
+                    ]),
+                &["plugin", "hook"],
+            )
+            .expect("valid metric"),
+            plugin_loads: IntCounterVec::new(
+                opts("plugin_loads_total", "Plugin module loads, by result (ok, failed)."),
+                &["result"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -214,15 +249,41 @@ impl Metrics {
         register(Box::new(m.outbound_queue_frames.clone()));
         register(Box::new(m.outbound_queue_frames_max.clone()));
         register(Box::new(m.api_requests.clone()));
+        register(Box::new(m.plugin_calls.clone()));
+        register(Box::new(m.plugin_errors.clone()));
+        register(Box::new(m.plugin_seconds.clone()));
+        register(Box::new(m.plugin_loads.clone()));
         register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
         m
     }
 
+    /// The call counter of one plugin's hook (label values come from the config, so
+    /// the set is bounded).
+    pub fn plugin_calls(&self, plugin: &str, hook: &str) -> IntCounter {
+        self.plugin_calls.with_label_values(&[plugin, hook])
+    }
+
+    pub fn plugin_seconds(&self, plugin: &str, hook: &str) -> Histogram {
+        self.plugin_seconds.with_label_values(&[plugin, hook])
+    }
+
+    pub fn plugin_error(&self, plugin: &str, kind: &str) {
+        self.plugin_errors.with_label_values(&[plugin, kind]).inc();
+    }
+
+    pub fn plugin_load(&self, result: &str) {
+        self.plugin_loads.with_label_values(&[result]).inc();
+    }
+
     /// Records an accepted publication queued for `delivered` local subscribers.
     pub fn publication(&self, source: &str, delivered: u64) {
-        let i = usize::from(source != "client");
+        let i = match source {
+            "client" => 0,
+            "api" => 1,
+            _ => 2,
+        };
         self.published_by_source[i].inc();
         self.deliveries.inc_by(delivered);
         self.messages_sent.inc_by(delivered);

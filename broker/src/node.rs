@@ -14,6 +14,7 @@ use crate::history::{HistoryStore, MemoryHistory};
 use crate::hub::Hub;
 use crate::limits::{ConnectionLimits, RateLimits};
 use crate::metrics::Metrics;
+use crate::plugins::Plugins;
 use crate::publish::Pipeline;
 use crate::registry::Registry;
 
@@ -74,6 +75,8 @@ pub struct Node {
     pub namespaces: Arc<Namespaces>,
     pub hub: Arc<Hub>,
     pub pipeline: Pipeline,
+    /// WebAssembly plugins (an empty set when none is configured).
+    pub plugins: Arc<Plugins>,
     /// Cancelled once to start shutdown; every listener and session watches it.
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them to drain.
@@ -89,17 +92,32 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node without plugins (tests, tools).
     pub fn new(config: Config, verifier: Verifier, keys: ApiKeys) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let plugins = Plugins::disabled(metrics.clone());
+        Self::with_plugins(config, verifier, keys, metrics, plugins)
+    }
+
+    /// A node whose plugins are already loaded (`Plugins::start`), with the metrics
+    /// they record into.
+    pub fn with_plugins(
+        config: Config,
+        verifier: Verifier,
+        keys: ApiKeys,
+        metrics: Arc<Metrics>,
+        plugins: Arc<Plugins>,
+    ) -> Arc<Self> {
         let history: Arc<dyn HistoryStore> = Arc::new(MemoryHistory::new());
         let namespaces = Arc::new(Namespaces::from_config(&config));
         let hub = Arc::new(Hub::new(history));
-        let metrics = Arc::new(Metrics::new());
         let rate_limits = Arc::new(RateLimits::new(&config));
         let pipeline = Pipeline::new(
             hub.clone(),
             namespaces.clone(),
             rate_limits.clone(),
             metrics.clone(),
+            plugins.clone(),
             config.limits.dedup_window_ms,
         );
         let name = if config.node_name.is_empty() {
@@ -114,6 +132,7 @@ impl Node {
             namespaces,
             hub,
             pipeline,
+            plugins,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             connections: ConnectionLimits::new(&config.connections),

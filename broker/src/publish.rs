@@ -2,8 +2,8 @@
 //! ingress, goes through [`Pipeline::publish`]: name → namespace → permission → rate
 //! limits → hooks (plugins) → idempotency → hub.
 //!
-//! Hooks run once per publication, never per delivery; a pipeline without hooks pays
-//! one empty slice check.
+//! Plugins run once per publication, never per delivery; a namespace without a publish
+//! chain pays one lookup.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +17,8 @@ use crate::channel::{ChannelName, Namespace, Namespaces};
 use crate::hub::{Hub, NewPublication, Published};
 use crate::limits::{Exceeded, RateLimits};
 use crate::metrics::Metrics;
-use crate::protocol::{ErrorCode, ErrorReply, now_ms};
+use crate::plugins::{ConnView, Plugins, PublicationState, PublishSource};
+use crate::protocol::{ErrorReply, now_ms};
 use std::time::Instant;
 
 /// Where a publication comes from. Client publications are checked against the token;
@@ -29,6 +30,8 @@ pub enum Source<'a> {
         claims: &'a Claims,
         /// The user id, shared (the per-user limiter's key).
         user: &'a Arc<str>,
+        /// The connection as plugins see it (when plugins are on).
+        conn: Option<&'a Arc<ConnView>>,
     },
     Api,
 }
@@ -67,33 +70,12 @@ pub struct Accepted {
     pub delivered: usize,
 }
 
-/// What a hook sees of a publication.
-pub struct PublishEvent<'a> {
-    pub source: Source<'a>,
-    pub channel: &'a ChannelName,
-    pub namespace: &'a Namespace,
-    pub data: &'a RawValue,
-}
-
-/// A hook's decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Allow,
-    Reject(String),
-}
-
-/// A step every publication of a namespace passes before the hub (plugins plug in here).
-pub trait PublishHook: Send + Sync {
-    fn name(&self) -> &str;
-    fn on_publish(&self, event: &PublishEvent<'_>) -> Verdict;
-}
-
 pub struct Pipeline {
     hub: Arc<Hub>,
     namespaces: Arc<Namespaces>,
     limits: Arc<RateLimits>,
     metrics: Arc<Metrics>,
-    hooks: Vec<Arc<dyn PublishHook>>,
+    plugins: Arc<Plugins>,
     dedup: Dedup,
 }
 
@@ -103,6 +85,7 @@ impl Pipeline {
         namespaces: Arc<Namespaces>,
         limits: Arc<RateLimits>,
         metrics: Arc<Metrics>,
+        plugins: Arc<Plugins>,
         dedup_window_ms: u64,
     ) -> Self {
         Self {
@@ -110,14 +93,9 @@ impl Pipeline {
             namespaces,
             limits,
             metrics,
-            hooks: Vec::new(),
+            plugins,
             dedup: Dedup::new(dedup_window_ms),
         }
-    }
-
-    pub fn with_hook(mut self, hook: Arc<dyn PublishHook>) -> Self {
-        self.hooks.push(hook);
-        self
     }
 
     pub fn publish(&self, req: PublishRequest<'_>) -> Result<Accepted, ErrorReply> {
@@ -132,19 +110,8 @@ impl Pipeline {
         self.limits
             .check_channel_publish(&ns, &channel)
             .map_err(|e| self.limited(&e))?;
-        for hook in &self.hooks {
-            let event = PublishEvent {
-                source: req.source,
-                channel: &channel,
-                namespace: &ns,
-                data: req.data,
-            };
-            if let Verdict::Reject(reason) = hook.on_publish(&event) {
-                return Err(ErrorReply::new(
-                    ErrorCode::Rejected,
-                    format!("{} refused the publication: {reason}", hook.name()),
-                ));
-            }
+        if self.plugins.publishes_through(&ns.name) {
+            return self.publish_through_plugins(&req, channel, &ns, accepted_at);
         }
         let publish = || {
             self.hub.publish(
@@ -168,6 +135,99 @@ impl Pipeline {
         }
         Ok(Accepted {
             channel,
+            offset: published.offset,
+            duplicate,
+            delivered: published.delivered,
+        })
+    }
+
+    /// The path of a namespace with a publish chain: the plugins may refuse, change the
+    /// data, add meta, reroute and emit; then every target channel and every emitted
+    /// publication goes to the hub. An idempotency key covers all of it.
+    fn publish_through_plugins(
+        &self,
+        req: &PublishRequest<'_>,
+        channel: ChannelName,
+        ns: &Namespace,
+        accepted_at: Instant,
+    ) -> Result<Accepted, ErrorReply> {
+        let (user, connection) = match req.source {
+            Source::Client { user, conn, .. } => (Some(user.clone()), conn.cloned()),
+            Source::Api => (None, None),
+        };
+        let state = PublicationState {
+            source: match req.source {
+                Source::Client { .. } => PublishSource::Client,
+                Source::Api => PublishSource::Api,
+            },
+            channels: vec![channel.as_str().to_string()],
+            user,
+            data: req.data.to_owned(),
+            meta: Vec::new(),
+            connection,
+        };
+        let valid = |c: &str| {
+            access::resolve(&self.namespaces, c)
+                .map(|_| ())
+                .map_err(|e| e.message)
+        };
+        let (state, emits) = self.plugins.on_publish(&ns.name, state, &valid)?;
+        let meta = state.meta_json();
+        let targets = state
+            .channels
+            .iter()
+            .map(|c| access::resolve(&self.namespaces, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let extra = emits
+            .iter()
+            .map(|e| access::resolve(&self.namespaces, &e.channel).map(|t| (t, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let user = req.source.user();
+        let publish = || {
+            let mut first: Option<Published> = None;
+            let mut delivered = 0;
+            for (target, target_ns) in &targets {
+                let p = self.hub.publish(
+                    target_ns,
+                    NewPublication {
+                        channel: target,
+                        user,
+                        data: &state.data,
+                        meta: meta.as_deref(),
+                        accepted_at,
+                    },
+                );
+                delivered += p.delivered;
+                first.get_or_insert(p);
+            }
+            for ((target, target_ns), emit) in &extra {
+                let p = self.hub.publish(
+                    target_ns,
+                    NewPublication {
+                        channel: target,
+                        user: None,
+                        data: &emit.data,
+                        meta: emit.meta.as_deref(),
+                        accepted_at,
+                    },
+                );
+                self.metrics.publication("plugin", p.delivered as u64);
+            }
+            let mut first = first.expect("a publish chain leaves at least one channel");
+            first.delivered = delivered;
+            first
+        };
+        let (published, duplicate) = match req.key {
+            None => (publish(), false),
+            Some(key) => self.dedup.once(&channel, key, publish),
+        };
+        if !duplicate {
+            self.metrics
+                .publication(req.source.label(), published.delivered as u64);
+        }
+        let first = targets.into_iter().next().map_or(channel, |(c, _)| c);
+        Ok(Accepted {
+            channel: first,
             offset: published.offset,
             duplicate,
             delivered: published.delivered,
@@ -245,47 +305,18 @@ mod tests {
     use crate::config::Config;
     use crate::history::MemoryHistory;
 
-    struct NoSwearing;
-    impl PublishHook for NoSwearing {
-        fn name(&self) -> &str {
-            "no-swearing"
-        }
-        fn on_publish(&self, event: &PublishEvent<'_>) -> Verdict {
-            if event.data.get().contains("darn") {
-                Verdict::Reject("mind your language".into())
-            } else {
-                Verdict::Allow
-            }
-        }
-    }
-
     fn pipeline() -> Pipeline {
         let config = Config::default();
         let namespaces = Arc::new(Namespaces::from_config(&config));
         let hub = Arc::new(Hub::new(Arc::new(MemoryHistory::new())));
         let limits = Arc::new(RateLimits::new(&config));
-        Pipeline::new(hub, namespaces, limits, Arc::new(Metrics::new()), 60_000)
-            .with_hook(Arc::new(NoSwearing))
+        let metrics = Arc::new(Metrics::new());
+        let plugins = Plugins::disabled(metrics.clone());
+        Pipeline::new(hub, namespaces, limits, metrics, plugins, 60_000)
     }
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.into()).unwrap()
-    }
-
-    #[test]
-    fn hooks_refuse_with_their_reason() {
-        let p = pipeline();
-        let data = raw("\"darn\"");
-        let err = p
-            .publish(PublishRequest {
-                source: Source::Api,
-                channel: "chat:a",
-                data: &data,
-                key: None,
-            })
-            .unwrap_err();
-        assert_eq!(err.code, ErrorCode::Rejected);
-        assert!(err.message.contains("mind your language"));
     }
 
     #[test]

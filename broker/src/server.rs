@@ -38,8 +38,10 @@ impl Server {
         let admin_listener = TcpListener::bind(admin_addr)
             .await
             .with_context(|| format!("cannot listen on admin_addr {admin_addr}"))?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let plugins = crate::plugins::Plugins::start(&config, metrics.clone())?;
         Ok(Self {
-            node: Node::new(config, verifier, keys),
+            node: Node::with_plugins(config, verifier, keys, metrics, plugins),
             ws_listener,
             admin_listener,
         })
@@ -58,6 +60,14 @@ impl Server {
         let node = self.node;
         tracing::info!(listener = "ws", addr = %self.ws_listener.local_addr()?, path = ws::PATH, "Listening");
         tracing::info!(listener = "admin", addr = %self.admin_listener.local_addr()?, "Listening");
+        if let Some(dir) = node.plugins.watched_dir() {
+            match crate::plugins::watch(node.plugins.clone(), &dir, node.shutdown.clone()) {
+                Ok(()) => tracing::info!(dir = %dir.display(), "Watching plugins"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "Cannot watch the plugins directory; reload with SIGHUP or POST /admin/plugins/reload")
+                }
+            }
+        }
         tracing::info!(node = %node.name, "Ready");
         raise_file_limit(node.config.connections.max);
 
@@ -152,7 +162,8 @@ async fn sweep(node: Arc<Node>) {
     }
 }
 
-/// What SIGHUP reloads: the config file's `log.level` (other settings need a restart).
+/// What SIGHUP reloads: the config file's `log.level` and plugins (other settings need a
+/// restart).
 pub struct Reload {
     pub config_path: std::path::PathBuf,
     pub path_is_default: bool,
@@ -161,7 +172,7 @@ pub struct Reload {
 
 impl Reload {
     /// Re-reads the config; a bad file is logged and changes nothing.
-    fn apply(&self, running: &Config) {
+    fn apply(&self, running: &Config) -> Option<Config> {
         let loaded = match Config::load(
             &self.config_path,
             self.path_is_default,
@@ -170,20 +181,29 @@ impl Reload {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "Reload failed; the running config is unchanged");
-                return;
+                return None;
             }
         };
         match self.log.set_level(&loaded.config.log.level) {
             Ok(()) => tracing::info!(level = %loaded.config.log.level, "Reloaded log.level"),
             Err(e) => tracing::error!(error = %e, "Reload of log.level failed"),
         }
-        let mut without_log = loaded.config.clone();
-        without_log.log = running.log.clone();
-        if &without_log != running {
+        let mut rest = loaded.config.clone();
+        rest.log = running.log.clone();
+        rest.plugins = running.plugins.clone();
+        for (name, ns) in rest.namespaces.iter_mut() {
+            ns.plugins = running
+                .namespaces
+                .get(name)
+                .map(|n| n.plugins.clone())
+                .unwrap_or_default();
+        }
+        if &rest != running {
             tracing::warn!(
-                "Settings other than log.level changed in the file; they take effect after a restart"
+                "Settings other than log.level and plugins changed in the file; they take effect after a restart"
             );
         }
+        Some(loaded.config)
     }
 }
 
@@ -199,7 +219,9 @@ pub async fn watch_signals(node: Arc<Node>, reload: Reload) -> anyhow::Result<()
             _ = int.recv() => { tracing::info!(signal = "SIGINT", "Shutting down"); break; }
             _ = hup.recv() => {
                 tracing::info!(signal = "SIGHUP", "Reloading");
-                reload.apply(&node.config);
+                let config = reload.apply(&node.config);
+                let plugins = node.plugins.clone();
+                tokio::task::spawn_blocking(move || plugins.reload(config.as_ref()));
             }
         }
     }

@@ -25,6 +25,7 @@ use crate::hub::Peer;
 use crate::limits::{FrameLimiter, UserPermit};
 use crate::node::Node;
 use crate::outbound::{Next, Outbound};
+use crate::plugins::{self, ConnView};
 use crate::protocol::{
     self, CloseCode, Disconnect, EncodedFrame, ErrorCode, ErrorReply, Request, RequestBody,
     StreamPosition,
@@ -114,6 +115,9 @@ async fn live<T: Transport>(
         Exit::TooLarge => (1009, "frame too large".to_string()),
         Exit::Gone(why) => (1000, why.to_string()),
     };
+    if let Some(view) = &session.conn {
+        node.plugins.on_disconnect(view, &reason);
+    }
     tracing::info!(
         client = %session.peer.client,
         user = %session.peer.user,
@@ -257,9 +261,37 @@ async fn handshake<T: Transport>(
         }
     };
     let key = node.next_key();
+    let client: Arc<str> = format!("c-{key:x}-{:04x}", rand::rng().random::<u16>()).into();
+    let conn_view = match node.plugins.active() {
+        false => None,
+        true => {
+            let mut view = ConnView {
+                id: key,
+                client: client.clone(),
+                user: user.clone(),
+                claims: auth::claims_json(token.as_deref().unwrap_or_default()).into(),
+                transport: match transport.kind() {
+                    "websocket" => plugins::Transport::Websocket,
+                    "webtransport" => plugins::Transport::Webtransport,
+                    _ => plugins::Transport::Other,
+                },
+                remote: conn.remote.to_string(),
+                meta: "{}".into(),
+            };
+            if let Err(refusal) = node.plugins.on_connect(&mut view) {
+                let err = ErrorReply::from(refusal);
+                send_now(transport, protocol::error_reply(id, &err)).await?;
+                return Err(Exit::Disconnect(Disconnect::new(
+                    CloseCode::Forbidden,
+                    err.message,
+                )));
+            }
+            Some(Arc::new(view))
+        }
+    };
     let peer = Arc::new(Peer {
         key,
-        client: format!("c-{key:x}-{:04x}", rand::rng().random::<u16>()).into(),
+        client: Box::from(&*client),
         user: user.clone(),
         info: claims.info.clone(),
         outbound: Outbound::new(node.settings.outbound_queue_frames),
@@ -297,6 +329,7 @@ async fn handshake<T: Transport>(
         violations_since: now,
         peer,
         subscriptions: HashMap::new(),
+        conn: conn_view,
         started: now,
         next_ping: now + node.settings.ping_interval,
         awaiting_pong_since: None,
@@ -325,6 +358,8 @@ struct Session {
     violations_since: Instant,
     expires_at: Instant,
     subscriptions: HashMap<ChannelName, Arc<Namespace>>,
+    /// The connection as plugins see it (`None` when no plugin is loaded).
+    conn: Option<Arc<ConnView>>,
     started: Instant,
     next_ping: Instant,
     awaiting_pong_since: Option<Instant>,
@@ -542,6 +577,7 @@ impl Session {
                         client: &self.peer.client,
                         claims: &self.claims,
                         user: &self.user,
+                        conn: self.conn.as_ref(),
                     },
                     channel: &channel,
                     data: &data,
@@ -627,6 +663,11 @@ impl Session {
                     },
                 );
                 self.claims = claims;
+                if let Some(conn) = &mut self.conn {
+                    let mut view = ConnView::clone(conn);
+                    view.claims = auth::claims_json(&token).into();
+                    *conn = Arc::new(view);
+                }
                 tracing::debug!(client = %self.peer.client, user = %self.peer.user, "Token refreshed");
                 Ok(())
             }
@@ -652,6 +693,11 @@ impl Session {
     ) -> Result<(), ErrorReply> {
         let (channel, ns) = access::resolve(&self.node.namespaces, channel)?;
         access::can_subscribe(&ns, &channel, &self.claims)?;
+        if let Some(conn) = &self.conn {
+            self.node
+                .plugins
+                .on_subscribe(&ns.name, conn, channel.as_str())?;
+        }
         if self.subscriptions.contains_key(&channel) {
             return Err(ErrorReply::new(
                 ErrorCode::BadRequest,

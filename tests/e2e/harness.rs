@@ -54,6 +54,8 @@ const DEFAULT_ENV: &[(&str, &str)] = &[
     ("HOOKWIRE_RATE_LIMITS_USER_PUBLISHES_PER_SEC", "0"),
     ("HOOKWIRE_RATE_LIMITS_IP_CONNECTS_PER_SEC", "0"),
     ("HOOKWIRE_RATE_LIMITS_CHANNEL_PUBLISHES_PER_SEC", "0"),
+    // Plugin tests turn plugins on with their own config (tests/e2e/plugins.rs).
+    ("HOOKWIRE_PLUGINS_ENABLED", "false"),
 ];
 
 impl TestBroker {

@@ -10,6 +10,7 @@ mod cli;
 mod connect;
 mod limits;
 mod operations;
+mod plugins;
 mod presence;
 mod protection;
 mod recovery;

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Config, Error, NamespaceConfig};
+use super::{Config, Error, NamespaceConfig, PluginModuleConfig, PluginsConfig};
 
 /// Variables read elsewhere (secrets and the config path itself), never config keys.
 pub const RESERVED: &[&str] = &[
@@ -58,6 +58,15 @@ impl EnvOverrides {
                 .keys()
                 .map(|k| (k.clone(), NamespaceConfig::default()))
                 .collect(),
+            plugins: PluginsConfig {
+                modules: base
+                    .plugins
+                    .modules
+                    .keys()
+                    .map(|k| (k.clone(), PluginModuleConfig::default()))
+                    .collect(),
+                ..PluginsConfig::default()
+            },
             ..Config::default()
         };
         let schema = toml::Table::try_from(&schema).expect("config serializes to TOML");

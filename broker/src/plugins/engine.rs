@@ -1,0 +1,348 @@
+//! The one wasmtime `Engine` of the process, its epoch ticker, compilation with an
+//! on-disk cache keyed by the module's sha256, and the import policy.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::Error;
+use super::host::{PluginBindings, StoreData};
+
+/// How long one epoch tick lasts: call deadlines are counted in ticks.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// Engine-wide settings (per-plugin limits live in `Limits`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// Instances that may exist at once, over every plugin and version (pool slots).
+    pub max_instances: u32,
+    /// The largest memory cap of any plugin, in bytes (the pool's per-memory bound).
+    pub max_memory_bytes: usize,
+    /// Wasm stack per call, in bytes.
+    pub max_stack_bytes: usize,
+    /// Where compiled modules are cached (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The compiler and runtime shared by every plugin.
+pub struct PluginEngine {
+    pub engine: Engine,
+    pub linker: Linker<StoreData>,
+    cache_dir: Option<PathBuf>,
+    /// Part of every cache file name: artifacts of another wasmtime build or other
+    /// settings are never loaded.
+    compat: String,
+}
+
+/// How the host serves one import of a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportUse {
+    /// A `hookwire:plugin` interface: the real thing.
+    Provided,
+    /// Randomness (`wasi:random/*`): served for real; it grants no access to anything.
+    Random,
+    /// A WASI interface a language's standard library imports whether or not the plugin
+    /// uses it: linked to functions that trap when called (no capability behind them).
+    Inert,
+    /// Anything else: the component is refused.
+    Refused,
+}
+
+impl ImportUse {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Provided => "provided",
+            Self::Random => "provided (random numbers)",
+            Self::Inert => "inert (traps if called: no capability)",
+            Self::Refused => "refused (not provided)",
+        }
+    }
+}
+
+/// WASI interfaces that toolchains import for their standard library (stdio, exit,
+/// environment, clocks, random, the preopens list). They get trapping stubs: a plugin
+/// that really calls one fails that call, by design. Sockets, HTTP and everything not
+/// listed are refused at load.
+const INERT_WASI: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:clocks/wall-clock",
+    "wasi:clocks/monotonic-clock",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+];
+
+/// How the host serves the import named `name` (e.g. `wasi:cli/exit@0.2.3`).
+pub fn import_use(name: &str) -> ImportUse {
+    let unversioned = name.split('@').next().unwrap_or(name);
+    if unversioned.starts_with("hookwire:plugin/") {
+        ImportUse::Provided
+    } else if matches!(
+        unversioned,
+        "wasi:random/random" | "wasi:random/insecure" | "wasi:random/insecure-seed"
+    ) {
+        ImportUse::Random
+    } else if INERT_WASI.contains(&unversioned) {
+        ImportUse::Inert
+    } else {
+        ImportUse::Refused
+    }
+}
+
+/// Why an import is refused, in words an operator can act on.
+fn refusal_reason(name: &str) -> &'static str {
+    if name.starts_with("wasi:sockets/") || name.starts_with("wasi:http/") {
+        "plugins get no network access"
+    } else if name.starts_with("wasi:") {
+        "this WASI interface is not part of the plugin sandbox"
+    } else {
+        "plugins may import only hookwire:plugin interfaces"
+    }
+}
+
+impl PluginEngine {
+    pub fn new(settings: &EngineSettings) -> Result<Arc<Self>, Error> {
+        let slots = settings.max_instances.max(8);
+        let mut pool = PoolingAllocationConfig::default();
+        // A component made by a language toolchain has a few core instances (the
+        // program, the WASI adapter, shims), each maybe with a memory and a table.
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 8)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .max_memories_per_module(2)
+            .max_tables_per_module(4)
+            .max_memory_size(settings.max_memory_bytes)
+            .max_component_instance_size(1 << 20)
+            .max_core_instance_size(1 << 20);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(settings.max_stack_bytes)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        PluginBindings::add_to_linker::<StoreData, wasmtime::component::HasSelf<StoreData>>(
+            &mut linker,
+            |data| data,
+        )
+        .map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let compat = format!("{:016x}", hasher.finish());
+        if let Some(dir) = &settings.cache_dir
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "Cannot create the plugin cache directory; compiling without a cache");
+        }
+        let engine_ticker = engine.clone();
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(TICK);
+                    engine_ticker.increment_epoch();
+                }
+            })
+            .map_err(|e| Error::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            cache_dir: settings.cache_dir.clone(),
+            compat,
+        }))
+    }
+
+    /// Compiles `bytes` (a component), from the cache when this exact module was
+    /// compiled before by this build.
+    pub fn compile(&self, bytes: &[u8], sha256: &str) -> Result<Component, Error> {
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{sha256}-{}.cwasm", self.compat)));
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            match load_cached(&self.engine, path) {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "Ignoring a bad plugin cache entry; recompiling")
+                }
+            }
+        }
+        let artifact = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| Error::Compile(format!("{e:#}")))?;
+        if let Some(path) = &cached {
+            write_atomically(path, &artifact);
+            if let Ok(component) = load_cached(&self.engine, path) {
+                return Ok(component);
+            }
+        }
+        Component::new(&self.engine, bytes).map_err(|e| Error::Compile(format!("{e:#}")))
+    }
+
+    /// Checks every import against the policy and links the inert ones. Returns a
+    /// linker for this component.
+    pub fn link(&self, component: &Component) -> Result<Linker<StoreData>, Error> {
+        let ty = component.component_type();
+        for (name, _) in ty.imports(&self.engine) {
+            if import_use(name) == ImportUse::Refused {
+                return Err(Error::Import {
+                    import: name.to_string(),
+                    why: refusal_reason(name),
+                });
+            }
+        }
+        let mut linker = self.linker.clone();
+        for (name, _) in ty.imports(&self.engine) {
+            if import_use(name) == ImportUse::Random {
+                define_random(&mut linker, name).map_err(|e| Error::Engine(format!("{e:#}")))?;
+            }
+        }
+        linker
+            .define_unknown_imports_as_traps(component)
+            .map_err(|e| Error::Engine(format!("{e:#}")))?;
+        Ok(linker)
+    }
+
+    /// Every import and export of a component, with how the host serves each import.
+    pub fn describe(&self, component: &Component) -> (Vec<(String, ImportUse)>, Vec<String>) {
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(name, _)| (name.to_string(), import_use(name)))
+            .collect();
+        let mut exports = Vec::new();
+        for (name, item) in ty.exports(&self.engine) {
+            match item.ty {
+                ComponentItem::ComponentInstance(instance) => {
+                    for (func, item) in instance.exports(&self.engine) {
+                        if matches!(item.ty, ComponentItem::ComponentFunc(_)) {
+                            exports.push(format!("{name}#{func}"));
+                        }
+                    }
+                }
+                _ => exports.push(name.to_string()),
+            }
+        }
+        (imports, exports)
+    }
+}
+
+/// `wasi:random/*` (Rust's `HashMap` seeds itself from `insecure-seed`, for one).
+fn define_random(linker: &mut Linker<StoreData>, name: &str) -> wasmtime::Result<()> {
+    use rand::Rng;
+    let mut instance = linker.instance(name)?;
+    let bytes = |_: wasmtime::StoreContextMut<'_, StoreData>, (len,): (u64,)| {
+        let len = usize::try_from(len).unwrap_or(usize::MAX).min(1 << 20);
+        let mut out = vec![0u8; len];
+        rand::rng().fill(&mut out[..]);
+        Ok((out,))
+    };
+    let u64 =
+        |_: wasmtime::StoreContextMut<'_, StoreData>, (): ()| Ok((rand::rng().random::<u64>(),));
+    match name.split('@').next().unwrap_or(name) {
+        "wasi:random/random" => {
+            instance.func_wrap("get-random-bytes", bytes)?;
+            instance.func_wrap("get-random-u64", u64)?;
+        }
+        "wasi:random/insecure" => {
+            instance.func_wrap("get-insecure-random-bytes", bytes)?;
+            instance.func_wrap("get-insecure-random-u64", u64)?;
+        }
+        _ => {
+            instance.func_wrap(
+                "insecure-seed",
+                |_: wasmtime::StoreContextMut<'_, StoreData>, (): ()| {
+                    let mut rng = rand::rng();
+                    Ok(((rng.random::<u64>(), rng.random::<u64>()),))
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        use std::fmt::Write;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Loads a compiled artifact this process (or an earlier run of the same build) wrote.
+#[allow(unsafe_code)]
+fn load_cached(engine: &Engine, path: &Path) -> Result<Component, Error> {
+    // SAFETY: `deserialize_file` runs native code from the file, so it must be an
+    // artifact wasmtime produced. The cache directory is the broker's own; its files are
+    // written only by `write_atomically` from `precompile_component`, named by the
+    // module's sha256 and this engine's compatibility hash, and wasmtime checks the
+    // header and version before using one.
+    unsafe { Component::deserialize_file(engine, path) }
+        .map_err(|e| Error::Compile(format!("{e:#}")))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(path = %path.display(), error = %e, "Cannot write the plugin cache; compiling without it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_policy() {
+        assert_eq!(
+            import_use("hookwire:plugin/host@0.1.0"),
+            ImportUse::Provided
+        );
+        assert_eq!(
+            import_use("hookwire:plugin/types@0.1.0"),
+            ImportUse::Provided
+        );
+        assert_eq!(import_use("wasi:cli/environment@0.2.3"), ImportUse::Inert);
+        assert_eq!(import_use("wasi:io/streams@0.2.6"), ImportUse::Inert);
+        assert_eq!(
+            import_use("wasi:random/insecure-seed@0.2.6"),
+            ImportUse::Random
+        );
+        assert_eq!(import_use("wasi:sockets/tcp@0.2.3"), ImportUse::Refused);
+        assert_eq!(
+            import_use("wasi:http/outgoing-handler@0.2.3"),
+            ImportUse::Refused
+        );
+        assert_eq!(import_use("evil:net/dial"), ImportUse::Refused);
+        assert_eq!(
+            refusal_reason("wasi:sockets/tcp@0.2.3"),
+            "plugins get no network access"
+        );
+    }
+}

@@ -1,0 +1,305 @@
+//! The host side of the WIT contract: `bindgen!` over `wit/`, the per-instance store
+//! data, and what the host provides to plugins (`host` interface, the `publication`
+//! resource, the memory limiter).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::value::RawValue;
+use wasmtime::component::Resource;
+
+use super::PluginId;
+
+// The generated code has `unsafe` blocks of its own (lowering and lifting); nothing else
+// in the broker may.
+#[allow(unsafe_code)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit",
+        imports: { default: trappable },
+        with: {
+            "hookwire:plugin/types.publication": super::PublicationRef,
+        },
+    });
+}
+
+pub use bindings::Plugin as PluginBindings;
+pub use bindings::PluginPre;
+pub use bindings::exports::hookwire::plugin::hooks::{HookSet, PluginInfo};
+use bindings::hookwire::plugin::host::LogLevel;
+pub use bindings::hookwire::plugin::types::{
+    ConnectDecision, Connection, Decision, ExtraPublication, MetaField, PublishDecision,
+    PublishEdit, PublishSource, Transport,
+};
+use bindings::hookwire::plugin::{host, types};
+
+/// The type behind `borrow<publication>` handles. The host never keeps a table of
+/// publications: at most one is being processed per instance at a time, and it lives
+/// in [`StoreData::publication`]; the handle only names it.
+pub struct PublicationRef;
+
+/// The single handle value a call passes for the publication it processes.
+pub fn publication_handle() -> Resource<PublicationRef> {
+    Resource::new_borrow(0)
+}
+
+/// A connection as hooks see it, built once per connection (and again on refresh).
+#[derive(Debug, Clone)]
+pub struct ConnView {
+    pub id: u64,
+    pub client: Arc<str>,
+    pub user: Arc<str>,
+    /// The token's claims, JSON object text.
+    pub claims: Arc<str>,
+    pub transport: Transport,
+    pub remote: String,
+    /// Metadata attached by `on-connect` hooks, JSON object text.
+    pub meta: Arc<str>,
+}
+
+impl ConnView {
+    pub fn to_wit(&self) -> Connection {
+        Connection {
+            id: self.id,
+            client: self.client.to_string(),
+            user: self.user.to_string(),
+            claims: self.claims.to_string(),
+            transport: self.transport,
+            remote_addr: self.remote.clone(),
+            meta: self.meta.to_string(),
+        }
+    }
+}
+
+/// A publication going through a `publish` chain: what the plugins see and change.
+#[derive(Debug, Clone)]
+pub struct PublicationState {
+    pub source: PublishSource,
+    pub channels: Vec<String>,
+    pub user: Option<Arc<str>>,
+    /// JSON text.
+    pub data: Box<RawValue>,
+    /// `meta` fields added so far, in order; a later value for a key replaces it.
+    pub meta: Vec<(String, Box<RawValue>)>,
+    pub connection: Option<Arc<ConnView>>,
+}
+
+impl PublicationState {
+    /// `meta` as a JSON object (`None` when no plugin added any).
+    pub fn meta_json(&self) -> Option<Box<RawValue>> {
+        if self.meta.is_empty() {
+            return None;
+        }
+        let mut out = String::from("{");
+        for (i, (k, v)) in self.meta.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&serde_json::to_string(k).expect("a string serializes"));
+            out.push(':');
+            out.push_str(v.get());
+        }
+        out.push('}');
+        RawValue::from_string(out).ok()
+    }
+
+    pub fn set_meta(&mut self, key: String, value: Box<RawValue>) {
+        match self.meta.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.meta.push((key, value)),
+        }
+    }
+}
+
+/// Everything one plugin instance's `Store` holds.
+pub struct StoreData {
+    pub plugin: Arc<PluginId>,
+    pub limiter: Limiter,
+    /// The publication the current `on-publish` call processes.
+    pub publication: Option<PublicationState>,
+    /// Log lines written during the current call (bounded; see `log`).
+    log_budget: u32,
+    started: Instant,
+}
+
+/// Lines a plugin may log per call before the host drops the rest (and says so).
+const LOG_LINES_PER_CALL: u32 = 20;
+/// Longest log line kept, in bytes.
+const LOG_LINE_MAX: usize = 2_048;
+
+impl StoreData {
+    pub fn new(plugin: Arc<PluginId>, memory_bytes: usize) -> Self {
+        Self {
+            plugin,
+            limiter: Limiter::new(memory_bytes),
+            publication: None,
+            log_budget: LOG_LINES_PER_CALL,
+            started: Instant::now(),
+        }
+    }
+
+    /// Called before each hook call.
+    pub fn begin_call(&mut self) {
+        self.log_budget = LOG_LINES_PER_CALL;
+    }
+
+    fn publication(&self) -> wasmtime::Result<&PublicationState> {
+        self.publication
+            .as_ref()
+            .ok_or_else(|| wasmtime::Error::msg("publication used outside on-publish"))
+    }
+}
+
+/// The memory cap of one instance. Unlike `StoreLimits` it records that it refused a
+/// growth, so a trap that follows is reported as the memory cap rather than a crash.
+pub struct Limiter {
+    max_bytes: usize,
+    pub refused: bool,
+}
+
+impl Limiter {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            refused: false,
+        }
+    }
+}
+
+/// Tables beyond this many elements are refused (a table bomb is a memory bomb).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+impl host::Host for StoreData {
+    fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        if self.log_budget == 0 {
+            return Ok(());
+        }
+        self.log_budget -= 1;
+        let mut message = message;
+        if message.len() > LOG_LINE_MAX {
+            let mut end = LOG_LINE_MAX;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str(" [truncated]");
+        }
+        if self.log_budget == 0 {
+            message.push_str(" [further lines of this call dropped]");
+        }
+        let id = &self.plugin;
+        match level {
+            LogLevel::Trace => {
+                tracing::trace!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
+            }
+            LogLevel::Debug => {
+                tracing::debug!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
+            }
+            LogLevel::Info => {
+                tracing::info!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
+            }
+            LogLevel::Warn => {
+                tracing::warn!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
+            }
+            LogLevel::Error => {
+                tracing::error!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
+            }
+        }
+        Ok(())
+    }
+
+    fn now_unix_nanos(&mut self) -> wasmtime::Result<u64> {
+        Ok(SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64))
+    }
+
+    fn monotonic_nanos(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.started.elapsed().as_nanos() as u64)
+    }
+}
+
+impl types::Host for StoreData {}
+
+impl types::HostPublication for StoreData {
+    fn source(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<PublishSource> {
+        Ok(self.publication()?.source)
+    }
+
+    fn channels(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<Vec<String>> {
+        Ok(self.publication()?.channels.clone())
+    }
+
+    fn user(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<Option<String>> {
+        Ok(self.publication()?.user.as_deref().map(str::to_string))
+    }
+
+    fn data_len(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<u64> {
+        Ok(self.publication()?.data.get().len() as u64)
+    }
+
+    fn data(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.publication()?.data.get().as_bytes().to_vec())
+    }
+
+    fn data_range(
+        &mut self,
+        _: Resource<PublicationRef>,
+        offset: u64,
+        len: u64,
+    ) -> wasmtime::Result<Vec<u8>> {
+        let data = self.publication()?.data.get().as_bytes();
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let end = start
+            .saturating_add(usize::try_from(len).unwrap_or(usize::MAX))
+            .min(data.len());
+        Ok(data[start..end].to_vec())
+    }
+
+    fn meta(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<String> {
+        Ok(self
+            .publication()?
+            .meta_json()
+            .map_or_else(|| "{}".to_string(), |m| m.get().to_string()))
+    }
+
+    fn connection(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<Option<Connection>> {
+        Ok(self.publication()?.connection.as_ref().map(|c| c.to_wit()))
+    }
+
+    fn drop(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<()> {
+        // Plugins only ever hold borrows; the host owns the publication.
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! Warm instances of one plugin version, and one call into an instance with its limits
+//! applied and its failure classified.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use wasmtime::Store;
+
+use super::host::{PluginBindings, PluginInfo, PluginPre, StoreData};
+use super::{Error, Limits, PluginId};
+
+/// An instance ready for calls, with the store it lives in.
+pub struct Warm {
+    pub store: Store<StoreData>,
+    pub bindings: PluginBindings,
+}
+
+/// The instances of one plugin version. A call takes an idle instance (or makes one),
+/// and gives it back unless the call failed: after a trap an instance can never be
+/// entered again, and after a timeout or a memory overrun its state is suspect.
+pub struct Pool {
+    pre: PluginPre<StoreData>,
+    id: Arc<PluginId>,
+    limits: Limits,
+    /// The plugin's configuration, JSON text, given to `init` of every new instance.
+    config: String,
+    idle: Mutex<Vec<Warm>>,
+    /// Idle instances kept at most; more are made under load and dropped after.
+    keep: usize,
+}
+
+impl Pool {
+    /// Makes the first instance: `info`, then `init` with the configuration. Its
+    /// answer to `info` names the plugin; the pool keeps the instance.
+    pub fn start(
+        pre: PluginPre<StoreData>,
+        file_name: &str,
+        sha256: String,
+        limits: Limits,
+        config: String,
+        keep: usize,
+    ) -> Result<(Self, PluginInfo), Error> {
+        let provisional = Arc::new(PluginId {
+            name: file_name.to_string(),
+            version: "?".into(),
+            sha256: sha256.clone(),
+        });
+        let mut warm = instantiate(&pre, &provisional, &limits)?;
+        let info = guarded(&mut warm, &limits, |w| {
+            let hooks = w.bindings.hookwire_plugin_hooks();
+            hooks.call_info(&mut w.store)
+        })?;
+        let id = Arc::new(PluginId {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            sha256,
+        });
+        warm.store.data_mut().plugin = id.clone();
+        init(&mut warm, &limits, &config)?;
+        let pool = Self {
+            pre,
+            id,
+            limits,
+            config,
+            idle: Mutex::new(vec![warm]),
+            keep: keep.max(1),
+        };
+        Ok((pool, info))
+    }
+
+    /// Instantiates once and asks `info`, without `init` (for `plugin inspect`).
+    pub fn probe(pre: &PluginPre<StoreData>, limits: &Limits) -> Result<PluginInfo, Error> {
+        let id = Arc::new(PluginId {
+            name: "?".into(),
+            version: "?".into(),
+            sha256: String::new(),
+        });
+        let mut warm = instantiate(pre, &id, limits)?;
+        guarded(&mut warm, limits, |w| {
+            let hooks = w.bindings.hookwire_plugin_hooks();
+            hooks.call_info(&mut w.store)
+        })
+    }
+
+    pub fn id(&self) -> &Arc<PluginId> {
+        &self.id
+    }
+
+    /// Runs `f` on an instance under the plugin's limits.
+    pub fn call<R>(&self, f: impl FnOnce(&mut Warm) -> wasmtime::Result<R>) -> Result<R, Error> {
+        let taken = self.idle.lock().pop();
+        let mut warm = match taken {
+            Some(warm) => warm,
+            None => self.fresh()?,
+        };
+        let result = guarded(&mut warm, &self.limits, f);
+        if result.is_ok() {
+            let mut idle = self.idle.lock();
+            if idle.len() < self.keep {
+                idle.push(warm);
+            }
+        }
+        result
+    }
+
+    fn fresh(&self) -> Result<Warm, Error> {
+        let mut warm = instantiate(&self.pre, &self.id, &self.limits)?;
+        init(&mut warm, &self.limits, &self.config)?;
+        Ok(warm)
+    }
+}
+
+fn instantiate(
+    pre: &PluginPre<StoreData>,
+    id: &Arc<PluginId>,
+    limits: &Limits,
+) -> Result<Warm, Error> {
+    let mut store = Store::new(
+        pre.engine(),
+        StoreData::new(id.clone(), limits.memory_bytes),
+    );
+    store.limiter(|data| &mut data.limiter);
+    store.epoch_deadline_trap();
+    // A new store's deadline is "now": set it before anything runs (start functions).
+    store.set_epoch_deadline(limits.deadline_ticks());
+    let bindings = pre
+        .instantiate(&mut store)
+        .map_err(|e| classify(e, &store, limits, "instantiating"))?;
+    Ok(Warm { store, bindings })
+}
+
+fn init(warm: &mut Warm, limits: &Limits, config: &str) -> Result<(), Error> {
+    let config = config.to_string();
+    let answer = guarded(warm, limits, |w| {
+        let hooks = w.bindings.hookwire_plugin_hooks();
+        hooks.call_init(&mut w.store, &config)
+    })?;
+    answer.map_err(Error::Init)
+}
+
+/// One call with a fresh deadline; a failure is classified from what the store saw.
+fn guarded<R>(
+    warm: &mut Warm,
+    limits: &Limits,
+    f: impl FnOnce(&mut Warm) -> wasmtime::Result<R>,
+) -> Result<R, Error> {
+    warm.store.set_epoch_deadline(limits.deadline_ticks());
+    warm.store.data_mut().begin_call();
+    f(warm).map_err(|e| classify(e, &warm.store, limits, "calling"))
+}
+
+fn classify(e: wasmtime::Error, store: &Store<StoreData>, limits: &Limits, doing: &str) -> Error {
+    if store.data().limiter.refused {
+        return Error::MemoryExceeded {
+            mib: limits.memory_bytes >> 20,
+        };
+    }
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => Error::Timeout {
+            ms: limits.timeout_ms,
+        },
+        Some(wasmtime::Trap::StackOverflow) => Error::Trap("stack overflow".into()),
+        Some(trap) => Error::Trap(trap.to_string()),
+        None => Error::Trap(format!("{doing}: {e:#}")),
+    }
+}

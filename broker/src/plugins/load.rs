@@ -1,0 +1,159 @@
+//! Loading a plugin set: read each module, compile it (or take it from the cache),
+//! check its imports, instantiate it and call `info` and `init`. A plugin whose file
+//! and settings did not change is carried over as it is.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::engine::{PluginEngine, sha256_hex};
+use super::host::{HookSet, PluginPre, StoreData};
+use super::instance::Pool;
+use super::stats::Stats;
+use super::{
+    Error, Failure, Hook, Loaded, ModuleSettings, PluginSet, PluginsSettings, ReloadReport,
+    hook_names,
+};
+use crate::metrics::Metrics;
+use crate::protocol::now_ms;
+
+/// Builds the set `settings` describe. With a `previous` set, a plugin that fails keeps
+/// its previous version; without one (start-up) it is left out and reported.
+pub fn load_set(
+    engine: &PluginEngine,
+    settings: &PluginsSettings,
+    previous: Option<&PluginSet>,
+    metrics: &Metrics,
+    generation: u64,
+) -> (PluginSet, ReloadReport) {
+    let mut report = ReloadReport {
+        generation,
+        ..ReloadReport::default()
+    };
+    let mut plugins = BTreeMap::new();
+    for (name, module) in &settings.modules {
+        let old = previous.and_then(|p| p.plugins.get(name));
+        match load_one(engine, module, old, metrics) {
+            Ok(Outcome::Unchanged(p)) => {
+                report.unchanged.push(name.clone());
+                plugins.insert(name.clone(), p);
+            }
+            Ok(Outcome::Loaded(p)) => {
+                metrics.plugin_load("ok");
+                report.changed.push(name.clone());
+                plugins.insert(name.clone(), p);
+            }
+            Err(e) => {
+                metrics.plugin_load("failed");
+                report.failed.push(Failure {
+                    name: name.clone(),
+                    file: module.file.display().to_string(),
+                    error: e.to_string(),
+                    at_ms: now_ms(),
+                });
+                if let Some(old) = old {
+                    plugins.insert(name.clone(), old.clone());
+                }
+            }
+        }
+    }
+    (PluginSet::build(generation, plugins, settings), report)
+}
+
+enum Outcome {
+    Unchanged(Arc<Loaded>),
+    Loaded(Arc<Loaded>),
+}
+
+fn load_one(
+    engine: &PluginEngine,
+    module: &ModuleSettings,
+    old: Option<&Arc<Loaded>>,
+    metrics: &Metrics,
+) -> Result<Outcome, Error> {
+    let bytes = std::fs::read(&module.file).map_err(|e| Error::Read {
+        path: module.file.display().to_string(),
+        message: if e.kind() == std::io::ErrorKind::NotFound {
+            "no such file (build the plugins first: plugins/build)".into()
+        } else {
+            e.to_string()
+        },
+    })?;
+    let sha256 = sha256_hex(&bytes);
+    if let Some(old) = old
+        && old.id.sha256 == sha256
+        && old.settings == *module
+    {
+        return Ok(Outcome::Unchanged(old.clone()));
+    }
+    let loaded = prepare(engine, &bytes, sha256, module, metrics)?;
+    Ok(Outcome::Loaded(Arc::new(loaded)))
+}
+
+/// Compiles a module and checks it against the import policy and the world's exports.
+pub fn link(
+    engine: &PluginEngine,
+    bytes: &[u8],
+    sha256: &str,
+) -> Result<PluginPre<StoreData>, Error> {
+    let component = engine.compile(bytes, sha256)?;
+    let linker = engine.link(&component)?;
+    let instance_pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| Error::Exports(format!("{e:#}")))?;
+    PluginPre::new(instance_pre).map_err(|e| Error::Exports(format!("{e:#}")))
+}
+
+/// Compiles, links and starts one module version.
+pub fn prepare(
+    engine: &PluginEngine,
+    bytes: &[u8],
+    sha256: String,
+    module: &ModuleSettings,
+    metrics: &Metrics,
+) -> Result<Loaded, Error> {
+    let pre = link(engine, bytes, &sha256)?;
+    let (pool, info) = Pool::start(
+        pre,
+        &module.name,
+        sha256,
+        module.limits.clone(),
+        module.config.clone(),
+        module.instances,
+    )?;
+    if info.name != module.name {
+        return Err(Error::Name {
+            declared: info.name,
+            configured: module.name.clone(),
+        });
+    }
+    let hooks = match &module.hooks {
+        None => info.hooks,
+        Some(bound) => {
+            let missing: Vec<&str> = bound
+                .iter()
+                .filter(|h| !info.hooks.contains(h.flag()))
+                .map(|h| h.label())
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::Hooks(missing.join(", ")));
+            }
+            bound.iter().fold(HookSet::empty(), |set, h| set | h.flag())
+        }
+    };
+    let id = pool.id().clone();
+    let calls = Hook::ALL.map(|h| metrics.plugin_calls(&id.name, h.label()));
+    let seconds = Hook::ALL.map(|h| metrics.plugin_seconds(&id.name, h.label()));
+    tracing::debug!(plugin = %id.name, hooks = ?hook_names(hooks), "Plugin prepared");
+    Ok(Loaded {
+        id,
+        settings: module.clone(),
+        size: bytes.len() as u64,
+        implements: info.hooks,
+        hooks,
+        loaded_at_ms: now_ms(),
+        pool,
+        stats: Stats::default(),
+        calls,
+        seconds,
+    })
+}

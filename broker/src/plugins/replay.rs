@@ -1,0 +1,419 @@
+//! `hookwire plugin inspect` and `hookwire plugin test`: a plugin's facts, and its
+//! decisions over recorded events, without a broker. Both use the broker's own engine,
+//! import policy and chain code.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::engine::{EngineSettings, PluginEngine, sha256_hex};
+use super::host::{ConnView, PublicationState, PublishSource, Transport};
+use super::instance::Pool;
+use super::{Error, Limits, ModuleSettings, Plugins, PluginsSettings, hook_names};
+use crate::config::OnError;
+use crate::metrics::Metrics;
+
+/// The world every plugin targets.
+pub const WORLD: &str = "hookwire:plugin/plugin@0.1.0";
+
+/// What `inspect` reports.
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub file: String,
+    pub sha256: String,
+    pub size: u64,
+    /// The world the component fits, when it does.
+    pub world: Option<&'static str>,
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub hooks: Vec<&'static str>,
+    pub imports: Vec<Import>,
+    pub exports: Vec<String>,
+    /// Why the broker would refuse to load it, if it would.
+    pub refused: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Import {
+    pub name: String,
+    pub served: &'static str,
+}
+
+fn engine() -> Result<Arc<PluginEngine>, Error> {
+    PluginEngine::new(&EngineSettings {
+        max_instances: 16,
+        max_memory_bytes: 32 << 20,
+        max_stack_bytes: 512 << 10,
+        cache_dir: None,
+    })
+}
+
+fn default_limits() -> Limits {
+    Limits {
+        timeout_ms: 10,
+        memory_bytes: 32 << 20,
+        max_output_bytes: 65_536,
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads and compiles the plugin; when the broker would load it, asks its `info`.
+pub fn inspect(path: &Path) -> Result<Inspection, Error> {
+    let bytes = read(path)?;
+    let sha256 = sha256_hex(&bytes);
+    let engine = engine()?;
+    let component = engine.compile(&bytes, &sha256)?;
+    let (imports, exports) = engine.describe(&component);
+    let mut out = Inspection {
+        file: path.display().to_string(),
+        sha256: sha256.clone(),
+        size: bytes.len() as u64,
+        world: None,
+        name: None,
+        version: None,
+        hooks: Vec::new(),
+        imports: imports
+            .into_iter()
+            .map(|(name, served)| Import {
+                name,
+                served: served.label(),
+            })
+            .collect(),
+        exports,
+        refused: None,
+    };
+    match super::load::link(&engine, &bytes, &sha256) {
+        Ok(pre) => {
+            out.world = Some(WORLD);
+            match Pool::probe(&pre, &default_limits()) {
+                Ok(info) => {
+                    out.name = Some(info.name);
+                    out.version = Some(info.version);
+                    out.hooks = hook_names(info.hooks);
+                }
+                Err(e) => out.refused = Some(format!("its `info` call failed: {e}")),
+            }
+        }
+        Err(e) => out.refused = Some(e.to_string()),
+    }
+    Ok(out)
+}
+
+/// One recorded event (a line of the events file).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Event {
+    hook: String,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    data: Option<Value>,
+    /// `client` (default), `api` or `nats`.
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    claims: Option<Value>,
+    #[serde(default)]
+    meta: Option<Value>,
+    #[serde(default)]
+    reason: Option<String>,
+    /// A decision (`allow`, `modify`, `refuse`) or an object of fields the outcome
+    /// must have: `decision`, `reason_contains`, `data`, `meta` (a subset),
+    /// `channels`, `emit_channels`.
+    #[serde(default)]
+    expect: Option<Value>,
+}
+
+/// Why `plugin test` could not run (as opposed to an unmet expectation).
+#[derive(Debug, thiserror::Error)]
+pub enum TestError {
+    #[error("{0}")]
+    Plugin(#[from] Error),
+    #[error("cannot read the events file {path}: {message}")]
+    Events { path: String, message: String },
+    #[error("events file line {line}: {message}")]
+    Line { line: usize, message: String },
+    #[error("--config is not a JSON object: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Load(String),
+}
+
+/// Replays `events` through the plugin, writing one JSON line per event to `out`.
+/// Returns how many `expect`s were not met.
+pub fn test(
+    plugin: &Path,
+    events: &Path,
+    config: Option<&str>,
+    out: &mut impl Write,
+) -> Result<usize, TestError> {
+    let config_json = match config {
+        Some(text) => {
+            let v: Value =
+                serde_json::from_str(text).map_err(|e| TestError::Config(e.to_string()))?;
+            if !v.is_object() {
+                return Err(TestError::Config(format!("got {v}")));
+            }
+            v.to_string()
+        }
+        None => "{}".to_string(),
+    };
+    let file = std::fs::File::open(events).map_err(|e| TestError::Events {
+        path: events.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut parsed = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| TestError::Events {
+            path: events.display().to_string(),
+            message: e.to_string(),
+        })?;
+        if line.trim().is_empty() || line.trim_start().starts_with("//") {
+            continue;
+        }
+        let event: Event = serde_json::from_str(&line).map_err(|e| TestError::Line {
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        if !["connect", "subscribe", "publish", "disconnect"].contains(&event.hook.as_str()) {
+            return Err(TestError::Line {
+                line: i + 1,
+                message: format!(
+                    "hook {:?}: use connect, subscribe, publish or disconnect",
+                    event.hook
+                ),
+            });
+        }
+        parsed.push((i + 1, event));
+    }
+    let info = inspect(plugin)?;
+    let Some(name) = info.name else {
+        return Err(TestError::Load(
+            info.refused
+                .unwrap_or_else(|| "the plugin cannot be loaded".into()),
+        ));
+    };
+    // Bind the plugin to every namespace the events name, and to connections.
+    let namespaces: BTreeMap<String, Vec<String>> = parsed
+        .iter()
+        .filter_map(|(_, e)| e.channel.as_deref())
+        .map(|c| (namespace_of(c).to_string(), vec![name.clone()]))
+        .collect();
+    let module = ModuleSettings {
+        name: name.clone(),
+        file: plugin.to_path_buf(),
+        hooks: None,
+        limits: default_limits(),
+        on_error: OnError::Reject,
+        config: config_json,
+        instances: 1,
+    };
+    let settings = PluginsSettings {
+        dir: plugin.parent().map(Path::to_path_buf).unwrap_or_default(),
+        watch: false,
+        audit_file: None,
+        engine: EngineSettings {
+            max_instances: 16,
+            max_memory_bytes: 32 << 20,
+            max_stack_bytes: 512 << 10,
+            cache_dir: None,
+        },
+        modules: BTreeMap::from([(name.clone(), module)]),
+        connection: vec![name.clone()],
+        namespaces,
+    };
+    let plugins = Plugins::with_settings(settings, Arc::new(Metrics::new()))
+        .map_err(|e| TestError::Load(e.to_string()))?;
+    let mut unmet = 0;
+    for (line, event) in parsed {
+        let mut outcome = run(&plugins, &event);
+        if let Some(expect) = &event.expect {
+            match check(expect, &outcome) {
+                Ok(()) => outcome["expect"] = json!("met"),
+                Err(why) => {
+                    unmet += 1;
+                    outcome["expect"] = json!(format!("NOT MET: {why}"));
+                }
+            }
+        }
+        let mut record = json!({"line": line});
+        if let (Some(r), Value::Object(o)) = (record.as_object_mut(), outcome) {
+            r.extend(o);
+        }
+        let _ = writeln!(out, "{record}");
+    }
+    Ok(unmet)
+}
+
+fn namespace_of(channel: &str) -> &str {
+    channel.split_once(':').map_or("", |(ns, _)| ns)
+}
+
+fn conn_of(event: &Event) -> ConnView {
+    ConnView {
+        id: 1,
+        client: "c-replay".into(),
+        user: event.user.clone().unwrap_or_default().into(),
+        claims: event
+            .claims
+            .clone()
+            .unwrap_or_else(|| json!({"sub": event.user.clone().unwrap_or_default()}))
+            .to_string()
+            .into(),
+        transport: Transport::Websocket,
+        remote: "127.0.0.1:1".into(),
+        meta: event
+            .meta
+            .clone()
+            .unwrap_or_else(|| json!({}))
+            .to_string()
+            .into(),
+    }
+}
+
+fn run(plugins: &Plugins, event: &Event) -> Value {
+    let channel = event.channel.clone().unwrap_or_default();
+    match event.hook.as_str() {
+        "connect" => {
+            let mut conn = conn_of(event);
+            match plugins.on_connect(&mut conn) {
+                Ok(()) => json!({"hook": "connect", "decision": "allow",
+                    "meta": serde_json::from_str::<Value>(&conn.meta).unwrap_or(Value::Null)}),
+                Err(r) => json!({"hook": "connect", "decision": "refuse", "reason": r.message}),
+            }
+        }
+        "subscribe" => {
+            match plugins.on_subscribe(namespace_of(&channel), &conn_of(event), &channel) {
+                Ok(()) => json!({"hook": "subscribe", "channel": channel, "decision": "allow"}),
+                Err(r) => {
+                    json!({"hook": "subscribe", "channel": channel, "decision": "refuse", "reason": r.message})
+                }
+            }
+        }
+        "disconnect" => {
+            plugins.on_disconnect(&conn_of(event), event.reason.as_deref().unwrap_or("closed"));
+            json!({"hook": "disconnect", "decision": "notified"})
+        }
+        _ => {
+            let source = match event.source.as_deref() {
+                Some("api") => PublishSource::Api,
+                Some("nats") => PublishSource::Nats,
+                _ => PublishSource::Client,
+            };
+            let data = event.data.clone().unwrap_or(Value::Null);
+            let state = PublicationState {
+                source,
+                channels: vec![channel.clone()],
+                user: event
+                    .user
+                    .as_deref()
+                    .filter(|_| source != PublishSource::Api)
+                    .map(Into::into),
+                data: serde_json::value::to_raw_value(&data).expect("a Value serializes"),
+                meta: Vec::new(),
+                connection: (source == PublishSource::Client).then(|| Arc::new(conn_of(event))),
+            };
+            let valid = |c: &str| {
+                crate::channel::ChannelName::parse(c)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            match plugins.on_publish(namespace_of(&channel), state, &valid) {
+                Err(r) => {
+                    json!({"hook": "publish", "channel": channel, "decision": "refuse", "reason": r.message})
+                }
+                Ok((after, emits)) => {
+                    let new_data: Value =
+                        serde_json::from_str(after.data.get()).unwrap_or(Value::Null);
+                    let meta: Value = after
+                        .meta_json()
+                        .and_then(|m| serde_json::from_str(m.get()).ok())
+                        .unwrap_or_else(|| json!({}));
+                    let changed = new_data != data
+                        || !after.meta.is_empty()
+                        || after.channels != [channel.clone()]
+                        || !emits.is_empty();
+                    let emit: Vec<Value> = emits
+                        .iter()
+                        .map(|e| json!({
+                            "channel": e.channel,
+                            "data": serde_json::from_str::<Value>(e.data.get()).unwrap_or(Value::Null),
+                            "meta": e.meta.as_deref().map(RawValue::get).and_then(|m| serde_json::from_str::<Value>(m).ok()),
+                        }))
+                        .collect();
+                    json!({"hook": "publish", "channel": channel,
+                        "decision": if changed { "modify" } else { "allow" },
+                        "channels": after.channels, "data": new_data, "meta": meta, "emit": emit})
+                }
+            }
+        }
+    }
+}
+
+fn check(expect: &Value, outcome: &Value) -> Result<(), String> {
+    let want = match expect {
+        Value::String(d) => json!({"decision": d}),
+        other => other.clone(),
+    };
+    let Some(want) = want.as_object() else {
+        return Err("expect must be a decision or an object".into());
+    };
+    for (key, value) in want {
+        match key.as_str() {
+            "decision" | "data" | "channels" => {
+                if outcome.get(key) != Some(value) {
+                    return Err(format!(
+                        "{key} is {}, expected {value}",
+                        outcome.get(key).unwrap_or(&Value::Null)
+                    ));
+                }
+            }
+            "reason_contains" => {
+                let reason = outcome.get("reason").and_then(Value::as_str).unwrap_or("");
+                let needle = value.as_str().unwrap_or("");
+                if !reason.contains(needle) {
+                    return Err(format!("reason {reason:?} does not contain {needle:?}"));
+                }
+            }
+            "meta" => {
+                let have = outcome.get("meta").cloned().unwrap_or_default();
+                for (k, v) in value.as_object().into_iter().flatten() {
+                    if have.get(k) != Some(v) {
+                        return Err(format!(
+                            "meta.{k} is {}, expected {v}",
+                            have.get(k).unwrap_or(&Value::Null)
+                        ));
+                    }
+                }
+            }
+            "emit_channels" => {
+                let have: Vec<&Value> = outcome
+                    .get("emit")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.get("channel"))
+                    .collect();
+                let want: Vec<&Value> = value.as_array().into_iter().flatten().collect();
+                if have != want {
+                    return Err(format!("emitted to {have:?}, expected {want:?}"));
+                }
+            }
+            other => return Err(format!("unknown expect field {other:?}")),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! Masks e-mail addresses, card-like numbers (13 to 19 digits, maybe split by
+//! spaces or dashes) and configured words in every string of the payload, then
+//! sets `meta.redacted` to the number of masks. Config:
+//!
+//! ```json
+//! {"words": ["darn", "heck"], "emails": true, "cards": true}
+//! ```
+//!
+//! Words match whole and in any (ASCII) case, and become asterisks of the same length;
+//! addresses become `[email]` and numbers `[card]`. A payload with nothing to mask
+//! passes untouched.
+
+use hookwire_plugin::prelude::*;
+use regex_lite::{Regex, escape};
+use serde::Deserialize;
+
+pub struct Redact {
+    /// Each pattern and how a match is masked, applied in order.
+    masks: Vec<(Regex, Mask)>,
+}
+
+#[derive(Clone, Copy)]
+enum Mask {
+    Asterisks,
+    Text(&'static str),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    words: Vec<String>,
+    #[serde(default = "yes")]
+    emails: bool,
+    #[serde(default = "yes")]
+    cards: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+const EMAIL: &str = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}";
+const CARD: &str = r"\b\d(?:[ -]?\d){12,18}\b";
+
+impl Plugin for Redact {
+    const NAME: &'static str = "redact";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const HOOKS: Hooks = Hooks::PUBLISH;
+
+    fn init(config: Value) -> Result<Self, String> {
+        let config: Config = parse_config(config)?;
+        let mut masks = Vec::new();
+        // Addresses first: their local part may hold digits a card match would eat.
+        if config.emails {
+            masks.push((
+                Regex::new(EMAIL).expect("valid pattern"),
+                Mask::Text("[email]"),
+            ));
+        }
+        if config.cards {
+            masks.push((
+                Regex::new(CARD).expect("valid pattern"),
+                Mask::Text("[card]"),
+            ));
+        }
+        if !config.words.is_empty() {
+            let words: Vec<String> = config.words.iter().map(|w| whole_word(w)).collect();
+            let pattern = format!("(?i){}", words.join("|"));
+            let words = Regex::new(&pattern).map_err(|e| format!("invalid words: {e}"))?;
+            masks.push((words, Mask::Asterisks));
+        }
+        Ok(Self { masks })
+    }
+
+    fn on_publish(&mut self, publication: &mut Publication) -> Decision {
+        let mut data = publication.data().clone();
+        let count = self.redact(&mut data);
+        if count > 0 {
+            publication.set_data(data);
+            publication.add_meta("redacted", json!(count));
+        }
+        Decision::Allow
+    }
+}
+
+export!(Redact);
+
+impl Redact {
+    /// Masks every string inside `value`; returns how many matches it masked.
+    fn redact(&self, value: &mut Value) -> usize {
+        match value {
+            Value::String(text) => self
+                .masks
+                .iter()
+                .map(|(re, mask)| apply(re, *mask, text))
+                .sum(),
+            Value::Array(items) => items.iter_mut().map(|v| self.redact(v)).sum(),
+            Value::Object(fields) => fields.values_mut().map(|v| self.redact(v)).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// A pattern for `word` that does not match inside a longer word.
+fn whole_word(word: &str) -> String {
+    // `\b` only where the word has a word character: `c++` ends in a non-word one.
+    let edge = |c: Option<char>| match c {
+        Some(c) if c.is_ascii_alphanumeric() || c == '_' => r"\b",
+        _ => "",
+    };
+    let (first, last) = (word.chars().next(), word.chars().next_back());
+    format!("{}{}{}", edge(first), escape(word), edge(last))
+}
+
+fn apply(re: &Regex, mask: Mask, text: &mut String) -> usize {
+    let count = re.find_iter(text).count();
+    if count > 0 {
+        *text = re
+            .replace_all(text, |caps: &regex_lite::Captures| match mask {
+                Mask::Asterisks => "*".repeat(caps[0].chars().count()),
+                Mask::Text(text) => text.to_owned(),
+            })
+            .into_owned();
+    }
+    count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redact(data: Value) -> (Option<Value>, Option<Value>) {
+        let mut plugin = Redact::init(json!({"words": ["darn", "c++"]})).unwrap();
+        let mut publication = Publication::new("chat:lobby", data).from_user("alice");
+        assert_eq!(plugin.on_publish(&mut publication), Decision::Allow);
+        let redacted = publication.meta_added().get("redacted").cloned();
+        (publication.data_after().cloned(), redacted)
+    }
+
+    #[test]
+    fn masks_every_string_and_counts() {
+        let (data, count) = redact(json!({
+            "text": "Darn, mail bob.smith@example.co.uk now",
+            "cards": ["4111 1111 1111 1111", "4111-1111-1111-1111", "ref 123456"],
+            "nested": {"deep": "I like C++ and darning"},
+            "n": 4111111111111111_u64
+        }));
+        assert_eq!(
+            data,
+            Some(json!({
+                "text": "****, mail [email] now",
+                "cards": ["[card]", "[card]", "ref 123456"],
+                "nested": {"deep": "I like *** and darning"},
+                "n": 4111111111111111_u64
+            }))
+        );
+        assert_eq!(count, Some(json!(5)));
+    }
+
+    #[test]
+    fn clean_data_is_not_edited() {
+        assert_eq!(
+            redact(json!({"text": "hello @bob, call 555-1234"})),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn detectors_can_be_switched_off() {
+        let mut plugin = Redact::init(json!({"emails": false, "cards": false})).unwrap();
+        let mut publication = Publication::new("chat:lobby", json!("a@b.io 4111111111111111"));
+        plugin.on_publish(&mut publication);
+        assert!(publication.edits().is_empty());
+    }
+}
