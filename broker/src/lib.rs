@@ -7,7 +7,8 @@
 //! ```text
 //! transport::ws      socket → Inbound items; batches of EncodedFrame → socket
 //!   session          connect/auth, request handling, keepalive, expiry, writer loop
-//!     publish        pipeline: name → namespace → permission → idempotency → hooks
+//!     publish        pipeline: name → namespace → permission → limits → plugins → idempotency
+//!       plugins      the namespace's Wasm plugin chain (refuse, edit, reroute, emit)
 //!       hub          sharded subscribers; offset + encode once; push to each queue
 //!         history    per-channel streams (offset, epoch), bounded by size and TTL
 //!         outbound   per-connection bounded queue, drained by the session's writer
@@ -16,7 +17,9 @@
 //! Around it: `protocol` (frames, error and close codes; no I/O), `channel` (names,
 //! namespaces, patterns), `access` (who may subscribe/publish), `auth` (JWT), `config`
 //! (file + env, validated up front), `node` (shared state), `server` (listeners,
-//! signals, shutdown order), `admin` (health, readiness), `logging`.
+//! signals, shutdown order), `admin` (health, readiness, API, admin), `logging`, and
+//! `plugins` (the wasmtime host of `wit/`; connect/subscribe/disconnect hooks run from
+//! `session`).
 //! See ARCHITECTURE.md for task ownership, lock order and shutdown order.
 
 pub mod access;

@@ -21,8 +21,8 @@ pub struct Enrich {
 }
 
 impl Plugin for Enrich {
-    const NAME: &'static str = "enrich";
-    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const NAME: &str = "enrich";
+    const VERSION: &str = env!("CARGO_PKG_VERSION");
     const HOOKS: Hooks = Hooks::PUBLISH;
 
     fn init(config: Value) -> Result<Self, String> {
