@@ -91,17 +91,7 @@ impl PublicationState {
         if self.meta.is_empty() {
             return None;
         }
-        let mut out = String::from("{");
-        for (i, (k, v)) in self.meta.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&serde_json::to_string(k).expect("a string serializes"));
-            out.push(':');
-            out.push_str(v.get());
-        }
-        out.push('}');
-        RawValue::from_string(out).ok()
+        RawValue::from_string(super::chain::object_text(&self.meta)).ok()
     }
 
     pub fn set_meta(&mut self, key: String, value: Box<RawValue>) {
