@@ -85,7 +85,18 @@ fn parse_config_text(text: &str) -> Result<Value, String> {
 #[cfg(target_arch = "wasm32")]
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        crate::log::log(crate::log::Level::Error, &format!("plugin {info}"));
+        let payload = info.payload();
+        let message = (payload.downcast_ref::<&str>().copied())
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a panic without a message");
+        let at = info
+            .location()
+            .map(|at| format!(" at {}:{}", at.file(), at.line()))
+            .unwrap_or_default();
+        crate::log::log(
+            crate::log::Level::Error,
+            &format!("panicked{at}: {message}"),
+        );
     }));
 }
 

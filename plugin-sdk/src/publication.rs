@@ -20,6 +20,7 @@ use crate::{Connection, Decision, PublishSource};
 ///
 /// In tests, build one with [`Publication::new`] and read the edits back with
 /// [`edits`](Self::edits) and its shortcuts.
+#[derive(Debug)]
 pub struct Publication<'h> {
     /// The broker's publication; `None` for one built by [`Publication::new`],
     /// whose fields are all filled in up front.

@@ -39,8 +39,8 @@ fn admin_only() -> Vec<Rule> {
 }
 
 impl Plugin for ChannelAcl {
-    const NAME: &'static str = "channel-acl";
-    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const NAME: &str = "channel-acl";
+    const VERSION: &str = env!("CARGO_PKG_VERSION");
     const HOOKS: Hooks = Hooks::CONNECT.union(Hooks::SUBSCRIBE);
 
     fn init(config: Value) -> Result<Self, String> {

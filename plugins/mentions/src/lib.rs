@@ -32,8 +32,8 @@ fn five() -> usize {
 }
 
 impl Plugin for Mentions {
-    const NAME: &'static str = "mentions";
-    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const NAME: &str = "mentions";
+    const VERSION: &str = env!("CARGO_PKG_VERSION");
     const HOOKS: Hooks = Hooks::PUBLISH;
 
     fn init(config: Value) -> Result<Self, String> {

@@ -44,8 +44,8 @@ const EMAIL: &str = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za
 const CARD: &str = r"\b\d(?:[ -]?\d){12,18}\b";
 
 impl Plugin for Redact {
-    const NAME: &'static str = "redact";
-    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const NAME: &str = "redact";
+    const VERSION: &str = env!("CARGO_PKG_VERSION");
     const HOOKS: Hooks = Hooks::PUBLISH;
 
     fn init(config: Value) -> Result<Self, String> {

@@ -54,8 +54,8 @@ fn yes() -> bool {
 }
 
 impl Plugin for SchemaGuard {
-    const NAME: &'static str = "schema-guard";
-    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const NAME: &str = "schema-guard";
+    const VERSION: &str = env!("CARGO_PKG_VERSION");
     const HOOKS: Hooks = Hooks::PUBLISH;
 
     fn init(config: Value) -> Result<Self, String> {

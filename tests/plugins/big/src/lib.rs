@@ -13,8 +13,8 @@ pub struct Big {
 }
 
 impl Plugin for Big {
-    const NAME: &'static str = "big";
-    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const NAME: &str = "big";
+    const VERSION: &str = env!("CARGO_PKG_VERSION");
     const HOOKS: Hooks = Hooks::PUBLISH;
 
     fn init(_config: Value) -> Result<Self, String> {

@@ -39,8 +39,8 @@ pub struct Misbehave {
 }
 
 impl Plugin for Misbehave {
-    const NAME: &'static str = "misbehave";
-    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const NAME: &str = "misbehave";
+    const VERSION: &str = env!("CARGO_PKG_VERSION");
     const HOOKS: Hooks = Hooks::PUBLISH.union(Hooks::SUBSCRIBE);
 
     fn init(config: Value) -> Result<Self, String> {

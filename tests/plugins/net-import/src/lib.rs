@@ -7,8 +7,8 @@ use hookwire_plugin::prelude::*;
 pub struct NetImport;
 
 impl Plugin for NetImport {
-    const NAME: &'static str = "net-import";
-    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const NAME: &str = "net-import";
+    const VERSION: &str = env!("CARGO_PKG_VERSION");
     const HOOKS: Hooks = Hooks::PUBLISH;
 
     fn init(_config: Value) -> Result<Self, String> {
