@@ -125,14 +125,7 @@ impl Pipeline {
                 },
             )
         };
-        let (published, duplicate) = match req.key {
-            None => (publish(), false),
-            Some(key) => self.dedup.once(&channel, key, publish),
-        };
-        if !duplicate {
-            self.metrics
-                .publication(req.source.label(), published.delivered as u64);
-        }
+        let (published, duplicate) = self.once(&req, &channel, publish);
         Ok(Accepted {
             channel,
             offset: published.offset,
@@ -217,14 +210,7 @@ impl Pipeline {
             first.delivered = delivered;
             first
         };
-        let (published, duplicate) = match req.key {
-            None => (publish(), false),
-            Some(key) => self.dedup.once(&channel, key, publish),
-        };
-        if !duplicate {
-            self.metrics
-                .publication(req.source.label(), published.delivered as u64);
-        }
+        let (published, duplicate) = self.once(req, &channel, publish);
         let first = targets.into_iter().next().map_or(channel, |(c, _)| c);
         Ok(Accepted {
             channel: first,
@@ -232,6 +218,25 @@ impl Pipeline {
             duplicate,
             delivered: published.delivered,
         })
+    }
+
+    /// Runs `publish` unless the request's idempotency key was seen on `channel` within
+    /// the window, and counts what it delivered. Returns whether it was a repeat.
+    fn once(
+        &self,
+        req: &PublishRequest<'_>,
+        channel: &ChannelName,
+        publish: impl FnOnce() -> Published,
+    ) -> (Published, bool) {
+        let (published, duplicate) = match req.key {
+            None => (publish(), false),
+            Some(key) => self.dedup.once(channel, key, publish),
+        };
+        if !duplicate {
+            self.metrics
+                .publication(req.source.label(), published.delivered as u64);
+        }
+        (published, duplicate)
     }
 
     fn limited(&self, e: &Exceeded) -> ErrorReply {

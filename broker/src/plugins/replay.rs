@@ -44,13 +44,14 @@ pub struct Import {
     pub served: &'static str,
 }
 
-fn engine() -> Result<Arc<PluginEngine>, Error> {
-    PluginEngine::new(&EngineSettings {
+/// A small engine of the default limits, without a compile cache.
+fn engine_settings() -> EngineSettings {
+    EngineSettings {
         max_instances: 16,
         max_memory_bytes: 32 << 20,
         max_stack_bytes: 512 << 10,
         cache_dir: None,
-    })
+    }
 }
 
 fn default_limits() -> Limits {
@@ -72,7 +73,7 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
 pub fn inspect(path: &Path) -> Result<Inspection, Error> {
     let bytes = read(path)?;
     let sha256 = sha256_hex(&bytes);
-    let engine = engine()?;
+    let engine = PluginEngine::new(&engine_settings())?;
     let component = engine.compile(&bytes, &sha256)?;
     let (imports, exports) = engine.describe(&component);
     let mut out = Inspection {
@@ -225,12 +226,7 @@ pub fn test(
         dir: plugin.parent().map(Path::to_path_buf).unwrap_or_default(),
         watch: false,
         audit_file: None,
-        engine: EngineSettings {
-            max_instances: 16,
-            max_memory_bytes: 32 << 20,
-            max_stack_bytes: 512 << 10,
-            cache_dir: None,
-        },
+        engine: engine_settings(),
         modules: BTreeMap::from([(name.clone(), module)]),
         connection: vec![name.clone()],
         namespaces,
