@@ -189,7 +189,9 @@ pub struct PluginsConfig {
     pub watch: bool,
     /// Append-only JSONL audit trail of plugin decisions (empty: the `audit` log target only).
     pub audit_file: String,
-    /// Wall-clock deadline of one hook call, in milliseconds.
+    /// Deadline of one hook call, in milliseconds of CPU time (checked every 1 ms
+    /// epoch tick; preempted time does not count; 10× this in wall time stops a call
+    /// regardless).
     pub timeout_ms: u64,
     /// Memory cap of one plugin instance, in MiB.
     pub memory_mib: u32,
@@ -213,7 +215,8 @@ pub struct PluginsConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginModuleConfig {
-    /// The module, relative to `plugins.dir` (empty: `NAME.wasm`).
+    /// The module, relative to `plugins.dir` (empty: `NAME.wasm`, which must hold the
+    /// plugin called NAME; another file may run a plugin under a name of its own).
     pub file: String,
     /// Hooks to call: any of `connect`, `subscribe`, `publish`, `disconnect` (empty:
     /// every hook the plugin implements).

@@ -19,6 +19,7 @@
 
 mod audit;
 mod chain;
+mod deadline;
 pub mod engine;
 pub mod host;
 mod instance;
@@ -62,7 +63,9 @@ pub enum Error {
     Exports(String),
     #[error("init failed: {0}")]
     Init(String),
-    #[error("calls itself {declared:?}, but the config loads it as {configured:?}")]
+    #[error(
+        "calls itself {declared:?}, but the config loads it as {configured:?}; name the module {declared:?}, or set its `file` to run it under another name"
+    )]
     Name {
         declared: String,
         configured: String,
@@ -110,14 +113,6 @@ pub struct Limits {
     pub timeout_ms: u64,
     pub memory_bytes: usize,
     pub max_output_bytes: usize,
-}
-
-impl Limits {
-    /// The epoch deadline of a call: the ticker adds one per millisecond, so `n + 1`
-    /// ticks give at least `n` ms.
-    pub fn deadline_ticks(&self) -> u64 {
-        self.timeout_ms + 1
-    }
 }
 
 /// The four hooks.
@@ -332,7 +327,8 @@ impl PluginSet {
         }
     }
 
-    fn chain(&self, namespace: &str) -> &[Arc<Loaded>] {
+    /// The publish/subscribe chain of a namespace, in order (empty when none).
+    pub fn chain(&self, namespace: &str) -> &[Arc<Loaded>] {
         self.by_namespace.get(namespace).map_or(&[], Vec::as_slice)
     }
 
@@ -365,6 +361,8 @@ pub struct ReloadReport {
     pub changed: Vec<String>,
     pub unchanged: Vec<String>,
     pub failed: Vec<Failure>,
+    /// Time spent reading, compiling, instantiating and initialising, in milliseconds.
+    pub took_ms: f64,
 }
 
 /// The plugin runtime of a node. With plugins off it holds an empty set and every hook
@@ -473,8 +471,9 @@ impl Plugins {
             }
             current.clone().expect("an engine implies settings")
         };
+        let started = std::time::Instant::now();
         let previous = self.current.load_full();
-        let (set, report) = load::load_set(
+        let (set, mut report) = load::load_set(
             engine,
             &settings,
             Some(&previous),
@@ -501,12 +500,14 @@ impl Plugins {
             }
         }
         self.current.store(Arc::new(set));
+        report.took_ms = started.elapsed().as_secs_f64() * 1e3;
         report
     }
 
-    /// The loaded set now (one snapshot per event).
-    pub fn set(&self) -> Arc<PluginSet> {
-        self.current.load_full()
+    /// The loaded set now (one snapshot per event; a guard, not a reference count, so
+    /// that threads do not contend on the set's counter on every event).
+    pub fn set(&self) -> arc_swap::Guard<Arc<PluginSet>> {
+        self.current.load()
     }
 
     /// Whether a namespace has a publish chain (the pipeline skips all plugin work when not).

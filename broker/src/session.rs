@@ -267,6 +267,7 @@ async fn handshake<T: Transport>(
         true => {
             let mut view = ConnView {
                 id: key,
+                claim_index: Default::default(),
                 client: client.clone(),
                 user: user.clone(),
                 claims: auth::claims_json(token.as_deref().unwrap_or_default()).into(),
@@ -664,9 +665,7 @@ impl Session {
                 );
                 self.claims = claims;
                 if let Some(conn) = &mut self.conn {
-                    let mut view = ConnView::clone(conn);
-                    view.claims = auth::claims_json(&token).into();
-                    *conn = Arc::new(view);
+                    *conn = Arc::new(conn.with_claims(auth::claims_json(&token).into()));
                 }
                 tracing::debug!(client = %self.peer.client, user = %self.peer.user, "Token refreshed");
                 Ok(())

@@ -185,6 +185,27 @@ impl<'h> Publication<'h> {
             .as_ref()
     }
 
+    /// One claim of the publisher's token (`None` without a connection or when the
+    /// token lacks it). Cheaper than [`connection`](Self::connection) when a claim
+    /// or two is all a hook needs: only that claim is copied into the plugin.
+    ///
+    /// ```
+    /// use hookwire_plugin::{Connection, Publication, json};
+    ///
+    /// let alice = Connection::new("alice").with_claims(json!({"sub": "alice", "name": "Alice"}));
+    /// let p = Publication::new("chat:lobby", json!({})).with_connection(alice);
+    /// assert_eq!(p.claim("name"), Some(json!("Alice")));
+    /// assert_eq!(p.claim("role"), None);
+    /// ```
+    pub fn claim(&self, name: &str) -> Option<Value> {
+        match (self.host, self.connection.get()) {
+            (Some(host), None) => host
+                .claim(name)
+                .and_then(|text| serde_json::from_str(&text).ok()),
+            _ => self.connection()?.claim(name).cloned(),
+        }
+    }
+
     /// `meta` as set by earlier plugins, a JSON object (`{}` when none).
     pub fn meta(&self) -> &Value {
         self.meta

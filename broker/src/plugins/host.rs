@@ -2,13 +2,15 @@
 //! data, and what the host provides to plugins (`host` interface, the `publication`
 //! resource, the memory limiter).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::value::RawValue;
 use wasmtime::component::Resource;
 
-use super::PluginId;
+use super::deadline::Deadline;
+use super::{Limits, PluginId};
 
 // The generated code has `unsafe` blocks of its own (lowering and lifting); nothing else
 // in the broker may.
@@ -56,9 +58,28 @@ pub struct ConnView {
     pub remote: String,
     /// Metadata attached by `on-connect` hooks, JSON object text.
     pub meta: Arc<str>,
+    /// `claims` by name, parsed on the first `claim` call of the connection's life.
+    pub claim_index: OnceLock<HashMap<String, Box<RawValue>>>,
 }
 
 impl ConnView {
+    /// The same connection with a refreshed token's claims.
+    pub fn with_claims(&self, claims: Arc<str>) -> Self {
+        Self {
+            claims,
+            claim_index: OnceLock::new(),
+            ..self.clone()
+        }
+    }
+
+    /// One claim's JSON text (claims that are not a JSON object have none).
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        self.claim_index
+            .get_or_init(|| serde_json::from_str(&self.claims).unwrap_or_default())
+            .get(name)
+            .map(|v| v.get())
+    }
+
     pub fn to_wit(&self) -> Connection {
         Connection {
             id: self.id,
@@ -108,6 +129,8 @@ pub struct StoreData {
     pub limiter: Limiter,
     /// The publication the current `on-publish` call processes.
     pub publication: Option<PublicationState>,
+    /// The current call's CPU-time deadline.
+    pub deadline: Deadline,
     /// Log lines written during the current call (bounded; see `log`).
     log_budget: u32,
     started: Instant,
@@ -119,11 +142,12 @@ const LOG_LINES_PER_CALL: u32 = 20;
 const LOG_LINE_MAX: usize = 2_048;
 
 impl StoreData {
-    pub fn new(plugin: Arc<PluginId>, memory_bytes: usize) -> Self {
+    pub fn new(plugin: Arc<PluginId>, limits: &Limits) -> Self {
         Self {
             plugin,
-            limiter: Limiter::new(memory_bytes),
+            limiter: Limiter::new(limits.memory_bytes),
             publication: None,
+            deadline: Deadline::new(limits.timeout_ms),
             log_budget: LOG_LINES_PER_CALL,
             started: Instant::now(),
         }
@@ -132,6 +156,7 @@ impl StoreData {
     /// Called before each hook call.
     pub fn begin_call(&mut self) {
         self.log_budget = LOG_LINES_PER_CALL;
+        self.deadline.begin();
     }
 
     fn publication(&self) -> wasmtime::Result<&PublicationState> {
@@ -288,8 +313,51 @@ impl types::HostPublication for StoreData {
         Ok(self.publication()?.connection.as_ref().map(|c| c.to_wit()))
     }
 
+    fn claim(
+        &mut self,
+        _: Resource<PublicationRef>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        let publication = self.publication()?;
+        Ok(publication
+            .connection
+            .as_ref()
+            .and_then(|c| c.claim(&name))
+            .map(str::to_string))
+    }
+
     fn drop(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<()> {
         // Plugins only ever hold borrows; the host owns the publication.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(claims: &str) -> ConnView {
+        ConnView {
+            id: 1,
+            client: "c".into(),
+            user: "alice".into(),
+            claims: claims.into(),
+            transport: Transport::Websocket,
+            remote: "127.0.0.1:1".into(),
+            meta: "{}".into(),
+            claim_index: OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn claims_are_read_one_by_one_and_follow_a_refresh() {
+        let v = view(r#"{"sub":"alice","name":"Alice","team":{"id":7}}"#);
+        assert_eq!(v.claim("name"), Some(r#""Alice""#));
+        assert_eq!(v.claim("team"), Some(r#"{"id":7}"#));
+        assert_eq!(v.claim("role"), None);
+        let refreshed = v.with_claims(r#"{"sub":"alice","name":"Alice B."}"#.into());
+        assert_eq!(refreshed.claim("name"), Some(r#""Alice B.""#));
+        assert_eq!(refreshed.claim("team"), None);
+        assert_eq!(view("not json").claim("sub"), None);
     }
 }

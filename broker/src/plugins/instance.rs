@@ -30,18 +30,20 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Makes the first instance: `info`, then `init` with the configuration. Its
-    /// answer to `info` names the plugin; the pool keeps the instance.
+    /// Makes the first instance: `info`, then `init` with the configuration; the pool
+    /// keeps the instance. The plugin goes by `name`, its module's name in the config
+    /// (what `info` answers, unless the config runs it under a name of its own), with
+    /// the version `info` gives.
     pub fn start(
         pre: PluginPre<StoreData>,
-        file_name: &str,
+        name: &str,
         sha256: String,
         limits: Limits,
         config: String,
         keep: usize,
     ) -> Result<(Self, PluginInfo), Error> {
         let provisional = Arc::new(PluginId {
-            name: file_name.to_string(),
+            name: name.to_string(),
             version: "?".into(),
             sha256: sha256.clone(),
         });
@@ -51,7 +53,7 @@ impl Pool {
             hooks.call_info(&mut w.store)
         })?;
         let id = Arc::new(PluginId {
-            name: info.name.clone(),
+            name: name.to_string(),
             version: info.version.clone(),
             sha256,
         });
@@ -115,14 +117,12 @@ fn instantiate(
     id: &Arc<PluginId>,
     limits: &Limits,
 ) -> Result<Warm, Error> {
-    let mut store = Store::new(
-        pre.engine(),
-        StoreData::new(id.clone(), limits.memory_bytes),
-    );
+    let mut store = Store::new(pre.engine(), StoreData::new(id.clone(), limits));
     store.limiter(|data| &mut data.limiter);
-    store.epoch_deadline_trap();
+    store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().deadline.on_tick()));
     // A new store's deadline is "now": set it before anything runs (start functions).
-    store.set_epoch_deadline(limits.deadline_ticks());
+    store.set_epoch_deadline(1);
+    store.data_mut().begin_call();
     let bindings = pre
         .instantiate(&mut store)
         .map_err(|e| classify(e, &store, limits, "instantiating"))?;
@@ -144,7 +144,8 @@ fn guarded<R>(
     limits: &Limits,
     f: impl FnOnce(&mut Warm) -> wasmtime::Result<R>,
 ) -> Result<R, Error> {
-    warm.store.set_epoch_deadline(limits.deadline_ticks());
+    // One tick away; see `deadline` for how the CPU-time deadline is kept from there.
+    warm.store.set_epoch_deadline(1);
     warm.store.data_mut().begin_call();
     f(warm).map_err(|e| classify(e, &warm.store, limits, "calling"))
 }
@@ -153,6 +154,11 @@ fn classify(e: wasmtime::Error, store: &Store<StoreData>, limits: &Limits, doing
     if store.data().limiter.refused {
         return Error::MemoryExceeded {
             mib: limits.memory_bytes >> 20,
+        };
+    }
+    if store.data().deadline.expired {
+        return Error::Timeout {
+            ms: limits.timeout_ms,
         };
     }
     match e.downcast_ref::<wasmtime::Trap>() {

@@ -120,7 +120,13 @@ pub fn prepare(
         module.config.clone(),
         module.instances,
     )?;
-    if info.name != module.name {
+    // `NAME.wasm` must hold plugin NAME; a module that names its file explicitly may
+    // run a plugin under a name of its own (the same plugin twice, configured apart).
+    let default_file = module
+        .file
+        .file_name()
+        .is_some_and(|f| *f == *format!("{}.wasm", module.name));
+    if info.name != module.name && default_file {
         return Err(Error::Name {
             declared: info.name,
             configured: module.name.clone(),

@@ -261,6 +261,7 @@ fn namespace_of(channel: &str) -> &str {
 fn conn_of(event: &Event) -> ConnView {
     ConnView {
         id: 1,
+        claim_index: Default::default(),
         client: "c-replay".into(),
         user: event.user.clone().unwrap_or_default().into(),
         claims: event

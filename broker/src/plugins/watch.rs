@@ -42,6 +42,7 @@ pub fn spawn(plugins: Arc<Plugins>, dir: &Path, shutdown: CancellationToken) -> 
                 _ = shutdown.cancelled() => return,
                 got = rx.recv() => if got.is_none() { return },
             }
+            let changed_at = std::time::Instant::now();
             // Wait for quiet: every further event restarts the wait.
             loop {
                 match tokio::time::timeout(QUIET, rx.recv()).await {
@@ -54,7 +55,13 @@ pub fn spawn(plugins: Arc<Plugins>, dir: &Path, shutdown: CancellationToken) -> 
             let p = plugins.clone();
             let report = tokio::task::spawn_blocking(move || p.reload(None)).await;
             if let Ok(report) = report {
-                tracing::info!(changed = ?report.changed, failed = report.failed.len(), "Plugin reload done");
+                tracing::info!(
+                    changed = ?report.changed,
+                    failed = report.failed.len(),
+                    load_ms = report.took_ms,
+                    since_change_ms = changed_at.elapsed().as_secs_f64() * 1e3,
+                    "Plugin reload done"
+                );
             }
         }
     });

@@ -15,8 +15,34 @@ use regex_lite::{Regex, escape};
 use serde::Deserialize;
 
 pub struct Redact {
-    /// Each pattern and how a match is masked, applied in order.
-    masks: Vec<(Regex, Mask)>,
+    /// Each pattern, how a match is masked and the test text must pass first, applied
+    /// in order.
+    masks: Vec<(Regex, Mask, Prefilter)>,
+}
+
+/// A cheap test a string must pass before its pattern runs: regex-lite has no literal
+/// optimisations, so this skips most of the work on text that cannot match.
+enum Prefilter {
+    /// E-mail addresses contain `@`.
+    At,
+    /// Card numbers have at least 13 digits.
+    Digits,
+    /// One of the words, ASCII lower-cased, occurs in the ASCII lower-cased text
+    /// (regex-lite's case folding is ASCII only, so this never skips a match).
+    Words(Vec<String>),
+}
+
+impl Prefilter {
+    fn may_match(&self, text: &str) -> bool {
+        match self {
+            Self::At => text.contains('@'),
+            Self::Digits => text.bytes().filter(u8::is_ascii_digit).count() >= 13,
+            Self::Words(words) => {
+                let lower = text.to_ascii_lowercase();
+                words.iter().any(|w| lower.contains(w.as_str()))
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -56,19 +82,26 @@ impl Plugin for Redact {
             masks.push((
                 Regex::new(EMAIL).expect("valid pattern"),
                 Mask::Text("[email]"),
+                Prefilter::At,
             ));
         }
         if config.cards {
             masks.push((
                 Regex::new(CARD).expect("valid pattern"),
                 Mask::Text("[card]"),
+                Prefilter::Digits,
             ));
         }
         if !config.words.is_empty() {
             let words: Vec<String> = config.words.iter().map(|w| whole_word(w)).collect();
             let pattern = format!("(?i){}", words.join("|"));
             let words = Regex::new(&pattern).map_err(|e| format!("invalid words: {e}"))?;
-            masks.push((words, Mask::Asterisks));
+            let lower = config
+                .words
+                .iter()
+                .map(|w| w.to_ascii_lowercase())
+                .collect();
+            masks.push((words, Mask::Asterisks, Prefilter::Words(lower)));
         }
         Ok(Self { masks })
     }
@@ -90,11 +123,15 @@ impl Redact {
     /// Masks every string inside `value`; returns how many matches it masked.
     fn redact(&self, value: &mut Value) -> usize {
         match value {
-            Value::String(text) => self
-                .masks
-                .iter()
-                .map(|(re, mask)| apply(re, *mask, text))
-                .sum(),
+            Value::String(text) => {
+                let mut count = 0;
+                for (re, mask, first) in &self.masks {
+                    if first.may_match(text) {
+                        count += apply(re, *mask, text);
+                    }
+                }
+                count
+            }
             Value::Array(items) => items.iter_mut().map(|v| self.redact(v)).sum(),
             Value::Object(fields) => fields.values_mut().map(|v| self.redact(v)).sum(),
             _ => 0,
