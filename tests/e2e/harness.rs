@@ -41,6 +41,8 @@ pub struct Builder {
     unset: Vec<String>,
     args: Vec<String>,
     secret: bool,
+    /// How long `start` waits for the listeners (default [`WAIT`]).
+    start_timeout: Duration,
 }
 
 /// Variables every test broker gets unless a test overrides or unsets them. Rate limits
@@ -66,6 +68,7 @@ impl TestBroker {
             unset: Vec::new(),
             args: Vec::new(),
             secret: true,
+            start_timeout: WAIT,
         }
     }
 
@@ -208,6 +211,13 @@ impl Builder {
         self
     }
 
+    /// Waits this long for the listeners instead of [`WAIT`] (a broker that compiles a
+    /// large plugin before it listens).
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
     pub async fn start(self) -> TestBroker {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("hookwire.toml");
@@ -262,7 +272,7 @@ impl Builder {
             });
         }
         let (mut ws_addr, mut admin_addr) = (None, None);
-        let deadline = std::time::Instant::now() + WAIT;
+        let deadline = std::time::Instant::now() + self.start_timeout;
         while ws_addr.is_none() || admin_addr.is_none() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = match rx.recv_timeout(left) {

@@ -4,20 +4,24 @@
 //! binary, `hookwire-bench worker`) that hold them, tells them when to publish, and
 //! merges what they measured with the broker's RSS and CPU read from `/proc`.
 //!
-//! Files: `scenarios` (the four scenarios and their options), `common` (target, plan,
+//! Files: `scenarios` (the four client scenarios and their options), `hook` (the
+//! in-process plugin-chain timer), `common` (target, plan,
 //! bring-up, merging, printing), `fleet` (worker processes), `ipc` (their messages),
 //! `worker` (a worker's main loop), `client` (dial, connect, subscribe, receive),
 //! `publisher` (stamped publishes at a rate or in a window), `stats` (histogram and the
-//! cheap receive path), `procfs` (RSS and CPU).
+//! cheap receive path), `procfs` (RSS and CPU),
+//! `swap` (plugin hot reload during `pairs`).
 
 mod client;
 mod common;
 mod fleet;
+mod hook;
 mod ipc;
 mod procfs;
 mod publisher;
 mod scenarios;
 mod stats;
+mod swap;
 mod worker;
 
 use std::process::ExitCode;
@@ -82,6 +86,12 @@ enum Scenario {
         #[command(flatten)]
         args: PairsArgs,
     },
+    /// In process, no clients: the time a namespace's plugin chain adds to each
+    /// publication (p50/p99 per call), with the plugins of a broker config.
+    Hook {
+        #[command(flatten)]
+        args: hook::HookArgs,
+    },
     /// Internal: a worker process, driven by the coordinator over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -91,6 +101,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let common = match &cli.scenario {
         Scenario::Worker => return worker::main(),
+        Scenario::Hook { args } => {
+            return match hook::run(args.clone()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Scenario::Idle { common, .. }
         | Scenario::Fanout { common, .. }
         | Scenario::Broadcast { common, .. }
@@ -113,7 +132,7 @@ fn main() -> ExitCode {
             Scenario::Fanout { args, .. } => scenarios::fanout(ctx, args).await,
             Scenario::Broadcast { args, .. } => scenarios::broadcast(ctx, args).await,
             Scenario::Pairs { args, .. } => scenarios::pairs(ctx, args).await,
-            Scenario::Worker => Ok(()),
+            Scenario::Worker | Scenario::Hook { .. } => Ok(()),
         }
     });
     match result {

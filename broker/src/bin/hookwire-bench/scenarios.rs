@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::common::{Ctx, bring_up, drain, print_cpu, print_json, split};
 use crate::ipc::{Command, Group, PublishTotals, PublisherSpec};
 use crate::procfs::{self, round1, round3};
+use crate::swap::SwapPlan;
 
 /// How long subscribers get to receive what was published before the rest counts as lost.
 const DRAIN_MAX: Duration = Duration::from_secs(30);
@@ -85,6 +86,16 @@ pub struct PairsArgs {
     pub duration: u64,
     #[arg(long, default_value_t = 8)]
     pub window: usize,
+    /// Hot reload under load: rewrite this plugin module (same code, new sha256)
+    /// --swaps times, evenly through the run, timing each write until GET
+    /// /admin/plugins shows it (needs HOOKWIRE_ADMIN_KEY and a watched plugin dir).
+    #[arg(long)]
+    pub swap_plugin: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    pub swaps: usize,
+    /// The broker's admin listener, for --swap-plugin.
+    #[arg(long, default_value = "http://127.0.0.1:19090")]
+    pub admin_url: String,
 }
 
 fn rate_label(rate: f64, window: usize) -> String {
@@ -412,6 +423,11 @@ pub async fn pairs(ctx: Ctx, a: PairsArgs) -> anyhow::Result<()> {
             payload: a.payload,
         });
     }
+    let swap = a
+        .swap_plugin
+        .clone()
+        .map(|file| SwapPlan::new(file, a.swaps, &a.admin_url))
+        .transpose()?;
     let (mut fleet, setup) = bring_up(&ctx, &ctx.specs(plan)).await?;
     let all: Vec<usize> = (0..w).collect();
     tokio::time::sleep(SETTLE).await;
@@ -421,9 +437,14 @@ pub async fn pairs(ctx: Ctx, a: PairsArgs) -> anyhow::Result<()> {
     let run = Command::Run {
         duration_ms: a.duration * 1000,
     };
-    let t = fleet
-        .publish(&all, &run, Duration::from_secs(a.duration + 60))
-        .await?;
+    let publishing = fleet.publish(&all, &run, Duration::from_secs(a.duration + 60));
+    let (t, swaps) = match &swap {
+        Some(plan) => {
+            let (t, swaps) = tokio::join!(publishing, plan.run(Duration::from_secs(a.duration)));
+            (t?, Some(swaps?))
+        }
+        None => (publishing.await?, None),
+    };
     let cpu = procfs::usage(&cpu0, &ctx.cpu(&fleet), ctx.ticks);
     // With every client connected each acked publish has exactly one subscriber.
     let complete = setup.failed.total() == 0;
@@ -449,8 +470,17 @@ pub async fn pairs(ctx: Ctx, a: PairsArgs) -> anyhow::Result<()> {
         r.min_per_conn, r.max_per_conn, r.closed
     );
     print_cpu("publishing", &cpu);
+    if let Some(ms) = &swaps {
+        let shown: Vec<String> = ms.iter().map(|m| format!("{m:.0}")).collect();
+        println!(
+            "plugin swaps: {} during the run; write → loaded (ms): {}",
+            ms.len(),
+            shown.join(", ")
+        );
+    }
     print_json(&json!({
         "scenario": "pairs",
+        "swap_ms": swaps,
         "pairs": pairs,
         "rate_target": a.rate,
         "window": a.window,
