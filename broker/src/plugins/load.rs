@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use wasmtime::component::Component;
+
 use super::engine::{PluginEngine, sha256_hex};
 use super::host::{HookSet, PluginPre, StoreData};
 use super::instance::Pool;
@@ -95,10 +97,17 @@ pub fn link(
     bytes: &[u8],
     sha256: &str,
 ) -> Result<PluginPre<StoreData>, Error> {
-    let component = engine.compile(bytes, sha256)?;
-    let linker = engine.link(&component)?;
+    link_compiled(engine, &engine.compile(bytes, sha256)?)
+}
+
+/// Links an already compiled component (see [`link`]).
+pub fn link_compiled(
+    engine: &PluginEngine,
+    component: &Component,
+) -> Result<PluginPre<StoreData>, Error> {
+    let linker = engine.link(component)?;
     let instance_pre = linker
-        .instantiate_pre(&component)
+        .instantiate_pre(component)
         .map_err(|e| Error::Exports(format!("{e:#}")))?;
     PluginPre::new(instance_pre).map_err(|e| Error::Exports(format!("{e:#}")))
 }

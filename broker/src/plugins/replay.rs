@@ -94,7 +94,8 @@ pub fn inspect(path: &Path) -> Result<Inspection, Error> {
         exports,
         refused: None,
     };
-    match super::load::link(&engine, &bytes, &sha256) {
+    // Linked from the compiled component above: one compile (the cache is off here).
+    match super::load::link_compiled(&engine, &component) {
         Ok(pre) => {
             out.world = Some(WORLD);
             match Pool::probe(&pre, &default_limits()) {

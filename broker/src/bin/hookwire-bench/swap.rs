@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
+use hookwire::plugins::engine::sha256_hex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How to swap, from the command line.
@@ -55,7 +55,7 @@ impl SwapPlan {
             let at = start + run.mul_f64(i as f64 / (self.swaps + 1) as f64);
             tokio::time::sleep_until(at.into()).await;
             let module = with_custom_section(&original, &format!("swap {i} at {:?}", at));
-            let sha = hex(&Sha256::digest(&module));
+            let sha = sha256_hex(&module);
             let written = write_atomically(&self.file, &module)?;
             self.wait_for(&sha, written).await?;
             took.push(written.elapsed().as_secs_f64() * 1e3);
@@ -138,8 +138,4 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<Instant> {
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(Instant::now())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
