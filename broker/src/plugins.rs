@@ -327,6 +327,14 @@ impl PluginSet {
         }
     }
 
+    /// The sha256 of every loaded module.
+    pub fn sha256s(&self) -> Vec<&str> {
+        self.plugins
+            .values()
+            .map(|p| p.id.sha256.as_str())
+            .collect()
+    }
+
     /// The publish/subscribe chain of a namespace, in order (empty when none).
     pub fn chain(&self, namespace: &str) -> &[Arc<Loaded>] {
         self.by_namespace.get(namespace).map_or(&[], Vec::as_slice)
@@ -413,6 +421,7 @@ impl Plugins {
             None => audit::Audit::tracing_only(),
         };
         let (set, report) = load::load_set(&engine, &settings, None, &metrics, 1);
+        engine.prune_cache(&set.sha256s());
         if let Some(f) = report.failed.first() {
             anyhow::bail!(
                 "plugin {:?} ({}) failed to load: {}",
@@ -499,6 +508,7 @@ impl Plugins {
                 }
             }
         }
+        engine.prune_cache(&set.sha256s());
         self.current.store(Arc::new(set));
         report.took_ms = started.elapsed().as_secs_f64() * 1e3;
         report

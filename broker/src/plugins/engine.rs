@@ -17,6 +17,9 @@ use super::host::{PluginBindings, StoreData};
 /// How long one epoch tick lasts: call deadlines are counted in ticks.
 pub const TICK: Duration = Duration::from_millis(1);
 
+/// How long a compile-cache entry no loaded plugin uses is kept.
+pub const CACHE_KEEP: Duration = Duration::from_secs(24 * 3600);
+
 /// Engine-wide settings (per-plugin limits live in `Limits`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineSettings {
@@ -201,6 +204,42 @@ impl PluginEngine {
         Component::new(&self.engine, bytes).map_err(|e| Error::Compile(format!("{e:#}")))
     }
 
+    /// Removes cache entries that no module in `in_use` (sha256s) needs and that were
+    /// written more than [`CACHE_KEEP`] ago, and leftovers of interrupted writes. Every
+    /// new plugin version adds an entry (tens of MB for a large module), so without this
+    /// the directory only grows; a replaced version stays a while, so rolling back to it
+    /// loads from the cache. Entries of other builds (another `compat`) age out alike.
+    /// Answers how many files it removed.
+    pub fn prune_cache(&self, in_use: &[&str]) -> usize {
+        let Some(dir) = &self.cache_dir else {
+            return 0;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = name.ends_with(".cwasm") || name.contains(".tmp");
+            let needed = in_use
+                .iter()
+                .any(|sha| name == format!("{sha}-{}.cwasm", self.compat));
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > CACHE_KEEP);
+            if ours && !needed && old && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(dir = %dir.display(), removed, "Pruned the plugin compile cache");
+        }
+        removed
+    }
+
     /// Checks every import against the policy and links the inert ones. Returns a
     /// linker for this component.
     pub fn link(&self, component: &Component) -> Result<Linker<StoreData>, Error> {
@@ -317,6 +356,48 @@ fn write_atomically(path: &Path, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_keeps_what_is_in_use_or_recent() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = PluginEngine::new(&EngineSettings {
+            max_instances: 4,
+            max_memory_bytes: 1 << 20,
+            max_stack_bytes: 256 << 10,
+            cache_dir: Some(dir.path().to_path_buf()),
+        })
+        .unwrap();
+        let compat = engine.compat.clone();
+        let long_ago = std::time::SystemTime::now() - CACHE_KEEP - Duration::from_secs(60);
+        let file = |name: &str, old: bool| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"x").unwrap();
+            if old {
+                let f = std::fs::File::options().write(true).open(&path).unwrap();
+                f.set_modified(long_ago).unwrap();
+            }
+            name.to_string()
+        };
+        let in_use_old = file(&format!("aaa-{compat}.cwasm"), true);
+        let unused_new = file(&format!("bbb-{compat}.cwasm"), false);
+        let unused_old = file(&format!("ccc-{compat}.cwasm"), true);
+        let other_build_old = file("aaa-0123456789abcdef.cwasm", true);
+        let leftover_old = file(&format!("ddd-{compat}.tmp123"), true);
+        let not_ours = file("notes.txt", true);
+        assert_eq!(engine.prune_cache(&["aaa"]), 3);
+        let left: Vec<bool> = [
+            &in_use_old,
+            &unused_new,
+            &unused_old,
+            &other_build_old,
+            &leftover_old,
+            &not_ours,
+        ]
+        .iter()
+        .map(|n| dir.path().join(n).exists())
+        .collect();
+        assert_eq!(left, [true, true, false, false, false, true]);
+    }
 
     #[test]
     fn import_policy() {
