@@ -390,6 +390,9 @@ pub struct TokenSpec {
     pub publish: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub info: Option<serde_json::Value>,
+    /// Other claims (e.g. a display `name` for plugins to read).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl TokenSpec {

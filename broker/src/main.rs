@@ -101,6 +101,23 @@ struct TokenArgs {
     /// Lifetime, e.g. 90s, 15m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
+    /// Another claim, KEY=VALUE (VALUE is JSON when it parses, else a string), e.g.
+    /// `--claim name=Alice --claim role=admin`; repeatable.
+    #[arg(long = "claim", value_parser = parse_claim)]
+    claims: Vec<(String, serde_json::Value)>,
+}
+
+fn parse_claim(s: &str) -> Result<(String, serde_json::Value), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: write a claim as KEY=VALUE, e.g. name=Alice"))?;
+    if ["sub", "exp", "iat", "channels", "publish", "info"].contains(&key) {
+        return Err(format!(
+            "{key:?} has an option of its own (--{key}, or --ttl for exp/iat)"
+        ));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| value.into());
+    Ok((key.to_string(), value))
 }
 
 fn main() -> ExitCode {
@@ -311,6 +328,7 @@ fn token(args: TokenArgs) -> ExitCode {
     };
     let mut spec = TokenSpec::new(args.sub, args.ttl).channels(args.channels);
     spec.publish = args.publish;
+    spec.extra = args.claims.into_iter().collect();
     if let Some(info) = args.info {
         match serde_json::from_str::<serde_json::Value>(&info) {
             Ok(v @ serde_json::Value::Object(_)) => spec.info = Some(v),

@@ -69,12 +69,27 @@ async fn token_with_publish_and_info_and_a_bad_secret() {
             "chat:own",
             "--info",
             r#"{"name":"Bob"}"#,
+            "--claim",
+            "name=Bob B.",
+            "--claim",
+            r#"team={"id":7}"#,
             "--ttl",
             "15m",
         ],
         &[("HOOKWIRE_JWT_SECRET", SECRET)],
     );
     assert_eq!(code, 0, "{out}");
+    // --claim adds claims, JSON when the value parses, else a string.
+    let payload = out.trim().split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["name"], "Bob B.", "{claims}");
+    assert_eq!(claims["team"], json!({"id": 7}), "{claims}");
+    assert_eq!(claims["info"], json!({"name": "Bob"}), "{claims}");
     let broker = TestBroker::start().await;
     let mut c = broker.client_with(out.trim()).await;
     c.subscribe("chat:lobby").await;
@@ -113,6 +128,21 @@ async fn token_with_publish_and_info_and_a_bad_secret() {
     );
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("--info"), "{out}");
+    // A claim with an option of its own is refused (a usage error), not overridden.
+    let (code, out) = run_hookwire(
+        &[
+            "token",
+            "--config",
+            SHIPPED_CONFIG,
+            "--sub",
+            "bob",
+            "--claim",
+            "sub=eve",
+        ],
+        &[("HOOKWIRE_JWT_SECRET", SECRET)],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--sub"), "{out}");
 }
 
 #[test]
