@@ -674,3 +674,31 @@ plugins = ["short", "typed"]
         "{view}"
     );
 }
+
+#[tokio::test]
+async fn a_chatty_plugin_is_rate_limited_in_the_log() {
+    let dir = plugin_dir(&[(&test_plugins(), "misbehave")]);
+    let b = start(dir.path(), &misbehave_toml("")).await;
+    let (mut c, _) = b.connect(&token_with("alice", json!({}))).await;
+    // One line per publication, far over 100 lines/s (burst 200): most are dropped, and
+    // every publication still goes through.
+    const FLOOD: usize = 600;
+    for _ in 0..FLOOD {
+        c.publish("chat:room", json!({"do": "log"})).await;
+    }
+    // Then, once the rate allows a line again, it says how many were dropped.
+    let deadline = crate::harness::deadline();
+    while b.count_logs("earlier line(s) dropped: over 100 lines/s") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no dropped-lines note"
+        );
+        c.publish("chat:room", json!({"do": "log"})).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let written = b.count_logs("asked to log");
+    assert!(
+        (200..FLOOD).contains(&written),
+        "{written} of {FLOOD}+ lines written"
+    );
+}

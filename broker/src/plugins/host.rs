@@ -131,6 +131,8 @@ pub struct StoreData {
     pub publication: Option<PublicationState>,
     /// The current call's CPU-time deadline.
     pub deadline: Deadline,
+    /// The plugin version's log-rate gate (shared by its instances).
+    log_gate: Arc<LogGate>,
     /// Log lines written during the current call (bounded; see `log`).
     log_budget: u32,
     started: Instant,
@@ -138,12 +140,51 @@ pub struct StoreData {
 
 /// Lines a plugin may log per call before the host drops the rest (and says so).
 const LOG_LINES_PER_CALL: u32 = 20;
+/// Lines per second one plugin version may log, over all its instances and calls, and
+/// the burst above that rate.
+const LOG_LINES_PER_SEC: u32 = 100;
+const LOG_LINES_BURST: u32 = 200;
+
+/// A plugin's log rate: lines over [`LOG_LINES_PER_SEC`] are dropped and counted, and
+/// the next line that passes says how many were, so a chatty plugin cannot flood the
+/// broker's log (or slow every call down writing it).
+pub struct LogGate {
+    limiter: governor::DefaultDirectRateLimiter,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Default for LogGate {
+    fn default() -> Self {
+        let per_sec = std::num::NonZeroU32::new(LOG_LINES_PER_SEC).expect("non-zero");
+        let burst = std::num::NonZeroU32::new(LOG_LINES_BURST).expect("non-zero");
+        Self {
+            limiter: governor::RateLimiter::direct(
+                governor::Quota::per_second(per_sec).allow_burst(burst),
+            ),
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl LogGate {
+    /// `Some(lines dropped since the last line that passed)`, or `None`: drop this one.
+    fn admit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.limiter.check().is_ok() {
+            Some(self.dropped.swap(0, Relaxed))
+        } else {
+            self.dropped.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
 /// Longest log line kept, in bytes.
 const LOG_LINE_MAX: usize = 2_048;
 
 impl StoreData {
-    pub fn new(plugin: Arc<PluginId>, limits: &Limits) -> Self {
+    pub fn new(plugin: Arc<PluginId>, limits: &Limits, log_gate: Arc<LogGate>) -> Self {
         Self {
+            log_gate,
             plugin,
             limiter: Limiter::new(limits.memory_bytes),
             publication: None,
@@ -215,10 +256,29 @@ impl wasmtime::ResourceLimiter for Limiter {
 
 impl host::Host for StoreData {
     fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
-        if self.log_budget == 0 {
+        use tracing::Level;
+        let level = match level {
+            LogLevel::Trace => Level::TRACE,
+            LogLevel::Debug => Level::DEBUG,
+            LogLevel::Info => Level::INFO,
+            LogLevel::Warn => Level::WARN,
+            LogLevel::Error => Level::ERROR,
+        };
+        // Lines the log filter drops anyway cost nothing and use no budget.
+        let enabled = match level {
+            Level::TRACE => tracing::enabled!(target: "plugin", Level::TRACE),
+            Level::DEBUG => tracing::enabled!(target: "plugin", Level::DEBUG),
+            Level::INFO => tracing::enabled!(target: "plugin", Level::INFO),
+            Level::WARN => tracing::enabled!(target: "plugin", Level::WARN),
+            _ => tracing::enabled!(target: "plugin", Level::ERROR),
+        };
+        if !enabled || self.log_budget == 0 {
             return Ok(());
         }
         self.log_budget -= 1;
+        let Some(dropped) = self.log_gate.admit() else {
+            return Ok(());
+        };
         let mut message = message;
         if message.len() > LOG_LINE_MAX {
             let mut end = LOG_LINE_MAX;
@@ -231,21 +291,26 @@ impl host::Host for StoreData {
         if self.log_budget == 0 {
             message.push_str(" [further lines of this call dropped]");
         }
+        if dropped > 0 {
+            message.push_str(&format!(
+                " [{dropped} earlier line(s) dropped: over {LOG_LINES_PER_SEC} lines/s]"
+            ));
+        }
         let id = &self.plugin;
         match level {
-            LogLevel::Trace => {
+            Level::TRACE => {
                 tracing::trace!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
             }
-            LogLevel::Debug => {
+            Level::DEBUG => {
                 tracing::debug!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
             }
-            LogLevel::Info => {
+            Level::INFO => {
                 tracing::info!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
             }
-            LogLevel::Warn => {
+            Level::WARN => {
                 tracing::warn!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
             }
-            LogLevel::Error => {
+            _ => {
                 tracing::error!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
             }
         }

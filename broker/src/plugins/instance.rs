@@ -6,7 +6,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use wasmtime::Store;
 
-use super::host::{PluginBindings, PluginInfo, PluginPre, StoreData};
+use super::host::{LogGate, PluginBindings, PluginInfo, PluginPre, StoreData};
 use super::{Error, Limits, PluginId};
 
 /// An instance ready for calls, with the store it lives in.
@@ -27,6 +27,8 @@ pub struct Pool {
     idle: Mutex<Vec<Warm>>,
     /// Idle instances kept at most; more are made under load and dropped after.
     keep: usize,
+    /// The log-rate gate every instance of this version shares.
+    log: Arc<LogGate>,
 }
 
 impl Pool {
@@ -47,7 +49,8 @@ impl Pool {
             version: "?".into(),
             sha256: sha256.clone(),
         });
-        let mut warm = instantiate(&pre, &provisional, &limits)?;
+        let log = Arc::new(LogGate::default());
+        let mut warm = instantiate(&pre, &provisional, &limits, &log)?;
         let info = guarded(&mut warm, &limits, |w| {
             let hooks = w.bindings.hookwire_plugin_hooks();
             hooks.call_info(&mut w.store)
@@ -66,6 +69,7 @@ impl Pool {
             config,
             idle: Mutex::new(vec![warm]),
             keep: keep.max(1),
+            log,
         };
         Ok((pool, info))
     }
@@ -77,7 +81,7 @@ impl Pool {
             version: "?".into(),
             sha256: String::new(),
         });
-        let mut warm = instantiate(pre, &id, limits)?;
+        let mut warm = instantiate(pre, &id, limits, &Arc::default())?;
         guarded(&mut warm, limits, |w| {
             let hooks = w.bindings.hookwire_plugin_hooks();
             hooks.call_info(&mut w.store)
@@ -106,7 +110,7 @@ impl Pool {
     }
 
     fn fresh(&self) -> Result<Warm, Error> {
-        let mut warm = instantiate(&self.pre, &self.id, &self.limits)?;
+        let mut warm = instantiate(&self.pre, &self.id, &self.limits, &self.log)?;
         init(&mut warm, &self.limits, &self.config)?;
         Ok(warm)
     }
@@ -116,8 +120,12 @@ fn instantiate(
     pre: &PluginPre<StoreData>,
     id: &Arc<PluginId>,
     limits: &Limits,
+    log: &Arc<LogGate>,
 ) -> Result<Warm, Error> {
-    let mut store = Store::new(pre.engine(), StoreData::new(id.clone(), limits));
+    let mut store = Store::new(
+        pre.engine(),
+        StoreData::new(id.clone(), limits, log.clone()),
+    );
     store.limiter(|data| &mut data.limiter);
     store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().deadline.on_tick()));
     // A new store's deadline is "now": set it before anything runs (start functions).
