@@ -7,21 +7,34 @@ use crate::harness::*;
 
 const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/hookwire.toml");
 
+/// `hookwire token --config <shipped> ARGS...` with `secret` as HOOKWIRE_JWT_SECRET
+/// (`None`: unset).
+fn token_cli(args: &[&str], secret: Option<&str>) -> (i32, String) {
+    let mut all = vec!["token", "--config", SHIPPED_CONFIG];
+    all.extend_from_slice(args);
+    let env: Vec<(&str, &str)> = secret
+        .map(|s| ("HOOKWIRE_JWT_SECRET", s))
+        .into_iter()
+        .collect();
+    run_hookwire(&all, &env)
+}
+
+/// The claims of a JWT, read without checking its signature.
+fn claims_of(jwt: &str) -> serde_json::Value {
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 #[tokio::test]
 async fn token_mints_a_jwt_the_broker_accepts() {
-    let (code, out) = run_hookwire(
-        &[
-            "token",
-            "--config",
-            SHIPPED_CONFIG,
-            "--sub",
-            "alice",
-            "--channels",
-            "chat:*",
-            "--ttl",
-            "1h",
-        ],
-        &[("HOOKWIRE_JWT_SECRET", SECRET)],
+    let (code, out) = token_cli(
+        &["--sub", "alice", "--channels", "chat:*", "--ttl", "1h"],
+        Some(SECRET),
     );
     assert_eq!(code, 0, "{out}");
     let jwt = out.trim();
@@ -40,13 +53,7 @@ async fn token_mints_a_jwt_the_broker_accepts() {
     );
     c.subscribe("chat:lobby").await;
     // The claims are exactly the ones asked for.
-    let payload = jwt.split('.').nth(1).unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
+    let claims = claims_of(jwt);
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["channels"], json!(["chat:*"]));
     assert!(claims.get("publish").is_none(), "{claims}");
@@ -56,11 +63,8 @@ async fn token_mints_a_jwt_the_broker_accepts() {
 
 #[tokio::test]
 async fn token_with_publish_and_info_and_a_bad_secret() {
-    let (code, out) = run_hookwire(
+    let (code, out) = token_cli(
         &[
-            "token",
-            "--config",
-            SHIPPED_CONFIG,
             "--sub",
             "bob",
             "--channels",
@@ -76,17 +80,11 @@ async fn token_with_publish_and_info_and_a_bad_secret() {
             "--ttl",
             "15m",
         ],
-        &[("HOOKWIRE_JWT_SECRET", SECRET)],
+        Some(SECRET),
     );
     assert_eq!(code, 0, "{out}");
     // --claim adds claims, JSON when the value parses, else a string.
-    let payload = out.trim().split('.').nth(1).unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
+    let claims = claims_of(out.trim());
     assert_eq!(claims["name"], "Bob B.", "{claims}");
     assert_eq!(claims["team"], json!({"id": 7}), "{claims}");
     assert_eq!(claims["info"], json!({"name": "Bob"}), "{claims}");
@@ -105,42 +103,17 @@ async fn token_with_publish_and_info_and_a_bad_secret() {
     assert_eq!(p["clients"][0]["info"], json!({"name": "Bob"}), "{p}");
 
     // A secret that is too short is refused, and so is a token without a secret.
-    let (code, out) = run_hookwire(
-        &["token", "--config", SHIPPED_CONFIG, "--sub", "bob"],
-        &[("HOOKWIRE_JWT_SECRET", "short")],
-    );
+    let (code, out) = token_cli(&["--sub", "bob"], Some("short"));
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("HOOKWIRE_JWT_SECRET"), "{out}");
-    let (code, out) = run_hookwire(&["token", "--config", SHIPPED_CONFIG, "--sub", "bob"], &[]);
+    let (code, out) = token_cli(&["--sub", "bob"], None);
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("HOOKWIRE_JWT_SECRET"), "{out}");
-    let (code, out) = run_hookwire(
-        &[
-            "token",
-            "--config",
-            SHIPPED_CONFIG,
-            "--sub",
-            "bob",
-            "--info",
-            "[1]",
-        ],
-        &[("HOOKWIRE_JWT_SECRET", SECRET)],
-    );
+    let (code, out) = token_cli(&["--sub", "bob", "--info", "[1]"], Some(SECRET));
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("--info"), "{out}");
     // A claim with an option of its own is refused (a usage error), not overridden.
-    let (code, out) = run_hookwire(
-        &[
-            "token",
-            "--config",
-            SHIPPED_CONFIG,
-            "--sub",
-            "bob",
-            "--claim",
-            "sub=eve",
-        ],
-        &[("HOOKWIRE_JWT_SECRET", SECRET)],
-    );
+    let (code, out) = token_cli(&["--sub", "bob", "--claim", "sub=eve"], Some(SECRET));
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("--sub"), "{out}");
 }

@@ -18,6 +18,8 @@ use hookwire::metrics::Metrics;
 use hookwire::plugins::{ConnView, Plugins, PublicationState, PublishSource, Transport};
 
 use crate::common::print_json;
+use crate::publisher::padding;
+use crate::stats::now_us;
 
 #[derive(Args, Clone)]
 pub struct HookArgs {
@@ -131,13 +133,8 @@ pub fn run(a: HookArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `{"t":<16 digits>,"p":"xxx…"}` of `size` bytes (at least 29), like the publishers'.
+/// The publishers' payload (`{"t":<µs>,"p":"xxx…"}`) of `size` bytes.
 fn payload(size: usize) -> Box<RawValue> {
-    let t = 1_700_000_000_000_000u64;
-    let base = format!(r#"{{"t":{t},"p":""}}"#).len();
-    let text = format!(
-        r#"{{"t":{t},"p":"{}"}}"#,
-        "x".repeat(size.saturating_sub(base))
-    );
+    let text = format!(r#"{{"t":{},"p":"{}"}}"#, now_us(), padding(size));
     RawValue::from_string(text).expect("valid JSON")
 }

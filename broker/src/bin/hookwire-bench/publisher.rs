@@ -69,17 +69,22 @@ fn classify(frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>
     }
 }
 
+/// The `p` of a `{"t":<µs>,"p":"xxx…"}` payload of `payload` bytes (at least 29: the
+/// time stamp has 16 digits until 2286).
+pub fn padding(payload: usize) -> String {
+    let base = format!(r#"{{"t":{},"p":""}}"#, now_us()).len();
+    "x".repeat(payload.saturating_sub(base))
+}
+
 /// Runs one publisher connection, serving commands until the worker drops the sender.
 pub async fn publisher_task(
     ws: Ws,
     spec: PublisherSpec,
     mut commands: mpsc::UnboundedReceiver<PubCmd>,
 ) {
-    // `{"t":<16 digits>,"p":""}` is 29 bytes; the rest of the payload is padding.
-    let base = format!(r#"{{"t":{},"p":""}}"#, now_us()).len();
     let mut p = Publisher {
         ws,
-        pad: "x".repeat(spec.payload.saturating_sub(base)),
+        pad: padding(spec.payload),
         spec,
         next_id: 100,
         broken: false,
