@@ -216,7 +216,7 @@ async fn connections(
     struct Connection {
         client: String,
         user: String,
-        transport: &'static str,
+        transport: crate::transport::TransportKind,
         remote: String,
         connected_at: u64,
         subscriptions: Vec<String>,

@@ -446,7 +446,7 @@ pub enum Error {
 
 /// Where the config came from, for the start-up log.
 #[derive(Debug, Clone)]
-pub struct Loaded {
+pub struct LoadedConfig {
     pub config: Config,
     /// The file read, or `None` when the embedded defaults were used.
     pub path: Option<PathBuf>,
@@ -459,7 +459,7 @@ pub struct Loaded {
 impl Config {
     /// Reads `path` (or the embedded defaults when `path` is the default path and it does
     /// not exist), applies `HOOKWIRE_*` overrides from `env`, and validates.
-    pub fn load(path: &Path, path_is_default: bool, env: &EnvOverrides) -> Result<Loaded, Error> {
+    pub fn load(path: &Path, path_is_default: bool, env: &EnvOverrides) -> Result<LoadedConfig, Error> {
         let (table, used_path) = match std::fs::read_to_string(path) {
             Ok(text) => {
                 let table: toml::Table = toml::from_str(&text).map_err(|e| Error::Parse {
@@ -494,7 +494,7 @@ impl Config {
             .try_into()
             .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
         config.validate().map_err(Error::Invalid)?;
-        Ok(Loaded {
+        Ok(LoadedConfig {
             config,
             path: used_path,
             applied_env,

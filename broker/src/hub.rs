@@ -19,12 +19,12 @@ use serde_json::value::RawValue;
 use crate::channel::{ChannelName, Namespace};
 use crate::history::{HistoryPolicy, HistoryStore, Page, Position, Query, ReadError};
 use crate::outbound::{Outbound, Push};
-use crate::protocol::{self, PublicationRef, StreamPosition};
+use crate::protocol::{self, PublicationFields, StreamPosition};
 
 const SHARDS: usize = 64;
 
 /// The hub's view of a connection: who it is and where its frames go.
-pub struct Peer {
+pub struct ConnHandle {
     /// Process-unique key.
     pub key: u64,
     /// The client id sent in `connected` (`c-…`).
@@ -33,14 +33,13 @@ pub struct Peer {
     /// The token's `info` claim.
     pub info: Option<Box<RawValue>>,
     pub outbound: Outbound,
-    /// `websocket` (later `webtransport`).
-    pub transport: &'static str,
+    pub transport: crate::transport::TransportKind,
     pub remote: std::net::SocketAddr,
     /// When the connection authenticated, Unix milliseconds.
     pub connected_at_ms: u64,
 }
 
-impl Peer {
+impl ConnHandle {
     fn info_or_empty(&self) -> &RawValue {
         match &self.info {
             Some(info) => info,
@@ -56,7 +55,7 @@ fn empty_object() -> &'static RawValue {
 
 #[derive(Default)]
 struct Shard {
-    channels: HashMap<ChannelName, IndexMap<u64, Arc<Peer>>>,
+    channels: HashMap<ChannelName, IndexMap<u64, Arc<ConnHandle>>>,
 }
 
 /// A publication to make.
@@ -129,7 +128,7 @@ impl Hub {
         &self,
         ns: &Namespace,
         channel: &ChannelName,
-        peer: &Arc<Peer>,
+        peer: &Arc<ConnHandle>,
         reply_id: Option<u64>,
         recover: Option<&StreamPosition>,
     ) -> Result<(), SubscribeError> {
@@ -217,7 +216,7 @@ impl Hub {
     }
 
     /// Removes `peer` from the channel; returns whether it was subscribed.
-    pub fn unsubscribe(&self, ns: &Namespace, channel: &ChannelName, peer: &Peer) -> bool {
+    pub fn unsubscribe(&self, ns: &Namespace, channel: &ChannelName, peer: &ConnHandle) -> bool {
         let mut shard = self.shard(channel).lock();
         let Some(subs) = shard.channels.get_mut(channel) else {
             return false;
@@ -256,7 +255,7 @@ impl Hub {
     pub fn publish(&self, ns: &Namespace, publication: NewPublication<'_>) -> Published {
         let now = protocol::now_ms();
         let mut encode = |offset| {
-            protocol::encode_message(&PublicationRef {
+            protocol::encode_message(&PublicationFields {
                 channel: publication.channel.as_str(),
                 offset,
                 ts: now,
@@ -346,7 +345,7 @@ impl Hub {
     /// Visits every channel, one shard lock at a time; returns what `pick` kept, sorted.
     fn scan<T: Ord>(
         &self,
-        mut pick: impl FnMut(&ChannelName, &IndexMap<u64, Arc<Peer>>) -> Option<T>,
+        mut pick: impl FnMut(&ChannelName, &IndexMap<u64, Arc<ConnHandle>>) -> Option<T>,
     ) -> Vec<T> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
@@ -378,20 +377,20 @@ mod tests {
         }
     }
 
-    fn peer(key: u64) -> Arc<Peer> {
-        Arc::new(Peer {
+    fn peer(key: u64) -> Arc<ConnHandle> {
+        Arc::new(ConnHandle {
             key,
             client: format!("c-{key}").into(),
             user: format!("u{key}").into(),
             info: None,
             outbound: Outbound::new(4),
-            transport: "test",
+            transport: crate::transport::TransportKind::Memory,
             remote: ([127, 0, 0, 1], 1).into(),
             connected_at_ms: 0,
         })
     }
 
-    async fn drain(p: &Peer) -> Vec<serde_json::Value> {
+    async fn drain(p: &ConnHandle) -> Vec<serde_json::Value> {
         let mut batch = VecDeque::new();
         match p.outbound.next_batch(&mut batch).await {
             Next::Frames { .. } => batch

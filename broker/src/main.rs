@@ -206,7 +206,7 @@ fn config_path(args: &ConfigArgs) -> (PathBuf, bool) {
     }
 }
 
-fn load(args: &ConfigArgs) -> Result<config::Loaded, ExitCode> {
+fn load(args: &ConfigArgs) -> Result<config::LoadedConfig, ExitCode> {
     let (path, is_default) = config_path(args);
     Config::load(&path, is_default, &EnvOverrides::from_process()).map_err(|e| {
         eprintln!("hookwire: {e}");

@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 pub use chain::{Emit, Refusal};
-pub use host::{ConnView, PublicationState, PublishSource, Transport};
+pub use host::{PluginConn, PublicationState, PublishSource};
 pub use watch::spawn as watch;
 
 use crate::config::{Config, OnError};
@@ -109,7 +109,7 @@ pub struct PluginId {
 
 /// Hard limits of one plugin's instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub struct PluginLimits {
     pub timeout_ms: u64,
     pub memory_bytes: usize,
     pub max_output_bytes: usize,
@@ -174,7 +174,7 @@ pub struct ModuleSettings {
     pub file: PathBuf,
     /// Hooks bound by the config (`None`: every hook the plugin implements).
     pub hooks: Option<Vec<Hook>>,
-    pub limits: Limits,
+    pub limits: PluginLimits,
     pub on_error: OnError,
     /// JSON text for `init`.
     pub config: String,
@@ -220,7 +220,7 @@ impl PluginsSettings {
                     file: dir.join(file),
                     hooks: (!m.hooks.is_empty())
                         .then(|| m.hooks.iter().filter_map(|h| Hook::parse(h)).collect()),
-                    limits: Limits {
+                    limits: PluginLimits {
                         timeout_ms: pick(m.timeout_ms, p.timeout_ms),
                         memory_bytes: (pick(u64::from(m.memory_mib), u64::from(p.memory_mib))
                             as usize)
@@ -272,7 +272,7 @@ impl PluginsSettings {
 }
 
 /// One loaded version of one plugin.
-pub struct Loaded {
+pub struct LoadedPlugin {
     pub id: Arc<PluginId>,
     pub settings: ModuleSettings,
     pub size: u64,
@@ -287,7 +287,7 @@ pub struct Loaded {
     seconds: [prometheus::Histogram; 4],
 }
 
-impl Loaded {
+impl LoadedPlugin {
     pub fn has(&self, hook: Hook) -> bool {
         self.hooks.contains(hook.flag())
     }
@@ -298,18 +298,18 @@ impl Loaded {
 pub struct PluginSet {
     pub generation: u64,
     /// By configured name.
-    pub plugins: BTreeMap<String, Arc<Loaded>>,
-    connection: Vec<Arc<Loaded>>,
-    by_namespace: HashMap<String, Vec<Arc<Loaded>>>,
+    pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+    connection: Vec<Arc<LoadedPlugin>>,
+    by_namespace: HashMap<String, Vec<Arc<LoadedPlugin>>>,
 }
 
 impl PluginSet {
     fn build(
         generation: u64,
-        plugins: BTreeMap<String, Arc<Loaded>>,
+        plugins: BTreeMap<String, Arc<LoadedPlugin>>,
         settings: &PluginsSettings,
     ) -> Self {
-        let pick = |names: &[String]| -> Vec<Arc<Loaded>> {
+        let pick = |names: &[String]| -> Vec<Arc<LoadedPlugin>> {
             names
                 .iter()
                 .filter_map(|n| plugins.get(n).cloned())
@@ -336,7 +336,7 @@ impl PluginSet {
     }
 
     /// The publish/subscribe chain of a namespace, in order (empty when none).
-    pub fn chain(&self, namespace: &str) -> &[Arc<Loaded>] {
+    pub fn chain(&self, namespace: &str) -> &[Arc<LoadedPlugin>] {
         self.by_namespace.get(namespace).map_or(&[], Vec::as_slice)
     }
 
@@ -447,7 +447,7 @@ impl Plugins {
         }))
     }
 
-    /// Whether any plugin is loaded (sessions then keep a [`ConnView`]).
+    /// Whether any plugin is loaded (sessions then keep a [`PluginConn`]).
     pub fn active(&self) -> bool {
         self.engine.is_some()
     }

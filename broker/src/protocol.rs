@@ -483,7 +483,7 @@ pub fn error_reply(id: Option<u64>, err: &ErrorReply) -> EncodedFrame {
 
 /// A publication as the hub builds it, before it is encoded once.
 #[derive(Debug)]
-pub struct PublicationRef<'a> {
+pub struct PublicationFields<'a> {
     pub channel: &'a str,
     pub offset: u64,
     pub ts: u64,
@@ -497,7 +497,7 @@ const MESSAGE_PREFIX: &str = r#"{"type":"message","#;
 /// Encodes the `message` push for a publication. The publication object itself is the
 /// same bytes without the `type` field, so history keeps one buffer for both
 /// ([`publication_json`]).
-pub fn encode_message(publication: &PublicationRef<'_>) -> EncodedFrame {
+pub fn encode_message(publication: &PublicationFields<'_>) -> EncodedFrame {
     #[derive(Serialize)]
     struct Message<'a> {
         #[serde(rename = "type")]
@@ -619,7 +619,7 @@ mod tests {
     #[test]
     fn message_and_publication_share_bytes() {
         let data = RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap();
-        let frame = encode_message(&PublicationRef {
+        let frame = encode_message(&PublicationFields {
             channel: "chat:a",
             offset: 9,
             ts: 1,

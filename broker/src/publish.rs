@@ -17,7 +17,7 @@ use crate::channel::{ChannelName, Namespace, Namespaces};
 use crate::hub::{Hub, NewPublication, Published};
 use crate::limits::{Exceeded, RateLimits};
 use crate::metrics::Metrics;
-use crate::plugins::{ConnView, Plugins, PublicationState, PublishSource};
+use crate::plugins::{PluginConn, Plugins, PublicationState, PublishSource};
 use crate::protocol::{ErrorReply, now_ms};
 use std::time::Instant;
 
@@ -31,7 +31,7 @@ pub enum Source<'a> {
         /// The user id, shared (the per-user limiter's key).
         user: &'a Arc<str>,
         /// The connection as plugins see it (when plugins are on).
-        conn: Option<&'a Arc<ConnView>>,
+        conn: Option<&'a Arc<PluginConn>>,
     },
     Api,
 }

@@ -6,22 +6,22 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::hub::Peer;
+use crate::hub::ConnHandle;
 use crate::protocol::Disconnect;
 
 const SHARDS: usize = 16;
 
 #[derive(Default)]
 pub struct Registry {
-    shards: [Mutex<HashMap<u64, Arc<Peer>>>; SHARDS],
+    shards: [Mutex<HashMap<u64, Arc<ConnHandle>>>; SHARDS],
 }
 
 impl Registry {
-    fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Arc<Peer>>> {
+    fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Arc<ConnHandle>>> {
         &self.shards[(key as usize) % SHARDS]
     }
 
-    pub fn insert(&self, peer: Arc<Peer>) {
+    pub fn insert(&self, peer: Arc<ConnHandle>) {
         self.shard(peer.key).lock().insert(peer.key, peer);
     }
 
@@ -30,7 +30,7 @@ impl Registry {
     }
 
     /// Every peer (optionally only one user's), collected without holding a lock afterwards.
-    pub fn peers(&self, user: Option<&str>) -> Vec<Arc<Peer>> {
+    pub fn peers(&self, user: Option<&str>) -> Vec<Arc<ConnHandle>> {
         let mut out = Vec::new();
         for shard in &self.shards {
             let shard = shard.lock();

@@ -21,11 +21,11 @@ use crate::access;
 use crate::auth::{self, Claims};
 use crate::channel::{ChannelName, Namespace};
 use crate::history::Query;
-use crate::hub::Peer;
+use crate::hub::ConnHandle;
 use crate::limits::{FrameLimiter, UserPermit};
 use crate::node::Node;
 use crate::outbound::{Next, Outbound};
-use crate::plugins::{self, ConnView};
+use crate::plugins::{self, PluginConn};
 use crate::protocol::{
     self, CloseCode, Disconnect, EncodedFrame, ErrorCode, ErrorReply, Request, RequestBody,
     StreamPosition,
@@ -76,11 +76,11 @@ pub fn run<T: Transport>(
         let gauge = node
             .metrics
             .connections
-            .with_label_values(&[transport.kind()]);
+            .with_label_values(&[transport.kind().as_str()]);
         gauge.inc();
         node.metrics
             .connections_total
-            .with_label_values(&[transport.kind()])
+            .with_label_values(&[transport.kind().as_str()])
             .inc();
         let exit = match Box::pin(handshake(&node, &mut transport, &conn)).await {
             Ok(session) => live(&node, &mut transport, &conn, session).await,
@@ -102,7 +102,7 @@ async fn live<T: Transport>(
     tracing::info!(
         client = %session.peer.client,
         user = %session.peer.user,
-        transport = transport.kind(),
+        transport = transport.kind().as_str(),
         remote = %conn.remote,
         name = session.name.as_deref().unwrap_or(""),
         "Connected"
@@ -265,17 +265,13 @@ async fn handshake<T: Transport>(
     let conn_view = match node.plugins.active() {
         false => None,
         true => {
-            let mut view = ConnView {
+            let mut view = PluginConn {
                 id: key,
                 claim_index: Default::default(),
                 client: client.clone(),
                 user: user.clone(),
                 claims: auth::claims_json(token.as_deref().unwrap_or_default()).into(),
-                transport: match transport.kind() {
-                    "websocket" => plugins::Transport::Websocket,
-                    "webtransport" => plugins::Transport::Webtransport,
-                    _ => plugins::Transport::Other,
-                },
+                transport: transport.kind(),
                 remote: conn.remote.to_string(),
                 meta: "{}".into(),
             };
@@ -290,7 +286,7 @@ async fn handshake<T: Transport>(
             Some(Arc::new(view))
         }
     };
-    let peer = Arc::new(Peer {
+    let peer = Arc::new(ConnHandle {
         key,
         client: Box::from(&*client),
         user: user.clone(),
@@ -346,7 +342,7 @@ fn expiry_instant(exp: u64) -> Instant {
 
 struct Session {
     node: Arc<Node>,
-    peer: Arc<Peer>,
+    peer: Arc<ConnHandle>,
     claims: Claims,
     /// `claims.sub`, shared (the per-user limiter's key).
     user: Arc<str>,
@@ -360,7 +356,7 @@ struct Session {
     expires_at: Instant,
     subscriptions: HashMap<ChannelName, Arc<Namespace>>,
     /// The connection as plugins see it (`None` when no plugin is loaded).
-    conn: Option<Arc<ConnView>>,
+    conn: Option<Arc<PluginConn>>,
     started: Instant,
     next_ping: Instant,
     awaiting_pong_since: Option<Instant>,

@@ -26,14 +26,35 @@ pub enum Inbound {
     Closed,
 }
 
+/// Which transport a connection came over: a label in logs, metrics, the admin view and
+/// the plugin contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    WebSocket,
+    WebTransport,
+    /// In-memory transports of the session tests.
+    Memory,
+}
+
+impl TransportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::WebTransport => "webtransport",
+            Self::Memory => "memory",
+        }
+    }
+}
+
 /// A write failed; the connection is gone.
 #[derive(Debug, thiserror::Error)]
 #[error("transport write failed: {0}")]
 pub struct WriteError(pub String);
 
 pub trait Transport: Send {
-    /// A short name for logs and metrics (`websocket`).
-    fn kind(&self) -> &'static str;
+    /// Which transport this is (logs, metrics, plugins).
+    fn kind(&self) -> TransportKind;
 
     /// The next inbound item. Must be cancel-safe: sessions poll it in `select!`.
     fn recv(&mut self) -> impl Future<Output = Inbound> + Send;

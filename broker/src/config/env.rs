@@ -176,7 +176,7 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn load(file: &str, vars: &[(&str, &str)]) -> Result<super::super::Loaded, Error> {
+    fn load(file: &str, vars: &[(&str, &str)]) -> Result<super::super::LoadedConfig, Error> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, file).unwrap();

@@ -10,7 +10,7 @@ use super::host::{
     ConnectDecision, Decision, MetaField, PublicationState, PublishDecision, PublishEdit,
     publication_handle,
 };
-use super::{ConnView, Error, Hook, Loaded, Plugins};
+use super::{PluginConn, Error, Hook, LoadedPlugin, Plugins};
 use crate::config::OnError;
 use crate::protocol::now_ms;
 
@@ -45,7 +45,7 @@ struct Subject<'a> {
 
 impl Plugins {
     /// Runs the connect chain; merges accepted metadata into `conn.meta`.
-    pub fn on_connect(&self, conn: &mut ConnView) -> Result<(), Refusal> {
+    pub fn on_connect(&self, conn: &mut PluginConn) -> Result<(), Refusal> {
         let set = self.set();
         let mut meta: Vec<(String, Box<RawValue>)> = Vec::new();
         for p in set.connection.iter().filter(|p| p.has(Hook::Connect)) {
@@ -86,7 +86,7 @@ impl Plugins {
     pub fn on_subscribe(
         &self,
         namespace: &str,
-        conn: &ConnView,
+        conn: &PluginConn,
         channel: &str,
     ) -> Result<(), Refusal> {
         let set = self.set();
@@ -178,7 +178,7 @@ impl Plugins {
     }
 
     /// Runs the disconnect chain (notification only; failures are counted and logged).
-    pub fn on_disconnect(&self, conn: &ConnView, reason: &str) {
+    pub fn on_disconnect(&self, conn: &PluginConn, reason: &str) {
         let set = self.set();
         for p in set.connection.iter().filter(|p| p.has(Hook::Disconnect)) {
             let wit = conn.to_wit();
@@ -200,7 +200,7 @@ impl Plugins {
     /// One timed, counted call.
     fn call<R>(
         &self,
-        p: &Loaded,
+        p: &LoadedPlugin,
         hook: Hook,
         f: impl FnOnce(&mut super::instance::Warm) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
@@ -215,7 +215,7 @@ impl Plugins {
 
     fn refused(
         &self,
-        p: &Loaded,
+        p: &LoadedPlugin,
         hook: Hook,
         subject: &Subject<'_>,
         reason: &str,
@@ -232,7 +232,7 @@ impl Plugins {
     /// Counts and logs a failure; under `reject` it becomes a refusal.
     fn failed(
         &self,
-        p: &Loaded,
+        p: &LoadedPlugin,
         hook: Hook,
         subject: &Subject<'_>,
         e: Error,
@@ -267,7 +267,7 @@ impl Plugins {
         }
     }
 
-    fn audit_changes(&self, p: &Loaded, subject: &Subject<'_>, changes: &Changes) {
+    fn audit_changes(&self, p: &LoadedPlugin, subject: &Subject<'_>, changes: &Changes) {
         if changes.data {
             self.audit(p, Hook::Publish, subject, "modified", "replaced data");
         }
@@ -293,7 +293,7 @@ impl Plugins {
 
     fn audit(
         &self,
-        p: &Loaded,
+        p: &LoadedPlugin,
         hook: Hook,
         subject: &Subject<'_>,
         decision: &'static str,
@@ -325,7 +325,7 @@ struct Changes {
 /// Applies a `publish-edit` after checking all of it: an answer is used whole or not
 /// at all.
 fn apply(
-    p: &Loaded,
+    p: &LoadedPlugin,
     edit: PublishEdit,
     publication: &mut PublicationState,
     emits: &mut Vec<Emit>,

@@ -20,7 +20,7 @@ pub const TICK: Duration = Duration::from_millis(1);
 /// How long a compile-cache entry no loaded plugin uses is kept.
 pub const CACHE_KEEP: Duration = Duration::from_secs(24 * 3600);
 
-/// Engine-wide settings (per-plugin limits live in `Limits`).
+/// Engine-wide settings (per-plugin limits live in `PluginLimits`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineSettings {
     /// Instances that may exist at once, over every plugin and version (pool slots).

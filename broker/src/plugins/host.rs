@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use wasmtime::component::Resource;
 
 use super::deadline::Deadline;
-use super::{Limits, PluginId};
+use super::{PluginLimits, PluginId};
 
 // The generated code has `unsafe` blocks of its own (lowering and lifting); nothing else
 // in the broker may.
@@ -21,7 +21,7 @@ mod bindings {
         path: "../wit",
         imports: { default: trappable },
         with: {
-            "hookwire:plugin/types.publication": super::PublicationRef,
+            "hookwire:plugin/types.publication": super::PublicationResource,
         },
     });
 }
@@ -32,29 +32,31 @@ pub use bindings::exports::hookwire::plugin::hooks::{HookSet, PluginInfo};
 use bindings::hookwire::plugin::host::LogLevel;
 pub use bindings::hookwire::plugin::types::{
     ConnectDecision, Connection, Decision, ExtraPublication, MetaField, PublishDecision,
-    PublishEdit, PublishSource, Transport,
+    PublishEdit, PublishSource,
 };
+use bindings::hookwire::plugin::types::Transport as WitTransport;
+use crate::transport::TransportKind;
 use bindings::hookwire::plugin::{host, types};
 
 /// The type behind `borrow<publication>` handles. The host never keeps a table of
 /// publications: at most one is being processed per instance at a time, and it lives
 /// in [`StoreData::publication`]; the handle only names it.
-pub struct PublicationRef;
+pub struct PublicationResource;
 
 /// The single handle value a call passes for the publication it processes.
-pub fn publication_handle() -> Resource<PublicationRef> {
+pub fn publication_handle() -> Resource<PublicationResource> {
     Resource::new_borrow(0)
 }
 
 /// A connection as hooks see it, built once per connection (and again on refresh).
 #[derive(Debug, Clone)]
-pub struct ConnView {
+pub struct PluginConn {
     pub id: u64,
     pub client: Arc<str>,
     pub user: Arc<str>,
     /// The token's claims, JSON object text.
     pub claims: Arc<str>,
-    pub transport: Transport,
+    pub transport: TransportKind,
     pub remote: String,
     /// Metadata attached by `on-connect` hooks, JSON object text.
     pub meta: Arc<str>,
@@ -62,7 +64,7 @@ pub struct ConnView {
     pub claim_index: OnceLock<HashMap<String, Box<RawValue>>>,
 }
 
-impl ConnView {
+impl PluginConn {
     /// The same connection with a refreshed token's claims.
     pub fn with_claims(&self, claims: Arc<str>) -> Self {
         Self {
@@ -86,7 +88,11 @@ impl ConnView {
             client: self.client.to_string(),
             user: self.user.to_string(),
             claims: self.claims.to_string(),
-            transport: self.transport,
+            transport: match self.transport {
+                TransportKind::WebSocket => WitTransport::Websocket,
+                TransportKind::WebTransport => WitTransport::Webtransport,
+                TransportKind::Memory => WitTransport::Other,
+            },
             remote_addr: self.remote.clone(),
             meta: self.meta.to_string(),
         }
@@ -103,7 +109,7 @@ pub struct PublicationState {
     pub data: Box<RawValue>,
     /// `meta` fields added so far, in order; a later value for a key replaces it.
     pub meta: Vec<(String, Box<RawValue>)>,
-    pub connection: Option<Arc<ConnView>>,
+    pub connection: Option<Arc<PluginConn>>,
 }
 
 impl PublicationState {
@@ -182,7 +188,7 @@ impl LogGate {
 const LOG_LINE_MAX: usize = 2_048;
 
 impl StoreData {
-    pub fn new(plugin: Arc<PluginId>, limits: &Limits, log_gate: Arc<LogGate>) -> Self {
+    pub fn new(plugin: Arc<PluginId>, limits: &PluginLimits, log_gate: Arc<LogGate>) -> Self {
         Self {
             log_gate,
             plugin,
@@ -331,29 +337,29 @@ impl host::Host for StoreData {
 impl types::Host for StoreData {}
 
 impl types::HostPublication for StoreData {
-    fn source(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<PublishSource> {
+    fn source(&mut self, _: Resource<PublicationResource>) -> wasmtime::Result<PublishSource> {
         Ok(self.publication()?.source)
     }
 
-    fn channels(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<Vec<String>> {
+    fn channels(&mut self, _: Resource<PublicationResource>) -> wasmtime::Result<Vec<String>> {
         Ok(self.publication()?.channels.clone())
     }
 
-    fn user(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<Option<String>> {
+    fn user(&mut self, _: Resource<PublicationResource>) -> wasmtime::Result<Option<String>> {
         Ok(self.publication()?.user.as_deref().map(str::to_string))
     }
 
-    fn data_len(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<u64> {
+    fn data_len(&mut self, _: Resource<PublicationResource>) -> wasmtime::Result<u64> {
         Ok(self.publication()?.data.get().len() as u64)
     }
 
-    fn data(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<Vec<u8>> {
+    fn data(&mut self, _: Resource<PublicationResource>) -> wasmtime::Result<Vec<u8>> {
         Ok(self.publication()?.data.get().as_bytes().to_vec())
     }
 
     fn data_range(
         &mut self,
-        _: Resource<PublicationRef>,
+        _: Resource<PublicationResource>,
         offset: u64,
         len: u64,
     ) -> wasmtime::Result<Vec<u8>> {
@@ -367,20 +373,20 @@ impl types::HostPublication for StoreData {
         Ok(data[start..end].to_vec())
     }
 
-    fn meta(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<String> {
+    fn meta(&mut self, _: Resource<PublicationResource>) -> wasmtime::Result<String> {
         Ok(self
             .publication()?
             .meta_json()
             .map_or_else(|| "{}".to_string(), |m| m.get().to_string()))
     }
 
-    fn connection(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<Option<Connection>> {
+    fn connection(&mut self, _: Resource<PublicationResource>) -> wasmtime::Result<Option<Connection>> {
         Ok(self.publication()?.connection.as_ref().map(|c| c.to_wit()))
     }
 
     fn claim(
         &mut self,
-        _: Resource<PublicationRef>,
+        _: Resource<PublicationResource>,
         name: String,
     ) -> wasmtime::Result<Option<String>> {
         let publication = self.publication()?;
@@ -391,7 +397,7 @@ impl types::HostPublication for StoreData {
             .map(str::to_string))
     }
 
-    fn drop(&mut self, _: Resource<PublicationRef>) -> wasmtime::Result<()> {
+    fn drop(&mut self, _: Resource<PublicationResource>) -> wasmtime::Result<()> {
         // Plugins only ever hold borrows; the host owns the publication.
         Ok(())
     }
@@ -401,13 +407,13 @@ impl types::HostPublication for StoreData {
 mod tests {
     use super::*;
 
-    fn view(claims: &str) -> ConnView {
-        ConnView {
+    fn view(claims: &str) -> PluginConn {
+        PluginConn {
             id: 1,
             client: "c".into(),
             user: "alice".into(),
             claims: claims.into(),
-            transport: Transport::Websocket,
+            transport: TransportKind::WebSocket,
             remote: "127.0.0.1:1".into(),
             meta: "{}".into(),
             claim_index: OnceLock::new(),

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use wasmtime::Store;
 
 use super::host::{LogGate, PluginBindings, PluginInfo, PluginPre, StoreData};
-use super::{Error, Limits, PluginId};
+use super::{Error, PluginLimits, PluginId};
 
 /// An instance ready for calls, with the store it lives in.
 pub struct Warm {
@@ -21,7 +21,7 @@ pub struct Warm {
 pub struct Pool {
     pre: PluginPre<StoreData>,
     id: Arc<PluginId>,
-    limits: Limits,
+    limits: PluginLimits,
     /// The plugin's configuration, JSON text, given to `init` of every new instance.
     config: String,
     idle: Mutex<Vec<Warm>>,
@@ -40,7 +40,7 @@ impl Pool {
         pre: PluginPre<StoreData>,
         name: &str,
         sha256: String,
-        limits: Limits,
+        limits: PluginLimits,
         config: String,
         keep: usize,
     ) -> Result<(Self, PluginInfo), Error> {
@@ -75,7 +75,7 @@ impl Pool {
     }
 
     /// Instantiates once and asks `info`, without `init` (for `plugin inspect`).
-    pub fn probe(pre: &PluginPre<StoreData>, limits: &Limits) -> Result<PluginInfo, Error> {
+    pub fn probe(pre: &PluginPre<StoreData>, limits: &PluginLimits) -> Result<PluginInfo, Error> {
         let id = Arc::new(PluginId {
             name: "?".into(),
             version: "?".into(),
@@ -119,7 +119,7 @@ impl Pool {
 fn instantiate(
     pre: &PluginPre<StoreData>,
     id: &Arc<PluginId>,
-    limits: &Limits,
+    limits: &PluginLimits,
     log: &Arc<LogGate>,
 ) -> Result<Warm, Error> {
     let mut store = Store::new(
@@ -137,7 +137,7 @@ fn instantiate(
     Ok(Warm { store, bindings })
 }
 
-fn init(warm: &mut Warm, limits: &Limits, config: &str) -> Result<(), Error> {
+fn init(warm: &mut Warm, limits: &PluginLimits, config: &str) -> Result<(), Error> {
     let config = config.to_string();
     let answer = guarded(warm, limits, |w| {
         let hooks = w.bindings.hookwire_plugin_hooks();
@@ -149,7 +149,7 @@ fn init(warm: &mut Warm, limits: &Limits, config: &str) -> Result<(), Error> {
 /// One call with a fresh deadline; a failure is classified from what the store saw.
 fn guarded<R>(
     warm: &mut Warm,
-    limits: &Limits,
+    limits: &PluginLimits,
     f: impl FnOnce(&mut Warm) -> wasmtime::Result<R>,
 ) -> Result<R, Error> {
     // One tick away; see `deadline` for how the CPU-time deadline is kept from there.
@@ -158,7 +158,7 @@ fn guarded<R>(
     f(warm).map_err(|e| classify(e, &warm.store, limits, "calling"))
 }
 
-fn classify(e: wasmtime::Error, store: &Store<StoreData>, limits: &Limits, doing: &str) -> Error {
+fn classify(e: wasmtime::Error, store: &Store<StoreData>, limits: &PluginLimits, doing: &str) -> Error {
     if store.data().limiter.refused {
         return Error::MemoryExceeded {
             mib: limits.memory_bytes >> 20,

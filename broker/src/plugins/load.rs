@@ -12,7 +12,7 @@ use super::host::{HookSet, PluginPre, StoreData};
 use super::instance::Pool;
 use super::stats::Stats;
 use super::{
-    Error, Failure, Hook, Loaded, ModuleSettings, PluginSet, PluginsSettings, ReloadReport,
+    Error, Failure, Hook, LoadedPlugin, ModuleSettings, PluginSet, PluginsSettings, ReloadReport,
     hook_names,
 };
 use crate::metrics::Metrics;
@@ -39,7 +39,7 @@ pub fn load_set(
                 report.unchanged.push(name.clone());
                 plugins.insert(name.clone(), p);
             }
-            Ok(Outcome::Loaded(p)) => {
+            Ok(Outcome::LoadedPlugin(p)) => {
                 metrics.plugin_load("ok");
                 report.changed.push(name.clone());
                 plugins.insert(name.clone(), p);
@@ -62,14 +62,14 @@ pub fn load_set(
 }
 
 enum Outcome {
-    Unchanged(Arc<Loaded>),
-    Loaded(Arc<Loaded>),
+    Unchanged(Arc<LoadedPlugin>),
+    LoadedPlugin(Arc<LoadedPlugin>),
 }
 
 fn load_one(
     engine: &PluginEngine,
     module: &ModuleSettings,
-    old: Option<&Arc<Loaded>>,
+    old: Option<&Arc<LoadedPlugin>>,
     metrics: &Metrics,
 ) -> Result<Outcome, Error> {
     let bytes = std::fs::read(&module.file).map_err(|e| Error::Read {
@@ -88,7 +88,7 @@ fn load_one(
         return Ok(Outcome::Unchanged(old.clone()));
     }
     let loaded = prepare(engine, &bytes, sha256, module, metrics)?;
-    Ok(Outcome::Loaded(Arc::new(loaded)))
+    Ok(Outcome::LoadedPlugin(Arc::new(loaded)))
 }
 
 /// Compiles a module and checks it against the import policy and the world's exports.
@@ -119,7 +119,7 @@ pub fn prepare(
     sha256: String,
     module: &ModuleSettings,
     metrics: &Metrics,
-) -> Result<Loaded, Error> {
+) -> Result<LoadedPlugin, Error> {
     let pre = link(engine, bytes, &sha256)?;
     let (pool, info) = Pool::start(
         pre,
@@ -159,7 +159,7 @@ pub fn prepare(
     let calls = Hook::ALL.map(|h| metrics.plugin_calls(&id.name, h.label()));
     let seconds = Hook::ALL.map(|h| metrics.plugin_seconds(&id.name, h.label()));
     tracing::debug!(plugin = %id.name, hooks = ?hook_names(hooks), "Plugin prepared");
-    Ok(Loaded {
+    Ok(LoadedPlugin {
         id,
         settings: module.clone(),
         size: bytes.len() as u64,

@@ -12,9 +12,10 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::engine::{EngineSettings, PluginEngine, sha256_hex};
-use super::host::{ConnView, PublicationState, PublishSource, Transport};
+use super::host::{PluginConn, PublicationState, PublishSource};
+use crate::transport::TransportKind;
 use super::instance::Pool;
-use super::{Error, Limits, ModuleSettings, Plugins, PluginsSettings, hook_names};
+use super::{Error, PluginLimits, ModuleSettings, Plugins, PluginsSettings, hook_names};
 use crate::config::OnError;
 use crate::metrics::Metrics;
 
@@ -54,8 +55,8 @@ fn engine_settings() -> EngineSettings {
     }
 }
 
-fn default_limits() -> Limits {
-    Limits {
+fn default_limits() -> PluginLimits {
+    PluginLimits {
         timeout_ms: 10,
         memory_bytes: 32 << 20,
         max_output_bytes: 65_536,
@@ -259,8 +260,8 @@ fn namespace_of(channel: &str) -> &str {
     channel.split_once(':').map_or("", |(ns, _)| ns)
 }
 
-fn conn_of(event: &Event) -> ConnView {
-    ConnView {
+fn conn_of(event: &Event) -> PluginConn {
+    PluginConn {
         id: 1,
         claim_index: Default::default(),
         client: "c-replay".into(),
@@ -271,7 +272,7 @@ fn conn_of(event: &Event) -> ConnView {
             .unwrap_or_else(|| json!({"sub": event.user.clone().unwrap_or_default()}))
             .to_string()
             .into(),
-        transport: Transport::Websocket,
+        transport: TransportKind::WebSocket,
         remote: "127.0.0.1:1".into(),
         meta: event
             .meta

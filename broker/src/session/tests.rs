@@ -12,7 +12,7 @@ use crate::auth::{TokenSpec, Verifier};
 use crate::config::Config;
 use crate::node::Node;
 use crate::protocol::{CloseCode, EncodedFrame};
-use crate::transport::{Inbound, Transport, WriteError};
+use crate::transport::{Inbound, Transport, TransportKind, WriteError};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
@@ -23,8 +23,8 @@ struct FullSocket {
 }
 
 impl Transport for FullSocket {
-    fn kind(&self) -> &'static str {
-        "memory"
+    fn kind(&self) -> TransportKind {
+        TransportKind::Memory
     }
 
     async fn recv(&mut self) -> Inbound {

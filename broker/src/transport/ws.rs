@@ -227,8 +227,8 @@ fn write_err(e: WsError) -> WriteError {
 }
 
 impl Transport for WsTransport {
-    fn kind(&self) -> &'static str {
-        "websocket"
+    fn kind(&self) -> TransportKind {
+        TransportKind::WebSocket
     }
 
     async fn recv(&mut self) -> Inbound {

@@ -15,7 +15,8 @@ use serde_json::value::RawValue;
 
 use hookwire::config::{Config, EnvOverrides};
 use hookwire::metrics::Metrics;
-use hookwire::plugins::{ConnView, Plugins, PublicationState, PublishSource, Transport};
+use hookwire::plugins::{PluginConn, Plugins, PublicationState, PublishSource};
+use hookwire::transport::TransportKind;
 
 use crate::common::print_json;
 use crate::publisher::padding;
@@ -46,13 +47,13 @@ pub fn run(a: HookArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", a.config.display()))?;
     let plugins = Plugins::start(&loaded.config, Arc::new(Metrics::new()))?;
     let data = payload(a.payload);
-    let conn = Arc::new(ConnView {
+    let conn = Arc::new(PluginConn {
         id: 1,
         claim_index: Default::default(),
         client: "bench-client".into(),
         user: "bench-user".into(),
         claims: r#"{"sub":"bench-user","name":"Bench User","exp":4102444800}"#.into(),
-        transport: Transport::Websocket,
+        transport: TransportKind::WebSocket,
         remote: "127.0.0.1:40000".into(),
         meta: "{}".into(),
     });
