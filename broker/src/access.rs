@@ -105,7 +105,13 @@ mod tests {
     }
 
     fn check(channel: &str) -> Result<(ChannelName, Arc<Namespace>), ErrorReply> {
-        resolve(&Namespaces::from_config(&Config::default()), channel)
+        {
+            let c = Config::default();
+            resolve(
+                &Namespaces::new(&c.namespaces, &c.default_namespace),
+                channel,
+            )
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! Tokens are never logged: errors describe what is wrong with a token, never its text.
 
+mod config;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -9,8 +11,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, jwk:
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::config::AuthConfig;
 use crate::protocol::{ErrorCode, ErrorReply};
+pub use config::{AuthConfig, TokenAlgorithm};
 
 /// The development secret `--dev` falls back to. Never use it outside a laptop.
 pub const DEV_SECRET: &str = "hookwire-dev-secret-do-not-use-in-production";
@@ -166,15 +168,6 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
-fn parse_alg(name: &str) -> Option<Algorithm> {
-    match name {
-        "HS256" => Some(Algorithm::HS256),
-        "RS256" => Some(Algorithm::RS256),
-        "ES256" => Some(Algorithm::ES256),
-        _ => None,
-    }
-}
-
 fn read_key(key: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path).map_err(|e| ConfigError::KeyFile {
         key,
@@ -183,14 +176,58 @@ fn read_key(key: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
     })
 }
 
+/// The keys of a JWKS file, by `kid` (keys without a `kid` or of other kinds are skipped).
+fn load_jwks(path: &str) -> Result<HashMap<String, (Algorithm, DecodingKey)>, ConfigError> {
+    let bytes = read_key("auth.jwks_file", path)?;
+    let key_err = |message: String| ConfigError::KeyFile {
+        key: "auth.jwks_file",
+        path: path.to_string(),
+        message,
+    };
+    let set: JwkSet =
+        serde_json::from_slice(&bytes).map_err(|e| key_err(format!("not a JWKS document: {e}")))?;
+    let mut jwks = HashMap::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
+        let alg = match &jwk.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+            _ => continue,
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| key_err(e.to_string()))?;
+        jwks.insert(kid, (alg, key));
+    }
+    Ok(jwks)
+}
+
+/// What a token signed with `alg` must satisfy: `exp`, `nbf`, `sub`, and `aud`/`iss` when
+/// configured, with the configured leeway.
+fn validation(alg: Algorithm, config: &AuthConfig) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = config.leeway_secs;
+    v.validate_nbf = true;
+    v.validate_exp = true;
+    let mut required = vec!["exp", "sub"];
+    if config.audience.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&[&config.audience]);
+        required.push("aud");
+    }
+    if !config.issuer.is_empty() {
+        v.set_issuer(&[&config.issuer]);
+        required.push("iss");
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
 impl Verifier {
     /// Builds the verifier; `secret` is required when HS256 is accepted.
     pub fn new(config: &AuthConfig, secret: Option<&[u8]>) -> Result<Self, ConfigError> {
-        let accepted: Vec<Algorithm> = config
-            .algorithms
-            .iter()
-            .filter_map(|a| parse_alg(a))
-            .collect();
+        let accepted: Vec<Algorithm> = config.algorithms.iter().map(|a| a.jwt()).collect();
         let key_err =
             |key: &'static str, path: &str, e: jsonwebtoken::errors::Error| ConfigError::KeyFile {
                 key,
@@ -218,53 +255,21 @@ impl Verifier {
                     .map_err(|e| key_err("auth.ec_public_key_file", path, e))?,
             ),
         };
-        let mut jwks = HashMap::new();
-        if !config.jwks_file.is_empty() {
-            let path = config.jwks_file.as_str();
-            let bytes = read_key("auth.jwks_file", path)?;
-            let set: JwkSet = serde_json::from_slice(&bytes).map_err(|e| ConfigError::KeyFile {
-                key: "auth.jwks_file",
-                path: path.to_string(),
-                message: format!("not a JWKS document: {e}"),
-            })?;
-            for jwk in &set.keys {
-                let Some(kid) = jwk.common.key_id.clone() else {
-                    continue;
-                };
-                let alg = match &jwk.algorithm {
-                    jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                    jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-                    _ => continue,
-                };
-                let key =
-                    DecodingKey::from_jwk(jwk).map_err(|e| key_err("auth.jwks_file", path, e))?;
-                jwks.insert(kid, (alg, key));
-            }
-        }
+        let jwks = match config.jwks_file.as_str() {
+            "" => HashMap::new(),
+            path => load_jwks(path)?,
+        };
         let validations = accepted
             .iter()
-            .map(|alg| {
-                let mut v = Validation::new(*alg);
-                v.leeway = config.leeway_secs;
-                v.validate_nbf = true;
-                v.validate_exp = true;
-                let mut required = vec!["exp", "sub"];
-                if config.audience.is_empty() {
-                    v.validate_aud = false;
-                } else {
-                    v.set_audience(&[&config.audience]);
-                    required.push("aud");
-                }
-                if !config.issuer.is_empty() {
-                    v.set_issuer(&[&config.issuer]);
-                    required.push("iss");
-                }
-                v.set_required_spec_claims(&required);
-                (*alg, v)
-            })
+            .map(|alg| (*alg, validation(*alg, config)))
             .collect();
         Ok(Self {
-            accepted_text: config.algorithms.join(", "),
+            accepted_text: config
+                .algorithms
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             accepted,
             hmac,
             rsa,

@@ -1,10 +1,74 @@
 //! Channel names, namespaces and the permission patterns of token claims.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{Config, NamespaceConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::rate::Rate;
+use crate::validation::Problems;
+
+/// `[namespaces.NAME]`: the settings of every channel `NAME:…`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Publications kept per channel (0: no history, offsets are 0).
+    pub history_size: usize,
+    /// How long a publication stays in history, in seconds.
+    pub history_ttl_secs: u64,
+    /// Whether `presence` answers for channels of this namespace.
+    pub presence: bool,
+    /// Whether subscribers get `join` and `leave` pushes.
+    pub join_leave: bool,
+    /// Whether clients may publish (the server API always may).
+    pub allow_publish: bool,
+    /// Channel `ns:<sub>` is only for the user `<sub>`.
+    pub personal: bool,
+    /// Any connected client may subscribe, whatever its `channels` claim.
+    pub public: bool,
+    /// Publishes per second into one channel of this namespace, and the burst
+    /// (0: `rate_limits.channel_publishes_*`).
+    pub channel_publishes_per_sec: Rate,
+    pub channel_publishes_burst: u32,
+    /// Plugins whose `subscribe` and `publish` hooks run for this namespace, in order.
+    pub plugins: Vec<String>,
+}
+
+impl NamespaceConfig {
+    /// Checks one namespace; `name` is its key in `[namespaces]`.
+    pub fn validate(&self, name: &str, p: &mut Problems) {
+        if name.is_empty() || !name.bytes().all(|b| b != b':' && is_name_byte(b)) {
+            p.push(format!(
+                "namespaces.{name:?}: a namespace name is 1 or more of A-Z a-z 0-9 _ . @ / = - (no ':')"
+            ));
+        }
+        let key = format!("namespaces.{name}");
+        p.rate_and_burst(
+            &format!("{key}.channel_publishes"),
+            self.channel_publishes_per_sec,
+            self.channel_publishes_burst,
+        );
+        p.range(
+            &format!("{key}.history_size"),
+            self.history_size as u64,
+            0,
+            1_000_000,
+        );
+        if self.history_size > 0 && self.history_ttl_secs == 0 {
+            p.push(format!(
+                "{key}.history_ttl_secs = 0 with history_size = {}: history needs a TTL of 1 second or more",
+                self.history_size
+            ));
+        }
+        p.range(
+            &format!("{key}.history_ttl_secs"),
+            self.history_ttl_secs,
+            0,
+            30 * 86_400,
+        );
+    }
+}
 
 /// Longest channel name, in bytes.
 pub const MAX_CHANNEL_BYTES: usize = 255;
@@ -107,9 +171,10 @@ pub struct Namespaces {
 }
 
 impl Namespaces {
-    pub fn from_config(config: &Config) -> Self {
-        let by_name: HashMap<_, _> = config
-            .namespaces
+    /// The namespaces of `[namespaces]`; `default_namespace` (may be empty) serves channel
+    /// names without `:`.
+    pub fn new(namespaces: &BTreeMap<String, NamespaceConfig>, default_namespace: &str) -> Self {
+        let by_name: HashMap<_, _> = namespaces
             .iter()
             .map(|(name, ns)| {
                 let ns = Namespace {
@@ -119,7 +184,7 @@ impl Namespaces {
                 (name.clone(), Arc::new(ns))
             })
             .collect();
-        let default = by_name.get(&config.default_namespace).cloned();
+        let default = by_name.get(default_namespace).cloned();
         Self { by_name, default }
     }
 

@@ -11,8 +11,47 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rand::Rng;
 
+use serde::{Deserialize, Serialize};
+
 use crate::channel::ChannelName;
 use crate::protocol::{EncodedFrame, StreamPosition};
+use crate::validation::Problems;
+
+/// `[history]`: how long streams live and how often they are swept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// A channel stream with no publication for this long is forgotten (its epoch ends).
+    pub stream_idle_ttl_secs: u64,
+    /// How often expired history is swept.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            stream_idle_ttl_secs: 3_600,
+            sweep_interval_ms: 1_000,
+        }
+    }
+}
+
+impl HistoryConfig {
+    pub fn validate(&self, p: &mut Problems) {
+        p.range(
+            "history.stream_idle_ttl_secs",
+            self.stream_idle_ttl_secs,
+            1,
+            30 * 86_400,
+        );
+        p.range(
+            "history.sweep_interval_ms",
+            self.sweep_interval_ms,
+            10,
+            600_000,
+        );
+    }
+}
 
 /// A namespace's history settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

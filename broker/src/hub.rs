@@ -13,13 +13,12 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 use parking_lot::Mutex;
-use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::channel::{ChannelName, Namespace};
 use crate::history::{HistoryPolicy, HistoryStore, Page, Position, Query, ReadError};
 use crate::outbound::{Outbound, Push};
-use crate::protocol::{self, PublicationFields, StreamPosition};
+use crate::protocol::{self, EncodedFrame, PresenceEntry, PublicationFields, StreamPosition};
 
 const SHARDS: usize = 64;
 
@@ -86,12 +85,16 @@ pub enum SubscribeError {
     AlreadySubscribed(ChannelName),
 }
 
-/// One member of a channel's presence.
-#[derive(Debug, Clone, Serialize)]
-pub struct PresenceEntry {
-    pub client: String,
-    pub user: String,
-    pub info: Box<RawValue>,
+/// Where a channel's stream stood when a subscriber joined, and what its `recover` asked
+/// for (handed to the subscriber's `on_joined` under the channel's lock).
+#[derive(Debug)]
+pub struct Joined {
+    /// `None` in a namespace without history.
+    pub position: Option<Position>,
+    /// Whether `recover` was served exactly.
+    pub recovered: bool,
+    /// The missed publications (`message` frames), oldest first.
+    pub publications: Vec<EncodedFrame>,
 }
 
 pub fn policy(ns: &Namespace) -> HistoryPolicy {
@@ -122,15 +125,16 @@ impl Hub {
         &self.shards[channel.shard(SHARDS)]
     }
 
-    /// Subscribes `peer` and queues the `subscribed` reply (with recovered publications)
-    /// before any later publication of the channel.
+    /// Subscribes `peer`. `on_joined` runs under the channel's lock with where the stream
+    /// stands (and what `recover` asked for), so what it queues (the session's
+    /// `subscribed` reply) comes before any later publication of the channel.
     pub fn subscribe(
         &self,
         ns: &Namespace,
         channel: &ChannelName,
         peer: &Arc<ConnHandle>,
-        reply_id: Option<u64>,
         recover: Option<&StreamPosition>,
+        on_joined: impl FnOnce(Joined),
     ) -> Result<(), SubscribeError> {
         let mut shard = self.shard(channel).lock();
         let subs = shard.channels.entry(channel.clone()).or_default();
@@ -160,53 +164,18 @@ impl Hub {
         } else {
             (None, false, Vec::new())
         };
-        match reply_id {
-            Some(_) => {
-                #[derive(Serialize)]
-                struct Subscribed<'a> {
-                    channel: &'a str,
-                    offset: u64,
-                    epoch: &'a str,
-                    recovered: bool,
-                }
-                let reply = protocol::reply_with_publications(
-                    reply_id,
-                    "subscribed",
-                    Subscribed {
-                        channel: channel.as_str(),
-                        offset: position.as_ref().map_or(0, |p| p.offset),
-                        epoch: position.as_ref().map_or("", |p| &p.epoch),
-                        recovered,
-                    },
-                    &publications,
-                );
-                peer.outbound.push(reply);
-            }
-            // No id, no success reply (protocol v1); recovered publications still arrive,
-            // as the `message` pushes they are stored as.
-            None => {
-                for publication in publications {
-                    peer.outbound.push(publication);
-                }
-            }
-        }
+        on_joined(Joined {
+            position,
+            recovered,
+            publications,
+        });
         if ns.config.join_leave && !subs.is_empty() {
-            #[derive(Serialize)]
-            struct Join<'a> {
-                #[serde(rename = "type")]
-                kind: &'static str,
-                channel: &'a str,
-                client: &'a str,
-                user: &'a str,
-                info: &'a RawValue,
-            }
-            let join = protocol::encode(&Join {
-                kind: "join",
-                channel: channel.as_str(),
-                client: &peer.client,
-                user: &peer.user,
-                info: peer.info_or_empty(),
-            });
+            let join = protocol::encode_join(
+                channel.as_str(),
+                &peer.client,
+                &peer.user,
+                peer.info_or_empty(),
+            );
             for other in subs.values() {
                 other.outbound.push(join.clone());
             }
@@ -229,20 +198,7 @@ impl Hub {
             return true;
         }
         if ns.config.join_leave {
-            #[derive(Serialize)]
-            struct Leave<'a> {
-                #[serde(rename = "type")]
-                kind: &'static str,
-                channel: &'a str,
-                client: &'a str,
-                user: &'a str,
-            }
-            let leave = protocol::encode(&Leave {
-                kind: "leave",
-                channel: channel.as_str(),
-                client: &peer.client,
-                user: &peer.user,
-            });
+            let leave = protocol::encode_leave(channel.as_str(), &peer.client, &peer.user);
             for other in subs.values() {
                 other.outbound.push(leave.clone());
             }
@@ -390,6 +346,25 @@ mod tests {
         })
     }
 
+    /// Subscribes the way a session does: the `subscribed` reply queued under the lock.
+    fn join(
+        hub: &Hub,
+        ns: &Namespace,
+        ch: &ChannelName,
+        p: &Arc<ConnHandle>,
+    ) -> Result<(), SubscribeError> {
+        hub.subscribe(ns, ch, p, None, |j| {
+            let r = protocol::Recovery {
+                offset: j.position.as_ref().map_or(0, |p| p.offset),
+                epoch: j.position.as_ref().map_or("", |p| &p.epoch),
+                recovered: j.recovered,
+                publications: &j.publications,
+            };
+            p.outbound
+                .push(protocol::subscribed_reply(Some(1), ch.as_str(), &r));
+        })
+    }
+
     async fn drain(p: &ConnHandle) -> Vec<serde_json::Value> {
         let mut batch = VecDeque::new();
         match p.outbound.next_batch(&mut batch).await {
@@ -411,8 +386,8 @@ mod tests {
         let ns = ns(10, false);
         let ch = ChannelName::parse("chat:a").unwrap();
         let (a, b) = (peer(1), peer(2));
-        hub.subscribe(&ns, &ch, &a, Some(1), None).unwrap();
-        hub.subscribe(&ns, &ch, &b, Some(1), None).unwrap();
+        join(&hub, &ns, &ch, &a).unwrap();
+        join(&hub, &ns, &ch, &b).unwrap();
         assert_eq!(drain(&a).await[0]["type"], "subscribed");
         drain(&b).await;
         let d = data();
@@ -441,8 +416,8 @@ mod tests {
         let ns = ns(0, false);
         let ch = ChannelName::parse("chat:a").unwrap();
         let (slow, fast) = (peer(1), peer(2));
-        hub.subscribe(&ns, &ch, &slow, Some(1), None).unwrap();
-        hub.subscribe(&ns, &ch, &fast, Some(1), None).unwrap();
+        join(&hub, &ns, &ch, &slow).unwrap();
+        join(&hub, &ns, &ch, &fast).unwrap();
         let d = data();
         let mut overflowed = 0;
         for _ in 0..8 {
@@ -470,9 +445,9 @@ mod tests {
         let ns = ns(0, true);
         let ch = ChannelName::parse("chat:a").unwrap();
         let (a, b) = (peer(1), peer(2));
-        hub.subscribe(&ns, &ch, &a, Some(1), None).unwrap();
+        join(&hub, &ns, &ch, &a).unwrap();
         drain(&a).await;
-        hub.subscribe(&ns, &ch, &b, Some(1), None).unwrap();
+        join(&hub, &ns, &ch, &b).unwrap();
         assert_eq!(drain(&a).await[0]["type"], "join");
         assert_eq!(hub.presence(&ch).len(), 2);
         assert!(hub.unsubscribe(&ns, &ch, &b));
@@ -480,7 +455,7 @@ mod tests {
         assert_eq!(leave["type"], "leave");
         assert_eq!(leave["user"], "u2");
         assert!(matches!(
-            hub.subscribe(&ns, &ch, &a, None, None),
+            hub.subscribe(&ns, &ch, &a, None, |_| {}),
             Err(SubscribeError::AlreadySubscribed(_))
         ));
     }

@@ -5,7 +5,9 @@
 //! connection's own frame limiter lives in its session. Connection counts are held by
 //! RAII permits ([`ConnectionPermit`], [`UserPermit`]) that give their slot back on drop.
 
-use std::collections::HashMap;
+mod config;
+
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -15,10 +17,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
 
-use crate::channel::{ChannelName, Namespace};
-use crate::config::{Config, ConnectionsConfig, RateLimitsConfig};
+pub use config::{ConnectionsConfig, LimitsConfig, RateLimitsConfig};
+
+use crate::channel::{ChannelName, Namespace, NamespaceConfig};
 use crate::metrics::Limit;
 use crate::protocol::{ErrorCode, ErrorReply};
+use crate::rate::Rate;
 
 /// A limit that was hit, with the sentence for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,8 +38,8 @@ impl Exceeded {
     }
 }
 
-fn quota(rate: u32, burst: u32) -> Option<Quota> {
-    let rate = NonZeroU32::new(rate)?;
+fn quota(rate: Rate, burst: u32) -> Option<Quota> {
+    let rate = rate.get()?;
     let burst = NonZeroU32::new(burst.max(rate.get())).unwrap_or(rate);
     Some(Quota::per_second(rate).allow_burst(burst))
 }
@@ -48,11 +52,11 @@ struct Keyed<K: Hash + Eq + Clone> {
 }
 
 impl<K: Hash + Eq + Clone> Keyed<K> {
-    fn new(rate: u32, burst: u32) -> Option<Self> {
+    fn new(rate: Rate, burst: u32) -> Option<Self> {
         quota(rate, burst).map(|q| Self {
             limiter: RateLimiter::keyed(q),
-            rate,
-            burst: burst.max(rate),
+            rate: rate.raw(),
+            burst: burst.max(rate.raw()),
         })
     }
 }
@@ -70,20 +74,15 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
-    pub fn new(config: &Config) -> Self {
-        let r: &RateLimitsConfig = &config.rate_limits;
+    /// The node's limiters; `namespaces` may set their own channel publish rates.
+    pub fn new(r: &RateLimitsConfig, namespaces: &BTreeMap<String, NamespaceConfig>) -> Self {
+        let frame_rate = r.connection_frames_per_sec.raw();
         Self {
-            frames: quota(r.connection_frames_per_sec, r.connection_frames_burst).map(|q| {
-                (
-                    q,
-                    r.connection_frames_per_sec,
-                    r.connection_frames_burst.max(r.connection_frames_per_sec),
-                )
-            }),
+            frames: quota(r.connection_frames_per_sec, r.connection_frames_burst)
+                .map(|q| (q, frame_rate, r.connection_frames_burst.max(frame_rate))),
             user_publishes: Keyed::new(r.user_publishes_per_sec, r.user_publishes_burst),
             channel_publishes: Keyed::new(r.channel_publishes_per_sec, r.channel_publishes_burst),
-            namespace_publishes: config
-                .namespaces
+            namespace_publishes: namespaces
                 .iter()
                 .filter_map(|(name, ns)| {
                     Keyed::new(ns.channel_publishes_per_sec, ns.channel_publishes_burst)
@@ -223,9 +222,10 @@ impl ConnectionLimits {
 
     /// Takes a node and IP slot, or says which limit is full.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Exceeded> {
-        let max = self.config.max;
         let now = self.node.fetch_add(1, Ordering::AcqRel) + 1;
-        if max > 0 && now > max {
+        if let Some(max) = self.config.max.get()
+            && now > max.get()
+        {
             self.node.fetch_sub(1, Ordering::AcqRel);
             return Err(Exceeded {
                 limit: Limit::NodeConnections,
@@ -236,7 +236,9 @@ impl ConnectionLimits {
         }
         let mut by_ip = self.by_ip.lock();
         let count = by_ip.entry(ip).or_insert(0);
-        if self.config.max_per_ip > 0 && *count >= self.config.max_per_ip {
+        if let Some(max) = self.config.max_per_ip.get()
+            && *count >= max.get()
+        {
             drop(by_ip);
             self.node.fetch_sub(1, Ordering::AcqRel);
             return Err(Exceeded {
@@ -258,7 +260,9 @@ impl ConnectionLimits {
     pub fn admit_user(self: &Arc<Self>, user: &Arc<str>) -> Result<UserPermit, Exceeded> {
         let mut by_user = self.by_user.lock();
         let count = by_user.entry(user.clone()).or_insert(0);
-        if self.config.max_per_user > 0 && *count >= self.config.max_per_user {
+        if let Some(max) = self.config.max_per_user.get()
+            && *count >= max.get()
+        {
             return Err(Exceeded {
                 limit: Limit::UserConnections,
                 message: format!(
@@ -305,13 +309,14 @@ impl Drop for UserPermit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rate::Cap;
 
     #[test]
     fn connection_slots_come_back_on_drop() {
         let limits = ConnectionLimits::new(&ConnectionsConfig {
-            max: 2,
-            max_per_ip: 1,
-            max_per_user: 1,
+            max: Cap::new(2),
+            max_per_ip: Cap::new(1),
+            max_per_user: Cap::new(1),
             ..ConnectionsConfig::default()
         });
         let a: IpAddr = "127.0.0.1".parse().unwrap();
@@ -340,15 +345,14 @@ mod tests {
 
     #[test]
     fn frame_limiter_allows_the_burst_then_refuses() {
-        let config = Config {
-            rate_limits: RateLimitsConfig {
-                connection_frames_per_sec: 1,
-                connection_frames_burst: 3,
-                ..RateLimitsConfig::default()
-            },
-            ..Config::default()
+        let config = RateLimitsConfig {
+            connection_frames_per_sec: Rate::new(1),
+            connection_frames_burst: 3,
+            ..RateLimitsConfig::default()
         };
-        let f = RateLimits::new(&config).connection_frames().unwrap();
+        let f = RateLimits::new(&config, &BTreeMap::new())
+            .connection_frames()
+            .unwrap();
         for _ in 0..3 {
             assert!(f.check().is_ok());
         }

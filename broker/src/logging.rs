@@ -4,7 +4,45 @@
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
-use crate::config::LogFormat;
+use serde::{Deserialize, Serialize};
+
+use crate::validation::Problems;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[log]`: the level filter and the output format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `hookwire=debug,info`, …
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn validate(&self, p: &mut Problems) {
+        if EnvFilter::try_new(&self.level).is_err() {
+            p.push(format!(
+                "log.level = {:?}: must be a level (error, warn, info, debug, trace) or a tracing filter such as \"hookwire=debug,info\"",
+                self.level
+            ));
+        }
+    }
+}
 
 /// Changes the log filter of the running process.
 pub struct LogControl {

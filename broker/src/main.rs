@@ -215,7 +215,7 @@ fn load(args: &ConfigArgs) -> Result<config::LoadedConfig, ExitCode> {
 }
 
 fn secret(config: &Config, dev: bool) -> Result<Option<(Vec<u8>, SecretSource)>, ExitCode> {
-    if !config.auth.algorithms.iter().any(|a| a == "HS256") {
+    if !config.auth.accepts(hookwire::auth::TokenAlgorithm::HS256) {
         return Ok(None);
     }
     let env = std::env::var(config::ENV_JWT_SECRET).ok();
@@ -362,7 +362,8 @@ fn check_config(args: ConfigArgs) -> ExitCode {
     println!("config OK ({source})");
     println!("  ws_addr     {}", c.ws_addr);
     println!("  admin_addr  {}", c.admin_addr);
-    println!("  algorithms  {}", c.auth.algorithms.join(", "));
+    let algorithms: Vec<&str> = c.auth.algorithms.iter().map(|a| a.as_str()).collect();
+    println!("  algorithms  {}", algorithms.join(", "));
     for (name, ns) in &c.namespaces {
         println!(
             "  namespace {name:<8} history {}/{}s presence={} join_leave={} client_publish={} personal={} public={}",

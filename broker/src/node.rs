@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Revocations, Verifier};
+use crate::auth::{self, Claims, Revocations, Verifier};
 use crate::channel::Namespaces;
 use crate::config::Config;
 use crate::history::{HistoryStore, MemoryHistory};
@@ -109,9 +109,12 @@ impl Node {
         plugins: Arc<Plugins>,
     ) -> Arc<Self> {
         let history: Arc<dyn HistoryStore> = Arc::new(MemoryHistory::new());
-        let namespaces = Arc::new(Namespaces::from_config(&config));
+        let namespaces = Arc::new(Namespaces::new(
+            &config.namespaces,
+            &config.default_namespace,
+        ));
         let hub = Arc::new(Hub::new(history));
-        let rate_limits = Arc::new(RateLimits::new(&config));
+        let rate_limits = Arc::new(RateLimits::new(&config.rate_limits, &config.namespaces));
         let pipeline = Pipeline::new(
             hub.clone(),
             namespaces.clone(),
@@ -149,6 +152,19 @@ impl Node {
     /// A process-unique key for a new connection.
     pub fn next_key(&self) -> u64 {
         self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Verifies a token and checks that its user is not revoked (`connect` and `refresh`
+    /// both go through here); failures are counted by reason.
+    pub fn authenticate(&self, token: &str) -> Result<Claims, auth::Error> {
+        self.verifier
+            .verify(token)
+            .and_then(|claims| {
+                self.revocations
+                    .check(&claims, crate::protocol::now_ms() / 1000)?;
+                Ok(claims)
+            })
+            .inspect_err(|e| self.metrics.auth_failed(e.reason()))
     }
 
     /// Whether shutdown has begun.

@@ -16,7 +16,7 @@ use crate::auth::Claims;
 use crate::channel::{ChannelName, Namespace, Namespaces};
 use crate::hub::{Hub, NewPublication, Published};
 use crate::limits::{Exceeded, RateLimits};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PublicationSource};
 use crate::plugins::{PluginConn, Plugins, PublicationState, PublishSource};
 use crate::protocol::{ErrorReply, now_ms};
 use std::time::Instant;
@@ -37,10 +37,11 @@ pub enum Source<'a> {
 }
 
 impl Source<'_> {
-    pub fn label(&self) -> &'static str {
+    /// The `source` label this publication is counted under.
+    pub fn metric(&self) -> PublicationSource {
         match self {
-            Self::Client { .. } => "client",
-            Self::Api => "api",
+            Self::Client { .. } => PublicationSource::Client,
+            Self::Api => PublicationSource::Api,
         }
     }
 
@@ -144,21 +145,7 @@ impl Pipeline {
         ns: &Namespace,
         accepted_at: Instant,
     ) -> Result<Accepted, ErrorReply> {
-        let (user, connection) = match req.source {
-            Source::Client { user, conn, .. } => (Some(user.clone()), conn.cloned()),
-            Source::Api => (None, None),
-        };
-        let state = PublicationState {
-            source: match req.source {
-                Source::Client { .. } => PublishSource::Client,
-                Source::Api => PublishSource::Api,
-            },
-            channels: vec![channel.as_str().to_string()],
-            user,
-            data: req.data.to_owned(),
-            meta: Vec::new(),
-            connection,
-        };
+        let state = plugin_state(req, &channel);
         let valid = |c: &str| {
             access::resolve(&self.namespaces, c)
                 .map(|_| ())
@@ -204,7 +191,8 @@ impl Pipeline {
                         accepted_at,
                     },
                 );
-                self.metrics.publication("plugin", p.delivered as u64);
+                self.metrics
+                    .publication(PublicationSource::Plugin, p.delivered as u64);
             }
             let mut first = first.expect("a publish chain leaves at least one channel");
             first.delivered = delivered;
@@ -234,7 +222,7 @@ impl Pipeline {
         };
         if !duplicate {
             self.metrics
-                .publication(req.source.label(), published.delivered as u64);
+                .publication(req.source.metric(), published.delivered as u64);
         }
         (published, duplicate)
     }
@@ -304,6 +292,25 @@ impl Dedup {
     }
 }
 
+/// What the publish chain's plugins are given: the request as a publication to one channel.
+fn plugin_state(req: &PublishRequest<'_>, channel: &ChannelName) -> PublicationState {
+    let (user, connection) = match req.source {
+        Source::Client { user, conn, .. } => (Some(user.clone()), conn.cloned()),
+        Source::Api => (None, None),
+    };
+    PublicationState {
+        source: match req.source {
+            Source::Client { .. } => PublishSource::Client,
+            Source::Api => PublishSource::Api,
+        },
+        channels: vec![channel.as_str().to_string()],
+        user,
+        data: req.data.to_owned(),
+        meta: Vec::new(),
+        connection,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,9 +319,12 @@ mod tests {
 
     fn pipeline() -> Pipeline {
         let config = Config::default();
-        let namespaces = Arc::new(Namespaces::from_config(&config));
+        let namespaces = Arc::new(Namespaces::new(
+            &config.namespaces,
+            &config.default_namespace,
+        ));
         let hub = Arc::new(Hub::new(Arc::new(MemoryHistory::new())));
-        let limits = Arc::new(RateLimits::new(&config));
+        let limits = Arc::new(RateLimits::new(&config.rate_limits, &config.namespaces));
         let metrics = Arc::new(Metrics::new());
         let plugins = Plugins::disabled(metrics.clone());
         Pipeline::new(hub, namespaces, limits, metrics, plugins, 60_000)

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::admin;
@@ -19,6 +20,27 @@ use crate::logging::LogControl;
 use crate::node::{ApiKeys, Node};
 use crate::protocol::now_ms;
 use crate::transport::ws;
+use crate::validation::Problems;
+
+/// `[shutdown]`: how long a drain may take.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Time allowed from SIGTERM to exit.
+    pub drain_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { drain_ms: 10_000 }
+    }
+}
+
+impl ShutdownConfig {
+    pub fn validate(&self, p: &mut Problems) {
+        p.range("shutdown.drain_ms", self.drain_ms, 0, 600_000);
+    }
+}
 
 /// A bound, not yet running, server.
 pub struct Server {
@@ -30,8 +52,8 @@ pub struct Server {
 impl Server {
     /// Binds the listeners (port 0 picks a free port; see [`Server::ws_addr`]).
     pub async fn bind(config: Config, verifier: Verifier, keys: ApiKeys) -> anyhow::Result<Self> {
-        let ws_addr = config.ws_socket_addr();
-        let admin_addr = config.admin_socket_addr();
+        let ws_addr = config.ws_addr;
+        let admin_addr = config.admin_addr;
         let ws_listener = TcpListener::bind(ws_addr)
             .await
             .with_context(|| format!("cannot listen on ws_addr {ws_addr}"))?;
@@ -115,7 +137,7 @@ impl Server {
 /// Raises the open-files soft limit to the hard limit (as Go's runtime does), and warns
 /// when `connections.max` can still exceed it: past it, accepts fail and clients wait
 /// instead of getting a 1013.
-fn raise_file_limit(max_connections: u32) {
+fn raise_file_limit(max_connections: crate::rate::Cap) {
     let limit = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,
         Err(e) => {
@@ -125,10 +147,13 @@ fn raise_file_limit(max_connections: u32) {
     };
     // Listeners, logs and the admin API need some descriptors too.
     let usable = limit.saturating_sub(64);
-    if max_connections == 0 || u64::from(max_connections) > usable {
+    let over = max_connections
+        .get()
+        .is_none_or(|max| u64::from(max.get()) > usable);
+    if over {
         tracing::warn!(
             open_files_limit = limit,
-            connections_max = max_connections,
+            connections_max = max_connections.raw(),
             "connections.max is above what the open-files limit allows; set it to at most {usable} or raise the hard limit"
         );
     } else {

@@ -7,8 +7,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Json;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
@@ -17,10 +17,10 @@ use serde_json::{Value, json};
 use super::{ApiError, Scope, authorize};
 use crate::access;
 use crate::channel::{ChannelName, Namespace};
-use crate::history::Query as HistoryQuery;
 use crate::node::Node;
-use crate::protocol::{self, CloseCode, Disconnect, ErrorCode, MAX_KEY_BYTES, now_ms};
+use crate::protocol::{self, CloseCode, Disconnect, EncodedFrame, ErrorCode, now_ms};
 use crate::publish::{PublishRequest, Source};
+use crate::reads;
 
 /// Most channels one broadcast may name.
 pub const MAX_BROADCAST_CHANNELS: usize = 1_000;
@@ -77,13 +77,9 @@ pub(super) struct PublishBody {
 }
 
 fn check_key(key: Option<&str>) -> Result<(), ApiError> {
-    match key {
-        Some(k) if k.is_empty() || k.len() > MAX_KEY_BYTES => Err(ApiError::bad_request(format!(
-            "`key` must be 1 to {MAX_KEY_BYTES} bytes, got {}",
-            k.len()
-        ))),
-        _ => Ok(()),
-    }
+    key.map_or(Ok(()), |k| {
+        protocol::check_key(k).map_err(ApiError::bad_request)
+    })
 }
 
 fn require_data(data: Option<Box<RawValue>>) -> Result<Box<RawValue>, ApiError> {
@@ -218,69 +214,29 @@ fn channel_param(node: &Node, q: &ChannelQuery) -> Result<(ChannelName, Arc<Name
     Ok(access::resolve(&node.namespaces, channel)?)
 }
 
+/// A reply encoded for clients, sent as the API's JSON object (the same bytes).
+fn frame_response(frame: EncodedFrame) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], frame.bytes()).into_response()
+}
+
 /// `GET /api/presence?channel=…`
 pub(super) async fn presence(
     State(node): State<Arc<Node>>,
     ApiQuery(q): ApiQuery<ChannelQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let (channel, ns) = channel_param(&node, &q)?;
-    if !ns.config.presence {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            format!("presence is not enabled in namespace {:?}", ns.name),
-        ));
-    }
-    let clients = node.hub.presence(&channel);
-    Ok(Json(
-        json!({"type": "presence", "channel": channel.as_str(), "clients": clients}),
-    ))
+    let frame = reads::presence(&node.hub, &ns, &channel, None)?;
+    Ok(frame_response(frame))
 }
 
 /// `GET /api/history?channel=…&limit=N`
 pub(super) async fn history(
     State(node): State<Arc<Node>>,
     ApiQuery(q): ApiQuery<ChannelQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let (channel, ns) = channel_param(&node, &q)?;
-    let limit = q.limit.unwrap_or(100);
-    let page = node
-        .hub
-        .history_read(&ns, &channel, HistoryQuery::Latest { limit })
-        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, e.to_string()))?;
-    let (offset, epoch, publications) = match &page {
-        Some(p) => (
-            p.position.offset,
-            p.position.epoch.to_string(),
-            p.publications.as_slice(),
-        ),
-        None => (0, String::new(), &[][..]),
-    };
-    #[derive(serde::Serialize)]
-    struct Head<'a> {
-        channel: &'a str,
-        offset: u64,
-        epoch: &'a str,
-    }
-    let frame = protocol::reply_with_publications(
-        None,
-        "history",
-        Head {
-            channel: channel.as_str(),
-            offset,
-            epoch: &epoch,
-        },
-        publications,
-    );
-    let value: Value = serde_json::from_str(frame.as_str()).map_err(|e| {
-        tracing::error!(error = %e, "Encoded history is not JSON");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            "internal error",
-        )
-    })?;
-    Ok(Json(value))
+    let frame = reads::history(&node.hub, &ns, &channel, None, q.limit, None)?;
+    Ok(frame_response(frame))
 }
 
 /// `GET /api/channels`

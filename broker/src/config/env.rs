@@ -204,11 +204,17 @@ mod tests {
         )
         .unwrap();
         let c = loaded.config;
-        assert_eq!(c.ws_addr, "127.0.0.1:0");
+        assert_eq!(c.ws_addr.to_string(), "127.0.0.1:0");
         assert_eq!(c.limits.max_frame_bytes, 1024);
         assert!(c.namespaces["chat"].presence);
         assert_eq!(c.namespaces["chat"].history_size, 5);
-        assert_eq!(c.auth.algorithms, vec!["HS256", "RS256"]);
+        assert_eq!(
+            c.auth.algorithms,
+            vec![
+                crate::auth::TokenAlgorithm::HS256,
+                crate::auth::TokenAlgorithm::RS256
+            ]
+        );
         assert_eq!(c.default_namespace, "chat");
         assert_eq!(loaded.unknown_env, vec!["HOOKWIRE_NO_SUCH_THING"]);
     }
@@ -223,6 +229,16 @@ mod tests {
         let err = load("", &[("HOOKWIRE_LIMITS_MAX_FRAME_BYTES", "1")]).unwrap_err();
         assert!(
             err.to_string().contains("limits.max_frame_bytes = 1"),
+            "{err}"
+        );
+        let err = load("", &[("HOOKWIRE_WS_ADDR", "localhost")]).unwrap_err();
+        assert!(
+            err.to_string().contains("\"localhost\" is not an address"),
+            "{err}"
+        );
+        let err = load("", &[("HOOKWIRE_AUTH_ALGORITHMS", "HS256,none")]).unwrap_err();
+        assert!(
+            err.to_string().contains("\"none\" is never accepted"),
             "{err}"
         );
         let err = load("[limits]\nmax_frame_byte = 5\n", &[]).unwrap_err();

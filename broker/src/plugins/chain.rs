@@ -10,7 +10,7 @@ use super::host::{
     ConnectDecision, Decision, MetaField, PublicationState, PublishDecision, PublishEdit,
     publication_handle,
 };
-use super::{PluginConn, Error, Hook, LoadedPlugin, Plugins};
+use super::{Error, Hook, LoadedPlugin, PluginConn, Plugins};
 use crate::config::OnError;
 use crate::protocol::now_ms;
 

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use wasmtime::component::Resource;
 
 use super::deadline::Deadline;
-use super::{PluginLimits, PluginId};
+use super::{PluginId, PluginLimits};
 
 // The generated code has `unsafe` blocks of its own (lowering and lifting); nothing else
 // in the broker may.
@@ -26,16 +26,16 @@ mod bindings {
     });
 }
 
+use crate::transport::TransportKind;
 pub use bindings::Plugin as PluginBindings;
 pub use bindings::PluginPre;
 pub use bindings::exports::hookwire::plugin::hooks::{HookSet, PluginInfo};
 use bindings::hookwire::plugin::host::LogLevel;
+use bindings::hookwire::plugin::types::Transport as WitTransport;
 pub use bindings::hookwire::plugin::types::{
     ConnectDecision, Connection, Decision, ExtraPublication, MetaField, PublishDecision,
     PublishEdit, PublishSource,
 };
-use bindings::hookwire::plugin::types::Transport as WitTransport;
-use crate::transport::TransportKind;
 use bindings::hookwire::plugin::{host, types};
 
 /// The type behind `borrow<publication>` handles. The host never keeps a table of
@@ -380,7 +380,10 @@ impl types::HostPublication for StoreData {
             .map_or_else(|| "{}".to_string(), |m| m.get().to_string()))
     }
 
-    fn connection(&mut self, _: Resource<PublicationResource>) -> wasmtime::Result<Option<Connection>> {
+    fn connection(
+        &mut self,
+        _: Resource<PublicationResource>,
+    ) -> wasmtime::Result<Option<Connection>> {
         Ok(self.publication()?.connection.as_ref().map(|c| c.to_wit()))
     }
 

@@ -26,7 +26,7 @@ use crate::channel::glob_match;
 use crate::node::{Node, Settings};
 use crate::protocol::{CloseCode, Disconnect, EncodedFrame, SUBPROTOCOL};
 use crate::session::{self, ConnInfo};
-use crate::transport::{Inbound, Transport, WriteError};
+use crate::transport::{Inbound, Transport, TransportKind, WriteError};
 
 /// The path clients upgrade on.
 pub const PATH: &str = "/ws";
@@ -279,11 +279,7 @@ impl Transport for WsTransport {
 
 /// Close reasons must fit a control frame (125 bytes with the code).
 fn truncate_reason(reason: &str) -> &str {
-    let mut end = reason.len().min(120);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reason[..end]
+    crate::protocol::truncate_utf8(reason, 120)
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub struct HookArgs {
     pub max_secs: u64,
 }
 
+// Long on purpose (bench code, not the broker): a scenario reads top to bottom as its
+// phases (connect, warm up, measure, report); splitting it would scatter one run.
 pub fn run(a: HookArgs) -> anyhow::Result<()> {
     let loaded = Config::load(&a.config, false, &EnvOverrides::from_process())
         .with_context(|| format!("loading {}", a.config.display()))?;

@@ -130,6 +130,7 @@ impl Publisher {
         }
     }
 
+    // Long on purpose (bench code): one select! loop over sends, answers and the clock.
     /// Publishes for `duration`, then waits (bounded) for the outstanding answers.
     async fn run(&mut self, duration: Duration) -> PublishTotals {
         if self.broken {

@@ -101,6 +101,8 @@ fn jobs(spec: &WorkerSpec) -> Vec<Job> {
     jobs
 }
 
+// Long on purpose (bench code, not the broker): a scenario reads top to bottom as its
+// phases (connect, warm up, measure, report); splitting it would scatter one run.
 async fn run() -> anyhow::Result<()> {
     let deadline = Instant::now() + MAX_LIFETIME;
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();

@@ -1,0 +1,228 @@
+//! `[limits]`, `[rate_limits]` and `[connections]`: the config sections the edge and the
+//! sessions enforce, with their validation.
+
+use serde::{Deserialize, Serialize};
+
+use crate::rate::{Cap, Rate};
+use crate::validation::Problems;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest client frame; larger closes the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Time from transport open to a successful `connect`, else close 4001. Also bounds
+    /// the HTTP upgrade itself.
+    pub handshake_timeout_ms: u64,
+    /// Server keepalive ping interval.
+    pub ping_interval_ms: u64,
+    /// A connection that sends nothing (not even a pong) for this long after a ping is closed.
+    pub pong_timeout_ms: u64,
+    /// Frames queued for one connection before it counts as a slow consumer (4009).
+    pub outbound_queue_frames: usize,
+    /// Per-connection read buffer; grows only for a larger frame.
+    pub read_buffer_bytes: usize,
+    /// Bytes gathered before a write to the socket (frames are batched up to this).
+    pub write_buffer_bytes: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// A publish repeating an idempotency `key` within this window is not delivered again.
+    pub dedup_window_ms: u64,
+}
+
+/// Rates are per second with a burst above them; 0 turns a limit off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Frames one connection may send.
+    pub connection_frames_per_sec: Rate,
+    pub connection_frames_burst: u32,
+    /// Publishes one user may make, across all of that user's connections.
+    pub user_publishes_per_sec: Rate,
+    pub user_publishes_burst: u32,
+    /// New connections from one source IP.
+    pub ip_connects_per_sec: Rate,
+    pub ip_connects_burst: u32,
+    /// Publishes into one channel, from every source (a namespace may override).
+    pub channel_publishes_per_sec: Rate,
+    pub channel_publishes_burst: u32,
+    /// A connection that gets this many `rate_limited` errors within `violation_window_ms`
+    /// is sent `disconnect` 4008 and closed.
+    pub max_violations: u32,
+    pub violation_window_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Connections this node accepts; the next gets close 1013 (0: no limit).
+    pub max: Cap,
+    /// Connections one user may hold at once (0: no limit).
+    pub max_per_user: Cap,
+    /// Connections from one source IP at once (0: no limit).
+    pub max_per_ip: Cap,
+    /// Origins browsers may connect from: exact (`https://app.example.com`) or with `*`
+    /// (`https://*.example.com`, `http://localhost:*`). Empty: any origin.
+    pub allowed_origins: Vec<String>,
+    /// Whether clients that send no `Origin` (non-browser clients) are accepted.
+    pub allow_missing_origin: bool,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 65_536,
+            handshake_timeout_ms: 5_000,
+            ping_interval_ms: 25_000,
+            pong_timeout_ms: 10_000,
+            outbound_queue_frames: 4_096,
+            read_buffer_bytes: 1_024,
+            write_buffer_bytes: 16_384,
+            max_subscriptions: 1_024,
+            dedup_window_ms: 120_000,
+        }
+    }
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            connection_frames_per_sec: Rate::new(200),
+            connection_frames_burst: 400,
+            user_publishes_per_sec: Rate::new(100),
+            user_publishes_burst: 200,
+            ip_connects_per_sec: Rate::new(50),
+            ip_connects_burst: 200,
+            channel_publishes_per_sec: Rate::new(2_000),
+            channel_publishes_burst: 4_000,
+            max_violations: 20,
+            violation_window_ms: 10_000,
+        }
+    }
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        Self {
+            max: Cap::new(100_000),
+            max_per_user: Cap::new(100),
+            max_per_ip: Cap::new(5_000),
+            allowed_origins: vec![
+                "http://localhost".into(),
+                "http://localhost:*".into(),
+                "http://127.0.0.1".into(),
+                "http://127.0.0.1:*".into(),
+            ],
+            allow_missing_origin: true,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn validate(&self, p: &mut Problems) {
+        p.range(
+            "limits.max_frame_bytes",
+            self.max_frame_bytes as u64,
+            256,
+            16 << 20,
+        );
+        p.range(
+            "limits.handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            100,
+            120_000,
+        );
+        p.range(
+            "limits.ping_interval_ms",
+            self.ping_interval_ms,
+            100,
+            600_000,
+        );
+        p.range("limits.pong_timeout_ms", self.pong_timeout_ms, 100, 600_000);
+        p.range(
+            "limits.outbound_queue_frames",
+            self.outbound_queue_frames as u64,
+            16,
+            1 << 20,
+        );
+        p.range(
+            "limits.read_buffer_bytes",
+            self.read_buffer_bytes as u64,
+            256,
+            1 << 20,
+        );
+        p.range(
+            "limits.write_buffer_bytes",
+            self.write_buffer_bytes as u64,
+            0,
+            16 << 20,
+        );
+        p.range(
+            "limits.max_subscriptions",
+            self.max_subscriptions as u64,
+            1,
+            1 << 20,
+        );
+        p.range(
+            "limits.dedup_window_ms",
+            self.dedup_window_ms,
+            0,
+            86_400_000,
+        );
+    }
+}
+
+impl RateLimitsConfig {
+    pub fn validate(&self, p: &mut Problems) {
+        for (key, rate, burst) in [
+            (
+                "connection_frames",
+                self.connection_frames_per_sec,
+                self.connection_frames_burst,
+            ),
+            (
+                "user_publishes",
+                self.user_publishes_per_sec,
+                self.user_publishes_burst,
+            ),
+            (
+                "ip_connects",
+                self.ip_connects_per_sec,
+                self.ip_connects_burst,
+            ),
+            (
+                "channel_publishes",
+                self.channel_publishes_per_sec,
+                self.channel_publishes_burst,
+            ),
+        ] {
+            p.rate_and_burst(&format!("rate_limits.{key}"), rate, burst);
+        }
+        p.range(
+            "rate_limits.max_violations",
+            u64::from(self.max_violations),
+            1,
+            1_000_000,
+        );
+        p.range(
+            "rate_limits.violation_window_ms",
+            self.violation_window_ms,
+            100,
+            3_600_000,
+        );
+    }
+}
+
+impl ConnectionsConfig {
+    pub fn validate(&self, p: &mut Problems) {
+        for origin in &self.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                p.push(format!(
+                    "connections.allowed_origins has {origin:?}: an origin is scheme://host[:port] with no path, e.g. \"https://app.example.com\" or \"https://*.example.com\""
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Server frames: replies, pushes and the one encoding of a publication. The session and
+//! the server API both answer through these encoders, so a reply has one shape.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::{EncodedFrame, ErrorReply};
+
+/// Serializes a server frame. Serializing our own types to a `String` cannot fail.
+pub fn encode<T: Serialize>(frame: &T) -> EncodedFrame {
+    EncodedFrame::from_json(serde_json::to_string(frame).expect("server frames always serialize"))
+}
+
+#[derive(Serialize)]
+struct WithId<'a, T> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(flatten)]
+    body: T,
+}
+
+/// Encodes a reply `{"id":…,"type":kind,…body}`.
+pub fn reply<T: Serialize>(id: Option<u64>, kind: &str, body: T) -> EncodedFrame {
+    encode(&WithId { id, kind, body })
+}
+
+/// Encodes an `error` reply.
+pub fn error_reply(id: Option<u64>, err: &ErrorReply) -> EncodedFrame {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        code: &'static str,
+        message: &'a str,
+    }
+    reply(
+        id,
+        "error",
+        Body {
+            code: err.code.as_str(),
+            message: &err.message,
+        },
+    )
+}
+
+/// A publication as the hub builds it, before it is encoded once.
+#[derive(Debug)]
+pub struct PublicationFields<'a> {
+    pub channel: &'a str,
+    pub offset: u64,
+    pub ts: u64,
+    pub user: Option<&'a str>,
+    pub data: &'a RawValue,
+    pub meta: Option<&'a RawValue>,
+}
+
+const MESSAGE_PREFIX: &str = r#"{"type":"message","#;
+
+/// Encodes the `message` push for a publication. The publication object itself is the
+/// same bytes without the `type` field, so history keeps one buffer for both
+/// ([`publication_json`]).
+pub fn encode_message(publication: &PublicationFields<'_>) -> EncodedFrame {
+    #[derive(Serialize)]
+    struct Message<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        offset: u64,
+        ts: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<&'a str>,
+        data: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        meta: Option<&'a RawValue>,
+    }
+    let frame = encode(&Message {
+        kind: "message",
+        channel: publication.channel,
+        offset: publication.offset,
+        ts: publication.ts,
+        user: publication.user,
+        data: publication.data,
+        meta: publication.meta,
+    });
+    debug_assert!(frame.as_str().starts_with(MESSAGE_PREFIX));
+    frame
+}
+
+/// Appends the publication object held in a `message` push frame to `out`.
+pub fn write_publication_json(message: &EncodedFrame, out: &mut Vec<u8>) {
+    out.push(b'{');
+    out.extend_from_slice(&message.as_bytes()[MESSAGE_PREFIX.len()..]);
+}
+
+/// Encodes a reply whose body ends with a `publications` array taken from stored
+/// `message` frames without re-serializing them.
+pub fn reply_with_publications<T: Serialize>(
+    id: Option<u64>,
+    kind: &str,
+    head: T,
+    publications: &[EncodedFrame],
+) -> EncodedFrame {
+    let mut out = serde_json::to_vec(&WithId {
+        id,
+        kind,
+        body: head,
+    })
+    .expect("server frames always serialize");
+    let cap = publications.iter().map(|p| p.len()).sum::<usize>() + 32;
+    out.reserve(cap);
+    out.pop(); // the closing brace
+    out.extend_from_slice(br#","publications":["#);
+    for (i, publication) in publications.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_publication_json(publication, &mut out);
+    }
+    out.extend_from_slice(b"]}");
+    let text = String::from_utf8(out).expect("JSON built from UTF-8 parts is UTF-8");
+    EncodedFrame::from_json(text)
+}
+
+/// A stream's position and what a read returned, as `subscribed` and `history` replies
+/// carry it (a namespace without history: offset 0, epoch `""`, no publications).
+#[derive(Debug, Clone, Copy)]
+pub struct Recovery<'a> {
+    pub offset: u64,
+    pub epoch: &'a str,
+    /// Only in `subscribed`: whether the `recover` position was served exactly.
+    pub recovered: bool,
+    /// Stored `message` frames, spliced in without re-encoding.
+    pub publications: &'a [EncodedFrame],
+}
+
+/// The `subscribed` reply.
+pub fn subscribed_reply(id: Option<u64>, channel: &str, r: &Recovery<'_>) -> EncodedFrame {
+    #[derive(Serialize)]
+    struct Subscribed<'a> {
+        channel: &'a str,
+        offset: u64,
+        epoch: &'a str,
+        recovered: bool,
+    }
+    let head = Subscribed {
+        channel,
+        offset: r.offset,
+        epoch: r.epoch,
+        recovered: r.recovered,
+    };
+    reply_with_publications(id, "subscribed", head, r.publications)
+}
+
+/// The `history` reply (the server API sends the same object without `id`).
+pub fn history_reply(id: Option<u64>, channel: &str, r: &Recovery<'_>) -> EncodedFrame {
+    #[derive(Serialize)]
+    struct Head<'a> {
+        channel: &'a str,
+        offset: u64,
+        epoch: &'a str,
+    }
+    let head = Head {
+        channel,
+        offset: r.offset,
+        epoch: r.epoch,
+    };
+    reply_with_publications(id, "history", head, r.publications)
+}
+
+/// One member of a channel's presence.
+#[derive(Debug, Clone, Serialize)]
+pub struct PresenceEntry {
+    pub client: String,
+    pub user: String,
+    pub info: Box<RawValue>,
+}
+
+/// The `presence` reply (the server API sends the same object without `id`).
+pub fn presence_reply(id: Option<u64>, channel: &str, clients: &[PresenceEntry]) -> EncodedFrame {
+    #[derive(Serialize)]
+    struct Presence<'a> {
+        channel: &'a str,
+        clients: &'a [PresenceEntry],
+    }
+    reply(id, "presence", Presence { channel, clients })
+}
+
+/// The `join` push other subscribers get when a client subscribes.
+pub fn encode_join(channel: &str, client: &str, user: &str, info: &RawValue) -> EncodedFrame {
+    #[derive(Serialize)]
+    struct Join<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        client: &'a str,
+        user: &'a str,
+        info: &'a RawValue,
+    }
+    encode(&Join {
+        kind: "join",
+        channel,
+        client,
+        user,
+        info,
+    })
+}
+
+/// The `leave` push other subscribers get when a client unsubscribes or goes away.
+pub fn encode_leave(channel: &str, client: &str, user: &str) -> EncodedFrame {
+    #[derive(Serialize)]
+    struct Leave<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        client: &'a str,
+        user: &'a str,
+    }
+    encode(&Leave {
+        kind: "leave",
+        channel,
+        client,
+        user,
+    })
+}

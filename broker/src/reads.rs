@@ -1,0 +1,64 @@
+//! Channel reads that clients (`history`, `presence`) and the server API
+//! (`GET /api/history`, `GET /api/presence`) both make: one check and one reply each, so
+//! the two answer alike.
+
+use crate::channel::{ChannelName, Namespace};
+use crate::history::Query;
+use crate::hub::Hub;
+use crate::protocol::{self, EncodedFrame, ErrorCode, ErrorReply, Recovery, StreamPosition};
+
+/// Publications a `history` read returns when it names no `limit`.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+
+/// Reads a channel's history and encodes the `history` reply (`id` `None`: the API's
+/// object). A namespace without history answers offset 0 and an empty epoch.
+pub fn history(
+    hub: &Hub,
+    ns: &Namespace,
+    channel: &ChannelName,
+    id: Option<u64>,
+    limit: Option<usize>,
+    since: Option<&StreamPosition>,
+) -> Result<EncodedFrame, ErrorReply> {
+    let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    let query = match since {
+        Some(since) => Query::Since { since, limit },
+        None => Query::Latest { limit },
+    };
+    let page = hub
+        .history_read(ns, channel, query)
+        .map_err(|e| ErrorReply::new(ErrorCode::NotFound, e.to_string()))?;
+    let recovery = match &page {
+        Some(p) => Recovery {
+            offset: p.position.offset,
+            epoch: &p.position.epoch,
+            recovered: false,
+            publications: &p.publications,
+        },
+        None => Recovery {
+            offset: 0,
+            epoch: "",
+            recovered: false,
+            publications: &[],
+        },
+    };
+    Ok(protocol::history_reply(id, channel.as_str(), &recovery))
+}
+
+/// Lists who is in a channel and encodes the `presence` reply; `not_found` when the
+/// namespace does not keep presence.
+pub fn presence(
+    hub: &Hub,
+    ns: &Namespace,
+    channel: &ChannelName,
+    id: Option<u64>,
+) -> Result<EncodedFrame, ErrorReply> {
+    if !ns.config.presence {
+        return Err(ErrorReply::new(
+            ErrorCode::NotFound,
+            format!("presence is not enabled in namespace {:?}", ns.name),
+        ));
+    }
+    let clients = hub.presence(channel);
+    Ok(protocol::presence_reply(id, channel.as_str(), &clients))
+}

@@ -1,0 +1,249 @@
+//! The start of a session: the first frame must be a valid `connect` within the deadline;
+//! then the token, the per-user connection count and the connect plugins decide, and the
+//! `connected` reply is queued.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rand::Rng;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::{ConnInfo, Exit, Session, expiry_instant, send_now, unauthorized};
+use crate::auth::{self, Claims};
+use crate::hub::ConnHandle;
+use crate::limits::UserPermit;
+use crate::node::Node;
+use crate::outbound::Outbound;
+use crate::plugins::PluginConn;
+use crate::protocol::{
+    self, CloseCode, Disconnect, ErrorCode, ErrorReply, ParseError, Request, RequestBody,
+};
+use crate::transport::{Inbound, Transport};
+
+/// What the `connect` frame said.
+struct Connect {
+    id: Option<u64>,
+    token: Option<String>,
+    name: Option<String>,
+}
+
+/// Waits for a valid `connect` within the deadline and answers `connected`.
+pub(super) async fn handshake<T: Transport>(
+    node: &Arc<Node>,
+    transport: &mut T,
+    conn: &ConnInfo,
+) -> Result<Box<Session>, Exit> {
+    if let Some(refuse) = &conn.refuse {
+        return Err(Exit::Disconnect(refuse.clone()));
+    }
+    let first = first_frame(node, transport, conn).await?;
+    let connect = expect_connect(transport, first).await?;
+    let token = connect.token.clone().or_else(|| conn.bearer.clone());
+    let claims = authenticate(node, transport, conn, connect.id, token.as_deref()).await?;
+    let user: Arc<str> = Arc::from(claims.sub.as_str());
+    let user_permit = node.connections.admit_user(&user).map_err(|e| {
+        node.metrics.rate_limited(e.limit);
+        Exit::Disconnect(Disconnect::new(CloseCode::TryAgainLater, e.message))
+    })?;
+    let key = node.next_key();
+    let client: Arc<str> = format!("c-{key:x}-{:04x}", rand::rng().random::<u16>()).into();
+    let plugin_conn = match node.plugins.active() {
+        false => None,
+        true => {
+            let view = PluginConn {
+                id: key,
+                claim_index: Default::default(),
+                client: client.clone(),
+                user: user.clone(),
+                claims: auth::claims_json(token.as_deref().unwrap_or_default()).into(),
+                transport: transport.kind(),
+                remote: conn.remote.to_string(),
+                meta: "{}".into(),
+            };
+            Some(run_connect_plugins(node, transport, connect.id, view).await?)
+        }
+    };
+    let handle = Arc::new(ConnHandle {
+        key,
+        client: Box::from(&*client),
+        user: user.clone(),
+        info: claims.info.clone(),
+        outbound: Outbound::new(node.settings.outbound_queue_frames),
+        transport: transport.kind(),
+        remote: conn.remote,
+        connected_at_ms: protocol::now_ms(),
+    });
+    handle
+        .outbound
+        .push(connected_reply(node, &handle, connect.id, claims.exp));
+    Ok(new_session(
+        node,
+        handle,
+        claims,
+        user_permit,
+        plugin_conn,
+        connect.name,
+    ))
+}
+
+/// The first frame, within the handshake deadline (transport-level activity does not count).
+async fn first_frame<T: Transport>(
+    node: &Node,
+    transport: &mut T,
+    conn: &ConnInfo,
+) -> Result<Result<Request, ParseError>, Exit> {
+    let deadline = conn.opened + node.settings.handshake_timeout;
+    loop {
+        let Ok(inbound) = tokio::time::timeout_at(deadline, transport.recv()).await else {
+            return Err(unauthorized(format!(
+                "no connect frame within {} ms of opening the connection; send connect first",
+                node.settings.handshake_timeout.as_millis()
+            )));
+        };
+        match inbound {
+            Inbound::Text(text) => return Ok(protocol::parse_request(&text)),
+            Inbound::Activity => continue,
+            Inbound::Binary => {
+                return Ok(Err(ParseError {
+                    id: None,
+                    message: "binary frames are not part of protocol v1; send connect as a JSON text frame".into(),
+                }));
+            }
+            Inbound::TooLarge => return Err(Exit::TooLarge),
+            Inbound::Closed => return Err(Exit::Gone("closed before connect")),
+        }
+    }
+}
+
+/// The first frame must be a valid `connect`; anything else is answered and closes 4001.
+async fn expect_connect<T: Transport>(
+    transport: &mut T,
+    first: Result<Request, ParseError>,
+) -> Result<Connect, Exit> {
+    match first {
+        Ok(Request {
+            id,
+            body: RequestBody::Connect { token, name },
+        }) => Ok(Connect { id, token, name }),
+        Ok(Request { id, body }) => {
+            let err = ErrorReply::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "`{}` before `connect`: the first frame must be connect",
+                    body.kind()
+                ),
+            );
+            send_now(transport, protocol::error_reply(id, &err)).await?;
+            Err(unauthorized(err.message))
+        }
+        Err(e) => {
+            let err = ErrorReply::new(ErrorCode::BadRequest, e.message);
+            send_now(transport, protocol::error_reply(e.id, &err)).await?;
+            Err(unauthorized(
+                "the first frame must be a valid connect frame",
+            ))
+        }
+    }
+}
+
+/// Verifies the token (from `connect`, or the upgrade's `Authorization` header).
+async fn authenticate<T: Transport>(
+    node: &Node,
+    transport: &mut T,
+    conn: &ConnInfo,
+    id: Option<u64>,
+    token: Option<&str>,
+) -> Result<Claims, Exit> {
+    let verified = match token {
+        // Counts its own failures.
+        Some(token) => node.authenticate(token),
+        None => {
+            node.metrics.auth_failed(auth::Error::Missing.reason());
+            Err(auth::Error::Missing)
+        }
+    };
+    match verified {
+        Ok(claims) => Ok(claims),
+        Err(e) => {
+            tracing::info!(remote = %conn.remote, reason = e.reason(), "Authentication failed");
+            send_now(transport, protocol::error_reply(id, &e.to_reply())).await?;
+            let code = match e {
+                auth::Error::Revoked { .. } => CloseCode::Forbidden,
+                _ => CloseCode::Unauthorized,
+            };
+            Err(Exit::Disconnect(Disconnect::new(code, e.to_string())))
+        }
+    }
+}
+
+/// Runs the `connect` plugin chain; a refusal is answered and closes 4003.
+async fn run_connect_plugins<T: Transport>(
+    node: &Node,
+    transport: &mut T,
+    id: Option<u64>,
+    mut view: PluginConn,
+) -> Result<Arc<PluginConn>, Exit> {
+    if let Err(refusal) = node.plugins.on_connect(&mut view) {
+        let err = ErrorReply::from(refusal);
+        send_now(transport, protocol::error_reply(id, &err)).await?;
+        return Err(Exit::Disconnect(Disconnect::new(
+            CloseCode::Forbidden,
+            err.message,
+        )));
+    }
+    Ok(Arc::new(view))
+}
+
+fn connected_reply(
+    node: &Node,
+    handle: &ConnHandle,
+    id: Option<u64>,
+    expires: u64,
+) -> protocol::EncodedFrame {
+    #[derive(Serialize)]
+    struct Connected<'a> {
+        client: &'a str,
+        user: &'a str,
+        expires: u64,
+        node: &'a str,
+    }
+    protocol::reply(
+        id,
+        "connected",
+        Connected {
+            client: &handle.client,
+            user: &handle.user,
+            expires,
+            node: &node.name,
+        },
+    )
+}
+
+fn new_session(
+    node: &Arc<Node>,
+    handle: Arc<ConnHandle>,
+    claims: Claims,
+    user_permit: UserPermit,
+    plugin_conn: Option<Arc<PluginConn>>,
+    name: Option<String>,
+) -> Box<Session> {
+    let now = Instant::now();
+    Box::new(Session {
+        node: node.clone(),
+        expires_at: expiry_instant(claims.exp),
+        user: handle.user.clone(),
+        claims,
+        _user_permit: user_permit,
+        frames: node.rate_limits.connection_frames(),
+        violations: 0,
+        violations_since: now,
+        handle,
+        subscriptions: HashMap::new(),
+        plugin_conn,
+        started: now,
+        next_ping: now + node.settings.ping_interval,
+        awaiting_pong_since: None,
+        name,
+    })
+}

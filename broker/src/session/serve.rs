@@ -1,0 +1,172 @@
+//! A live session's loop: one `select!` over shutdown, the outbound queue (written in
+//! batches, one flush per wake-up), inbound frames and a single timer (keepalive and
+//! token expiry).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::task::Poll;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+use super::{Exit, Session};
+use crate::outbound::Next;
+use crate::protocol::{CloseCode, Disconnect, EncodedFrame, ErrorCode, ErrorReply};
+use crate::transport::{Inbound, Transport};
+
+/// A write batch whose buffer grew past this many frames is given back after the burst.
+const SHRINK_ABOVE: usize = 256;
+
+impl Session {
+    /// Serves requests, writes queued frames and keeps the connection alive until it ends.
+    pub(super) async fn serve<T: Transport>(&mut self, transport: &mut T) -> Exit {
+        let mut batch = VecDeque::new();
+        let timer = tokio::time::sleep_until(self.next_deadline());
+        tokio::pin!(timer);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.node.shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    self.start_drain();
+                }
+                next = self.handle.outbound.next_batch(&mut batch) => match next {
+                    Next::Frames { probe } => {
+                        if let Err(exit) = self.write_queued(transport, &mut batch, probe).await {
+                            return exit;
+                        }
+                    }
+                    Next::Close(d) => return Exit::Disconnect(d),
+                },
+                inbound = transport.recv() => {
+                    self.awaiting_pong_since = None;
+                    match inbound {
+                        Inbound::Text(text) => {
+                            if let Err(exit) = self.handle_text(&text) {
+                                return exit;
+                            }
+                        }
+                        Inbound::Binary => self.reply_error(None, ErrorReply::new(
+                            ErrorCode::BadRequest,
+                            "binary frames are not part of protocol v1; send each frame as a JSON text frame",
+                        )),
+                        Inbound::Activity => {}
+                        Inbound::TooLarge => return Exit::TooLarge,
+                        Inbound::Closed => return Exit::Gone("closed by client"),
+                    }
+                }
+                _ = &mut timer => {
+                    if let Err(exit) = self.on_timer(transport).await {
+                        return exit;
+                    }
+                    timer.as_mut().reset(self.next_deadline());
+                }
+            }
+        }
+    }
+
+    /// Writes a batch. Most writes finish at once (the socket has room); only a write that
+    /// has to wait arms the stall timeout and watches for a slow-consumer abort, in a boxed
+    /// future, so neither costs anything on the fast path nor in every connection's task.
+    async fn write_batch<T: Transport>(
+        &self,
+        transport: &mut T,
+        batch: &mut VecDeque<EncodedFrame>,
+    ) -> Result<(), Exit> {
+        let mut send = std::pin::pin!(transport.send(batch));
+        let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+        let result = match first {
+            Poll::Ready(result) => result,
+            Poll::Pending => {
+                let stuck_limit =
+                    self.node.settings.ping_interval + self.node.settings.pong_timeout;
+                let outbound = &self.handle.outbound;
+                let waited = Box::pin(async move {
+                    tokio::select! {
+                        r = tokio::time::timeout(stuck_limit, send) => r.map_err(|_| Exit::Gone("write stalled")),
+                        _ = outbound.aborted() => {
+                            let reason = outbound.abort_reason();
+                            Err(Exit::Disconnect(reason.expect("aborted() resolves once there is a reason")))
+                        }
+                    }
+                });
+                waited.await?
+            }
+        };
+        result.map_err(|_| Exit::Gone("write failed"))
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut at = self.next_ping.min(self.expires_at);
+        if let Some(since) = self.awaiting_pong_since {
+            at = at.min(since + self.node.settings.pong_timeout);
+        }
+        at
+    }
+
+    /// Shutdown began: what is queued is written, then `disconnect` 1012 with a jittered
+    /// reconnect delay.
+    fn start_drain(&self) {
+        let mut d = Disconnect::new(
+            CloseCode::Restart,
+            "the server is restarting; reconnect and recover",
+        );
+        let jitter = self.node.settings.reconnect_jitter_ms.max(500);
+        d.delay_ms = Some(rand::rng().random_range(500..=jitter));
+        self.handle.outbound.close(d);
+    }
+
+    /// Writes what the queue handed over, records the publish latency probe, and gives a
+    /// burst's buffer back.
+    async fn write_queued<T: Transport>(
+        &self,
+        transport: &mut T,
+        batch: &mut VecDeque<EncodedFrame>,
+        probe: Option<std::time::Instant>,
+    ) -> Result<(), Exit> {
+        let written = self.write_batch(transport, batch).await;
+        if let (Ok(()), Some(accepted_at)) = (&written, probe) {
+            self.node
+                .metrics
+                .publish_latency
+                .observe(accepted_at.elapsed().as_secs_f64());
+        }
+        batch.clear();
+        if batch.capacity() > SHRINK_ABOVE {
+            // A burst is over: do not keep its buffer for the life of the connection.
+            batch.shrink_to(0);
+        }
+        written
+    }
+
+    /// The session's one timer fired: token expiry, keepalive timeout, ping.
+    async fn on_timer<T: Transport>(&mut self, transport: &mut T) -> Result<(), Exit> {
+        let now = Instant::now();
+        if now >= self.expires_at {
+            self.handle.outbound.close(Disconnect::new(
+                CloseCode::TokenExpired,
+                "the token expired; send refresh with a new token before exp, or reconnect with one",
+            ));
+            self.expires_at = now + Duration::from_secs(86_400 * 365);
+        }
+        if let Some(since) = self.awaiting_pong_since
+            && now >= since + self.node.settings.pong_timeout
+        {
+            return Err(Exit::Gone("keepalive timeout"));
+        }
+        if now >= self.next_ping {
+            // A client whose socket takes not even a ping is not reading.
+            let pong_timeout = self.node.settings.pong_timeout;
+            match tokio::time::timeout(pong_timeout, transport.ping()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Exit::Gone("write failed")),
+                Err(_) => return Err(Exit::Gone("keepalive timeout")),
+            }
+            self.awaiting_pong_since.get_or_insert(now);
+            self.next_ping = now + self.node.settings.ping_interval;
+        }
+        Ok(())
+    }
+}
