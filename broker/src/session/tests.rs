@@ -1,4 +1,15 @@
-//! Session tests over an in-memory transport.
+//! Session tests over in-memory transports (ring 2): no sockets, the session's
+//! `run` driven through the `Transport` trait.
+//!
+//! - `memory`: the in-memory transport and the test client on its other end;
+//! - `handshake`: `connect`, its deadline and every way it fails;
+//! - `channels`: subscribe, unsubscribe, recovery;
+//! - `publish`: publish, idempotency, history, presence, refresh, ping, frame limits.
+
+mod channels;
+mod handshake;
+mod memory;
+mod publish;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -15,6 +26,24 @@ use crate::protocol::{CloseCode, EncodedFrame};
 use crate::transport::{Inbound, Transport, TransportKind, WriteError};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+/// A node built from `config`, verifying HS256 tokens signed with [`SECRET`].
+fn node_with(config: Config) -> Arc<Node> {
+    let verifier = Verifier::new(&config.auth, Some(SECRET)).unwrap();
+    Node::new(config, verifier, crate::node::ApiKeys::default())
+}
+
+/// A node with the default config (namespaces `chat`, `user`, `news`).
+fn node() -> Arc<Node> {
+    node_with(Config::default())
+}
+
+/// A token for `sub`, valid for an hour, that may subscribe to `channels`.
+fn token(sub: &str, channels: &[&str]) -> String {
+    TokenSpec::new(sub, Duration::from_secs(3600))
+        .channels(channels.iter().copied())
+        .sign_hs256(SECRET)
+}
 
 /// A client that sends `connect`, then nothing, and whose socket takes replies but never
 /// a ping (its receive window is full).
@@ -51,8 +80,7 @@ async fn a_ping_that_cannot_be_written_ends_the_session() {
     let mut config = Config::default();
     config.limits.ping_interval_ms = 100;
     config.limits.pong_timeout_ms = 100;
-    let verifier = Verifier::new(&config.auth, Some(SECRET)).unwrap();
-    let node = Node::new(config, verifier, crate::node::ApiKeys::default());
+    let node = node_with(config);
     let token = TokenSpec::new("alice", Duration::from_secs(60)).sign_hs256(SECRET);
     let transport = FullSocket {
         connect: Some(format!(r#"{{"id":1,"type":"connect","token":"{token}"}}"#)),
