@@ -25,6 +25,9 @@ impl Session {
         let timer = tokio::time::sleep_until(self.next_deadline());
         tokio::pin!(timer);
         let mut draining = false;
+        // Set when the session decided to close (too many violations): what is queued,
+        // the last answer included, is written first; nothing more is read.
+        let mut closing = false;
         loop {
             tokio::select! {
                 biased;
@@ -40,12 +43,17 @@ impl Session {
                     }
                     Next::Close(d) => return Exit::Disconnect(d),
                 },
-                inbound = transport.recv() => {
+                inbound = transport.recv(), if !closing => {
                     self.awaiting_pong_since = None;
                     match inbound {
                         Inbound::Text(text) => {
-                            if let Err(exit) = self.handle_text(&text) {
-                                return exit;
+                            match self.handle_text(&text) {
+                                Ok(()) => {}
+                                Err(Exit::Disconnect(d)) => {
+                                    closing = true;
+                                    self.handle.outbound.close(d);
+                                }
+                                Err(exit) => return exit,
                             }
                         }
                         Inbound::Binary => self.reply_error(None, ErrorReply::new(
