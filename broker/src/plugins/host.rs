@@ -10,7 +10,9 @@ use serde_json::value::RawValue;
 use wasmtime::component::Resource;
 
 use super::deadline::Deadline;
-use super::{PluginLimits, PluginId};
+use super::meta::{self, MetaFields};
+use super::types::{PluginId, PluginLimits};
+use crate::transport::TransportKind;
 
 // The generated code has `unsafe` blocks of its own (lowering and lifting); nothing else
 // in the broker may.
@@ -30,12 +32,11 @@ pub use bindings::Plugin as PluginBindings;
 pub use bindings::PluginPre;
 pub use bindings::exports::hookwire::plugin::hooks::{HookSet, PluginInfo};
 use bindings::hookwire::plugin::host::LogLevel;
+use bindings::hookwire::plugin::types::Transport as WitTransport;
 pub use bindings::hookwire::plugin::types::{
     ConnectDecision, Connection, Decision, ExtraPublication, MetaField, PublishDecision,
     PublishEdit, PublishSource,
 };
-use bindings::hookwire::plugin::types::Transport as WitTransport;
-use crate::transport::TransportKind;
 use bindings::hookwire::plugin::{host, types};
 
 /// The type behind `borrow<publication>` handles. The host never keeps a table of
@@ -108,7 +109,7 @@ pub struct PublicationState {
     /// JSON text.
     pub data: Box<RawValue>,
     /// `meta` fields added so far, in order; a later value for a key replaces it.
-    pub meta: Vec<(String, Box<RawValue>)>,
+    pub meta: MetaFields,
     pub connection: Option<Arc<PluginConn>>,
 }
 
@@ -118,14 +119,12 @@ impl PublicationState {
         if self.meta.is_empty() {
             return None;
         }
-        RawValue::from_string(super::chain::object_text(&self.meta)).ok()
+        RawValue::from_string(meta::object_text(&self.meta)).ok()
     }
 
+    /// Sets one `meta` field (a later value for a key replaces it).
     pub fn set_meta(&mut self, key: String, value: Box<RawValue>) {
-        match self.meta.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => self.meta.push((key, value)),
-        }
+        meta::set(&mut self.meta, key, value);
     }
 }
 
@@ -380,7 +379,10 @@ impl types::HostPublication for StoreData {
             .map_or_else(|| "{}".to_string(), |m| m.get().to_string()))
     }
 
-    fn connection(&mut self, _: Resource<PublicationResource>) -> wasmtime::Result<Option<Connection>> {
+    fn connection(
+        &mut self,
+        _: Resource<PublicationResource>,
+    ) -> wasmtime::Result<Option<Connection>> {
         Ok(self.publication()?.connection.as_ref().map(|c| c.to_wit()))
     }
 

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use wasmtime::Store;
 
 use super::host::{LogGate, PluginBindings, PluginInfo, PluginPre, StoreData};
-use super::{Error, PluginLimits, PluginId};
+use super::types::{Error, PluginId, PluginLimits};
 
 /// An instance ready for calls, with the store it lives in.
 pub struct Warm {
@@ -158,7 +158,12 @@ fn guarded<R>(
     f(warm).map_err(|e| classify(e, &warm.store, limits, "calling"))
 }
 
-fn classify(e: wasmtime::Error, store: &Store<StoreData>, limits: &PluginLimits, doing: &str) -> Error {
+fn classify(
+    e: wasmtime::Error,
+    store: &Store<StoreData>,
+    limits: &PluginLimits,
+    doing: &str,
+) -> Error {
     if store.data().limiter.refused {
         return Error::MemoryExceeded {
             mib: limits.memory_bytes >> 20,
