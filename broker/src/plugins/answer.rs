@@ -244,3 +244,316 @@ impl From<Refusal> for crate::protocol::ErrorReply {
         crate::protocol::ErrorReply::new(crate::protocol::ErrorCode::Rejected, r.message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::host::{ExtraPublication, PublishSource};
+
+    const MAX: usize = 4_096;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.into()).unwrap()
+    }
+
+    fn publication() -> PublicationState {
+        PublicationState {
+            source: PublishSource::Client,
+            channels: vec!["chat:room".into()],
+            user: Some("alice".into()),
+            data: raw(r#"{"text":"hi"}"#),
+            meta: vec![("lang".into(), raw(r#""en""#))],
+            connection: None,
+        }
+    }
+
+    fn edit() -> PublishEdit {
+        PublishEdit {
+            data: None,
+            add_meta: Vec::new(),
+            set_channels: None,
+            add_channels: Vec::new(),
+            emit: Vec::new(),
+        }
+    }
+
+    fn field(key: &str, value: &str) -> MetaField {
+        MetaField {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    /// Channels under `chat:` exist; others do not.
+    fn valid(channel: &str) -> Result<(), String> {
+        if channel.starts_with("chat:") {
+            Ok(())
+        } else {
+            Err("no such namespace".into())
+        }
+    }
+
+    /// Applies `answer` to a fresh [`publication`] with output cap `max`.
+    fn run(
+        answer: PublishDecision,
+        max: usize,
+    ) -> (Result<PublishOutcome, Error>, PublicationState, Vec<Emit>) {
+        let mut state = publication();
+        let mut emits = Vec::new();
+        let outcome = apply_publish(answer, "mod", max, &mut state, &mut emits, &valid);
+        (outcome, state, emits)
+    }
+
+    /// The publication is as [`publication`] made it.
+    fn assert_unchanged(state: &PublicationState) {
+        let fresh = publication();
+        assert_eq!(state.data.get(), fresh.data.get());
+        assert_eq!(state.channels, fresh.channels);
+        assert_eq!(state.meta_json().unwrap().get(), r#"{"lang":"en"}"#);
+    }
+
+    #[test]
+    fn allow_changes_nothing() {
+        let (outcome, state, emits) = run(PublishDecision::Allow, MAX);
+        assert_eq!(outcome.unwrap(), PublishOutcome::Unchanged);
+        assert_unchanged(&state);
+        assert!(emits.is_empty());
+    }
+
+    #[test]
+    fn an_empty_edit_changes_nothing() {
+        let (outcome, state, emits) = run(PublishDecision::Modify(edit()), MAX);
+        assert_eq!(
+            outcome.unwrap(),
+            PublishOutcome::Modified(Changes::default())
+        );
+        assert_unchanged(&state);
+        assert!(emits.is_empty());
+    }
+
+    #[test]
+    fn new_data_replaces_the_payload() {
+        let answer = PublishDecision::Modify(PublishEdit {
+            data: Some(br#"{"text":"***"}"#.to_vec()),
+            ..edit()
+        });
+        let (outcome, state, _) = run(answer, MAX);
+        let changes = match outcome.unwrap() {
+            PublishOutcome::Modified(c) => c,
+            other => panic!("{other:?}"),
+        };
+        assert!(changes.data);
+        assert_eq!(state.data.get(), r#"{"text":"***"}"#);
+    }
+
+    #[test]
+    fn meta_fields_are_added_or_overwritten_in_place() {
+        let answer = PublishDecision::Modify(PublishEdit {
+            add_meta: vec![field("score", "0.9"), field("lang", r#""fr""#)],
+            ..edit()
+        });
+        let (outcome, state, _) = run(answer, MAX);
+        assert_eq!(
+            outcome.unwrap(),
+            PublishOutcome::Modified(Changes::default())
+        );
+        assert_eq!(
+            state.meta_json().unwrap().get(),
+            r#"{"lang":"fr","score":0.9}"#
+        );
+    }
+
+    #[test]
+    fn channels_are_replaced_or_added_once_each() {
+        let answer = PublishDecision::Modify(PublishEdit {
+            set_channels: Some(vec!["chat:a".into()]),
+            add_channels: vec!["chat:b".into(), "chat:a".into()],
+            ..edit()
+        });
+        let (outcome, state, _) = run(answer, MAX);
+        let rerouted = vec!["chat:a".to_string(), "chat:b".to_string()];
+        assert_eq!(
+            outcome.unwrap(),
+            PublishOutcome::Modified(Changes {
+                rerouted: Some(rerouted.clone()),
+                ..Changes::default()
+            })
+        );
+        assert_eq!(state.channels, rerouted);
+
+        let answer = PublishDecision::Modify(PublishEdit {
+            add_channels: vec!["chat:room".into(), "chat:log".into()],
+            ..edit()
+        });
+        let (_, state, _) = run(answer, MAX);
+        assert_eq!(state.channels, ["chat:room", "chat:log"]);
+    }
+
+    #[test]
+    fn emitted_publications_are_collected_with_their_meta() {
+        let answer = PublishDecision::Modify(PublishEdit {
+            emit: vec![
+                ExtraPublication {
+                    channel: "chat:audit".into(),
+                    data: b"[1,2]".to_vec(),
+                    meta: vec![field("by", r#""mod""#)],
+                },
+                ExtraPublication {
+                    channel: "chat:count".into(),
+                    data: b"3".to_vec(),
+                    meta: Vec::new(),
+                },
+            ],
+            ..edit()
+        });
+        let (outcome, state, emits) = run(answer, MAX);
+        assert_eq!(
+            outcome.unwrap(),
+            PublishOutcome::Modified(Changes {
+                emitted: vec!["chat:audit".into(), "chat:count".into()],
+                ..Changes::default()
+            })
+        );
+        assert_unchanged(&state);
+        let seen: Vec<_> = emits
+            .iter()
+            .map(|e| {
+                (
+                    e.channel.as_str(),
+                    e.data.get(),
+                    e.meta.as_ref().map(|m| m.get()),
+                    e.plugin.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("chat:audit", "[1,2]", Some(r#"{"by":"mod"}"#), "mod"),
+                ("chat:count", "3", None, "mod"),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_answer_over_max_output_bytes_changes_nothing() {
+        let answer = PublishDecision::Modify(PublishEdit {
+            data: Some(vec![b'1'; 100]),
+            add_meta: vec![field("k", "true")],
+            ..edit()
+        });
+        let (outcome, state, emits) = run(answer, 64);
+        match outcome {
+            Err(Error::OutputTooLarge {
+                bytes: 105,
+                max: 64,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(Error::OutputTooLarge { bytes: 1, max: 0 }.kind(), "output");
+        assert_unchanged(&state);
+        assert!(emits.is_empty());
+    }
+
+    #[test]
+    fn a_bad_part_refuses_the_whole_answer() {
+        let bad_answers = [
+            (
+                PublishEdit {
+                    data: Some(b"[1,2]".to_vec()),
+                    set_channels: Some(Vec::new()),
+                    ..edit()
+                },
+                "set-channels is empty",
+            ),
+            (
+                PublishEdit {
+                    data: Some(b"{not json".to_vec()),
+                    ..edit()
+                },
+                "not JSON",
+            ),
+            (
+                PublishEdit {
+                    data: Some(vec![0xff, 0xfe]),
+                    ..edit()
+                },
+                "not UTF-8",
+            ),
+            (
+                PublishEdit {
+                    add_meta: vec![field("k", "nope")],
+                    ..edit()
+                },
+                "not JSON",
+            ),
+            (
+                PublishEdit {
+                    data: Some(b"1".to_vec()),
+                    add_channels: vec!["news:x".into()],
+                    ..edit()
+                },
+                "channel \"news:x\": no such namespace",
+            ),
+            (
+                PublishEdit {
+                    emit: vec![ExtraPublication {
+                        channel: "news:y".into(),
+                        data: b"1".to_vec(),
+                        meta: Vec::new(),
+                    }],
+                    ..edit()
+                },
+                "emitted channel \"news:y\"",
+            ),
+            (
+                PublishEdit {
+                    add_channels: (0..=MAX_TARGETS).map(|i| format!("chat:{i}")).collect(),
+                    ..edit()
+                },
+                "more than 64 channels",
+            ),
+        ];
+        for (bad, why) in bad_answers {
+            let (outcome, state, emits) = run(PublishDecision::Modify(bad), MAX);
+            match outcome {
+                Err(Error::BadOutput(message)) => assert!(message.contains(why), "{message}"),
+                other => panic!("{why}: {other:?}"),
+            }
+            assert_unchanged(&state);
+            assert!(emits.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_reason_clipped_in_the_message() {
+        let (outcome, state, _) = run(PublishDecision::Refuse("spam".into()), MAX);
+        assert_eq!(outcome.unwrap(), PublishOutcome::Refused("spam".into()));
+        assert_unchanged(&state);
+        let refusal = Refusal::by_plugin("mod", "publication", "spam");
+        assert_eq!(refusal.plugin, "mod");
+        assert_eq!(refusal.message, "plugin mod refused the publication: spam");
+        let long = "é".repeat(REASON_MAX);
+        let refusal = Refusal::by_plugin("mod", "publication", &long);
+        let reason = refusal.message.rsplit(": ").next().unwrap();
+        assert_eq!(reason.len(), REASON_MAX);
+        assert!(long.starts_with(reason));
+    }
+
+    #[test]
+    fn connection_meta_merges_an_object_within_the_cap() {
+        let mut meta = MetaFields::new();
+        merge_connect_meta(&mut meta, r#"{"name":"Alice","n":1}"#, MAX).unwrap();
+        merge_connect_meta(&mut meta, r#"{"n":2}"#, MAX).unwrap();
+        assert_eq!(meta::object_text(&meta), r#"{"n":2,"name":"Alice"}"#);
+        assert!(matches!(
+            merge_connect_meta(&mut meta, "[1]", MAX),
+            Err(Error::BadOutput(_))
+        ));
+        assert!(matches!(
+            merge_connect_meta(&mut meta, r#"{"big":"xxxxxxxx"}"#, 8),
+            Err(Error::OutputTooLarge { bytes: 18, max: 8 })
+        ));
+        assert_eq!(meta::object_text(&meta), r#"{"n":2,"name":"Alice"}"#);
+    }
+}

@@ -29,3 +29,22 @@ pub fn object_text(fields: &[(String, Box<RawValue>)]) -> String {
     out.push('}');
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.into()).unwrap()
+    }
+
+    #[test]
+    fn a_later_value_replaces_the_key_in_place() {
+        let mut fields = MetaFields::new();
+        set(&mut fields, "a".into(), raw("1"));
+        set(&mut fields, "b\"".into(), raw(r#"{"x":[]}"#));
+        set(&mut fields, "a".into(), raw("\"two\""));
+        assert_eq!(object_text(&fields), r#"{"a":"two","b\"":{"x":[]}}"#);
+        assert_eq!(object_text(&[]), "{}");
+    }
+}
