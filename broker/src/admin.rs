@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::node::Node;
+use crate::plugins::ReloadTrigger;
 use crate::protocol::{ErrorCode, ErrorReply};
 use crate::validation::Problems;
 
@@ -296,14 +297,15 @@ async fn reload_plugins(
         ));
     }
     let plugins = node.plugins.clone();
-    let report = tokio::task::spawn_blocking(move || plugins.reload(None))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                format!("the reload task failed: {e}"),
-            )
-        })?;
+    let report =
+        tokio::task::spawn_blocking(move || plugins.reload_and_log(None, ReloadTrigger::Admin))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    format!("the reload task failed: {e}"),
+                )
+            })?;
     Ok(Json(report))
 }

@@ -3,8 +3,7 @@
 //! Each subsystem owns its section and that section's validation (`[auth]` in
 //! `auth::config`, `[limits]`, `[rate_limits]` and `[connections]` in `limits::config`,
 //! `[namespaces]` in `channel`, `[history]` in `history`, `[api]` in `admin`, `[log]`
-//! in `logging`, `[shutdown]` in `server`, `[plugins]` here until the plugins module takes
-//! it); the root [`Config`] only gathers them, so the whole shape reads in one place.
+//! in `logging`, `[shutdown]` in `server`, `[plugins]` in `plugins::config`); the root [`Config`] only gathers them, so the whole shape reads in one place.
 //! Load into plain structs ([`Config::load`]), then [`Config::validate`] collects every
 //! problem at once, naming the key, the value and what is allowed. `Config::default()` is
 //! what `config/hookwire.toml` spells out, but for the example plugins it loads.
@@ -23,6 +22,7 @@ pub use crate::channel::NamespaceConfig;
 pub use crate::history::HistoryConfig;
 pub use crate::limits::{ConnectionsConfig, LimitsConfig, RateLimitsConfig};
 pub use crate::logging::{LogConfig, LogFormat};
+pub use crate::plugins::config::{OnError, PluginModuleConfig, PluginsConfig};
 pub use crate::server::ShutdownConfig;
 use crate::validation::Problems;
 pub use env::EnvOverrides;
@@ -68,94 +68,6 @@ fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
             "{text:?} is not an address: must be an IP address and port such as \"127.0.0.1:8080\" (port 0 picks a free port)"
         ))
     })
-}
-
-/// What happens to an event when a plugin fails (trap, deadline, memory cap, bad answer).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnError {
-    /// Refuse the event (fail closed).
-    #[default]
-    Reject,
-    /// Carry on as if the plugin had allowed it (fail open).
-    Allow,
-}
-
-/// `[plugins]`: WebAssembly plugins, their limits and where they run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PluginsConfig {
-    /// Whether plugins load at all.
-    pub enabled: bool,
-    /// Where plugin modules are loaded from and watched. `HOOKWIRE_PLUGINS_DIR`.
-    pub dir: String,
-    /// Compiled modules, by sha256 (empty: `<dir>/.cache`).
-    pub cache_dir: String,
-    /// Reload when a `.wasm` file in `dir` changes.
-    pub watch: bool,
-    /// Append-only JSONL audit trail of plugin decisions (empty: the `audit` log target only).
-    pub audit_file: String,
-    /// Deadline of one hook call, in milliseconds of CPU time (checked every 1 ms
-    /// epoch tick; preempted time does not count; 10× this in wall time stops a call
-    /// regardless).
-    pub timeout_ms: u64,
-    /// Memory cap of one plugin instance, in MiB.
-    pub memory_mib: u32,
-    /// Largest answer of one hook call (new data, meta, channels, emitted publications), in bytes.
-    pub max_output_bytes: usize,
-    /// `reject` (fail closed) or `allow` (fail open).
-    pub on_error: OnError,
-    /// Warm instances kept per plugin (0: one per CPU).
-    pub instances: usize,
-    /// Instances that may exist at once over every plugin (the pooling allocator's slots).
-    pub max_instances: u32,
-    /// WebAssembly stack of one call, in KiB.
-    pub max_stack_kib: usize,
-    /// Plugins whose `connect` and `disconnect` hooks run, in order.
-    pub connection: Vec<String>,
-    /// The plugins, by name (each binds to namespaces through `namespaces.NAME.plugins`).
-    pub modules: BTreeMap<String, PluginModuleConfig>,
-}
-
-/// `[plugins.modules.NAME]`: one plugin.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PluginModuleConfig {
-    /// The module, relative to `plugins.dir` (empty: `NAME.wasm`, which must hold the
-    /// plugin called NAME; another file may run a plugin under a name of its own).
-    pub file: String,
-    /// Hooks to call: any of `connect`, `subscribe`, `publish`, `disconnect` (empty:
-    /// every hook the plugin implements).
-    pub hooks: Vec<String>,
-    /// Overrides `plugins.on_error`.
-    pub on_error: Option<OnError>,
-    /// Overrides `plugins.timeout_ms` (0: inherit).
-    pub timeout_ms: u64,
-    /// Overrides `plugins.memory_mib` (0: inherit).
-    pub memory_mib: u32,
-    /// The plugin's own configuration, given to its `init` as JSON.
-    pub config: toml::Table,
-}
-
-impl Default for PluginsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            dir: "plugins/dist".into(),
-            cache_dir: String::new(),
-            watch: true,
-            audit_file: String::new(),
-            timeout_ms: 10,
-            memory_mib: 32,
-            max_output_bytes: 65_536,
-            on_error: OnError::Reject,
-            instances: 0,
-            max_instances: 256,
-            max_stack_kib: 512,
-            connection: Vec::new(),
-            modules: BTreeMap::new(),
-        }
-    }
 }
 
 impl Default for Config {
@@ -308,7 +220,11 @@ impl Config {
         self.history.validate(&mut p);
         self.shutdown.validate(&mut p);
         self.log.validate(&mut p);
-        self.validate_plugins(&mut p);
+        let bindings = self
+            .namespaces
+            .iter()
+            .map(|(ns, c)| (ns.as_str(), c.plugins.as_slice()));
+        self.plugins.validate(bindings, &mut p);
         self.validate_default_namespace(&mut p);
         for (name, ns) in &self.namespaces {
             ns.validate(name, &mut p);
@@ -335,75 +251,6 @@ impl Config {
                 self.default_namespace
             )),
             Some(_) => {}
-        }
-    }
-
-    fn validate_plugins(&self, errs: &mut Problems) {
-        let p = &self.plugins;
-        errs.range("plugins.timeout_ms", p.timeout_ms, 1, 10_000);
-        errs.range("plugins.memory_mib", u64::from(p.memory_mib), 1, 4_096);
-        errs.range(
-            "plugins.max_output_bytes",
-            p.max_output_bytes as u64,
-            64,
-            64 << 20,
-        );
-        errs.range(
-            "plugins.max_instances",
-            u64::from(p.max_instances),
-            8,
-            100_000,
-        );
-        errs.range("plugins.max_stack_kib", p.max_stack_kib as u64, 64, 65_536);
-        for (name, m) in &p.modules {
-            let key = format!("plugins.modules.{name}");
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            {
-                errs.push(format!("{key}: a plugin name is 1 or more of a-z 0-9 -"));
-            }
-            for h in &m.hooks {
-                if crate::plugins::Hook::parse(h).is_none() {
-                    errs.push(format!(
-                        "{key}.hooks has {h:?}: use connect, subscribe, publish or disconnect"
-                    ));
-                }
-            }
-            if m.timeout_ms > 0 {
-                errs.range(&format!("{key}.timeout_ms"), m.timeout_ms, 1, 10_000);
-            }
-            if m.memory_mib > 0 {
-                errs.range(
-                    &format!("{key}.memory_mib"),
-                    u64::from(m.memory_mib),
-                    1,
-                    4_096,
-                );
-            }
-            if m.file.contains("..") {
-                errs.push(format!(
-                    "{key}.file = {:?}: must stay inside plugins.dir",
-                    m.file
-                ));
-            }
-        }
-        let bound = p
-            .connection
-            .iter()
-            .map(|n| ("plugins.connection".to_string(), n))
-            .chain(self.namespaces.iter().flat_map(|(ns, c)| {
-                c.plugins
-                    .iter()
-                    .map(move |n| (format!("namespaces.{ns}.plugins"), n))
-            }));
-        for (key, name) in bound {
-            if !p.modules.contains_key(name) {
-                errs.push(format!(
-                    "{key} names plugin {name:?}, which has no [plugins.modules.{name}] section"
-                ));
-            }
         }
     }
 }

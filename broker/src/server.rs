@@ -246,7 +246,9 @@ pub async fn watch_signals(node: Arc<Node>, reload: Reload) -> anyhow::Result<()
                 tracing::info!(signal = "SIGHUP", "Reloading");
                 let config = reload.apply(&node.config);
                 let plugins = node.plugins.clone();
-                tokio::task::spawn_blocking(move || plugins.reload(config.as_ref()));
+                tokio::task::spawn_blocking(move || {
+                    plugins.reload_and_log(config.as_ref(), crate::plugins::ReloadTrigger::Signal)
+                });
             }
         }
     }

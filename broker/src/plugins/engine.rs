@@ -11,8 +11,8 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::Error;
 use super::host::{PluginBindings, StoreData};
+use super::types::Error;
 
 /// How long one epoch tick lasts: call deadlines are counted in ticks.
 pub const TICK: Duration = Duration::from_millis(1);

@@ -10,7 +10,9 @@ use serde_json::value::RawValue;
 use wasmtime::component::Resource;
 
 use super::deadline::Deadline;
-use super::{PluginId, PluginLimits};
+use super::meta::{self, MetaFields};
+use super::types::{PluginId, PluginLimits};
+use crate::transport::TransportKind;
 
 // The generated code has `unsafe` blocks of its own (lowering and lifting); nothing else
 // in the broker may.
@@ -26,7 +28,6 @@ mod bindings {
     });
 }
 
-use crate::transport::TransportKind;
 pub use bindings::Plugin as PluginBindings;
 pub use bindings::PluginPre;
 pub use bindings::exports::hookwire::plugin::hooks::{HookSet, PluginInfo};
@@ -108,7 +109,7 @@ pub struct PublicationState {
     /// JSON text.
     pub data: Box<RawValue>,
     /// `meta` fields added so far, in order; a later value for a key replaces it.
-    pub meta: Vec<(String, Box<RawValue>)>,
+    pub meta: MetaFields,
     pub connection: Option<Arc<PluginConn>>,
 }
 
@@ -118,14 +119,12 @@ impl PublicationState {
         if self.meta.is_empty() {
             return None;
         }
-        RawValue::from_string(super::chain::object_text(&self.meta)).ok()
+        RawValue::from_string(meta::object_text(&self.meta)).ok()
     }
 
+    /// Sets one `meta` field (a later value for a key replaces it).
     pub fn set_meta(&mut self, key: String, value: Box<RawValue>) {
-        match self.meta.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => self.meta.push((key, value)),
-        }
+        meta::set(&mut self.meta, key, value);
     }
 }
 
@@ -287,10 +286,7 @@ impl host::Host for StoreData {
         };
         let mut message = message;
         if message.len() > LOG_LINE_MAX {
-            let mut end = LOG_LINE_MAX;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
+            let end = crate::protocol::truncate_utf8(&message, LOG_LINE_MAX).len();
             message.truncate(end);
             message.push_str(" [truncated]");
         }

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use wasmtime::Store;
 
 use super::host::{LogGate, PluginBindings, PluginInfo, PluginPre, StoreData};
-use super::{Error, PluginId, PluginLimits};
+use super::types::{Error, PluginId, PluginLimits};
 
 /// An instance ready for calls, with the store it lives in.
 pub struct Warm {

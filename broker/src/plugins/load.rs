@@ -10,11 +10,11 @@ use wasmtime::component::Component;
 use super::engine::{PluginEngine, sha256_hex};
 use super::host::{HookSet, PluginPre, StoreData};
 use super::instance::Pool;
+use super::runtime::{Failure, ReloadReport};
+use super::set::{LoadedPlugin, PluginSet};
+use super::settings::{ModuleSettings, PluginsSettings};
 use super::stats::Stats;
-use super::{
-    Error, Failure, Hook, LoadedPlugin, ModuleSettings, PluginSet, PluginsSettings, ReloadReport,
-    hook_names,
-};
+use super::types::{Error, Hook, hook_names};
 use crate::metrics::Metrics;
 use crate::protocol::now_ms;
 
@@ -39,7 +39,7 @@ pub fn load_set(
                 report.unchanged.push(name.clone());
                 plugins.insert(name.clone(), p);
             }
-            Ok(Outcome::LoadedPlugin(p)) => {
+            Ok(Outcome::Loaded(p)) => {
                 metrics.plugin_load("ok");
                 report.changed.push(name.clone());
                 plugins.insert(name.clone(), p);
@@ -63,7 +63,7 @@ pub fn load_set(
 
 enum Outcome {
     Unchanged(Arc<LoadedPlugin>),
-    LoadedPlugin(Arc<LoadedPlugin>),
+    Loaded(Arc<LoadedPlugin>),
 }
 
 fn load_one(
@@ -88,7 +88,7 @@ fn load_one(
         return Ok(Outcome::Unchanged(old.clone()));
     }
     let loaded = prepare(engine, &bytes, sha256, module, metrics)?;
-    Ok(Outcome::LoadedPlugin(Arc::new(loaded)))
+    Ok(Outcome::Loaded(Arc::new(loaded)))
 }
 
 /// Compiles a module and checks it against the import policy and the world's exports.

@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use super::config::OnError;
 use super::engine::{EngineSettings, PluginEngine, sha256_hex};
 use super::host::{PluginConn, PublicationState, PublishSource};
 use super::instance::Pool;
-use super::{Error, ModuleSettings, PluginLimits, Plugins, PluginsSettings, hook_names};
-use crate::config::OnError;
+use super::runtime::Plugins;
+use super::settings::{ModuleSettings, PluginsSettings};
+use super::types::{Error, PluginLimits, hook_names};
 use crate::metrics::Metrics;
 use crate::transport::TransportKind;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 
-use super::Plugins;
+use super::runtime::{Plugins, ReloadTrigger};
 
 /// How long the directory must be quiet before a reload.
 const QUIET: Duration = Duration::from_millis(150);
@@ -42,7 +42,6 @@ pub fn spawn(plugins: Arc<Plugins>, dir: &Path, shutdown: CancellationToken) -> 
                 _ = shutdown.cancelled() => return,
                 got = rx.recv() => if got.is_none() { return },
             }
-            let changed_at = std::time::Instant::now();
             // Wait for quiet: every further event restarts the wait.
             loop {
                 match tokio::time::timeout(QUIET, rx.recv()).await {
@@ -53,16 +52,10 @@ pub fn spawn(plugins: Arc<Plugins>, dir: &Path, shutdown: CancellationToken) -> 
             }
             tracing::info!(dir = %shown, "Plugin files changed; reloading");
             let p = plugins.clone();
-            let report = tokio::task::spawn_blocking(move || p.reload(None)).await;
-            if let Ok(report) = report {
-                tracing::info!(
-                    changed = ?report.changed,
-                    failed = report.failed.len(),
-                    load_ms = report.took_ms,
-                    since_change_ms = changed_at.elapsed().as_secs_f64() * 1e3,
-                    "Plugin reload done"
-                );
-            }
+            // The reload logs its own report.
+            let _ =
+                tokio::task::spawn_blocking(move || p.reload_and_log(None, ReloadTrigger::Watcher))
+                    .await;
         }
     });
     Ok(())

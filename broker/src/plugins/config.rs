@@ -1,0 +1,238 @@
+//! `[plugins]` and `[plugins.modules.NAME]`: the plugin part of the config file, and its
+//! validation. The root `crate::config::Config` holds a [`PluginsConfig`] and calls
+//! [`PluginsConfig::validate`]; nothing here reads the rest of the config.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::validation::Problems;
+
+use super::types::Hook;
+
+/// What happens to an event when a plugin fails (trap, deadline, memory cap, bad answer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Refuse the event (fail closed).
+    #[default]
+    Reject,
+    /// Carry on as if the plugin had allowed it (fail open).
+    Allow,
+}
+
+/// `[plugins]`: WebAssembly plugins, their limits and where they run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Whether plugins load at all.
+    pub enabled: bool,
+    /// Where plugin modules are loaded from and watched. `HOOKWIRE_PLUGINS_DIR`.
+    pub dir: String,
+    /// Compiled modules, by sha256 (empty: `<dir>/.cache`).
+    pub cache_dir: String,
+    /// Reload when a `.wasm` file in `dir` changes.
+    pub watch: bool,
+    /// Append-only JSONL audit trail of plugin decisions (empty: the `audit` log target only).
+    pub audit_file: String,
+    /// Deadline of one hook call, in milliseconds of CPU time (checked every 1 ms
+    /// epoch tick; preempted time does not count; 10× this in wall time stops a call
+    /// regardless).
+    pub timeout_ms: u64,
+    /// Memory cap of one plugin instance, in MiB.
+    pub memory_mib: u32,
+    /// Largest answer of one hook call (new data, meta, channels, emitted publications), in bytes.
+    pub max_output_bytes: usize,
+    /// `reject` (fail closed) or `allow` (fail open).
+    pub on_error: OnError,
+    /// Warm instances kept per plugin (0: one per CPU).
+    pub instances: usize,
+    /// Instances that may exist at once over every plugin (the pooling allocator's slots).
+    pub max_instances: u32,
+    /// WebAssembly stack of one call, in KiB.
+    pub max_stack_kib: usize,
+    /// Plugins whose `connect` and `disconnect` hooks run, in order.
+    pub connection: Vec<String>,
+    /// The plugins, by name (each binds to namespaces through `namespaces.NAME.plugins`).
+    pub modules: BTreeMap<String, PluginModuleConfig>,
+}
+
+/// `[plugins.modules.NAME]`: one plugin.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginModuleConfig {
+    /// The module, relative to `plugins.dir` (empty: `NAME.wasm`, which must hold the
+    /// plugin called NAME; another file may run a plugin under a name of its own).
+    pub file: String,
+    /// Hooks to call: any of `connect`, `subscribe`, `publish`, `disconnect` (empty:
+    /// every hook the plugin implements). A misspelt hook fails the parse, naming the
+    /// key, the value and the four allowed.
+    pub hooks: Vec<Hook>,
+    /// Overrides `plugins.on_error`.
+    pub on_error: Option<OnError>,
+    /// Overrides `plugins.timeout_ms` (0: inherit).
+    pub timeout_ms: u64,
+    /// Overrides `plugins.memory_mib` (0: inherit).
+    pub memory_mib: u32,
+    /// The plugin's own configuration, given to its `init` as JSON.
+    pub config: toml::Table,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: "plugins/dist".into(),
+            cache_dir: String::new(),
+            watch: true,
+            audit_file: String::new(),
+            timeout_ms: 10,
+            memory_mib: 32,
+            max_output_bytes: 65_536,
+            on_error: OnError::Reject,
+            instances: 0,
+            max_instances: 256,
+            max_stack_kib: 512,
+            connection: Vec::new(),
+            modules: BTreeMap::new(),
+        }
+    }
+}
+
+impl PluginsConfig {
+    /// Adds every problem of `[plugins]` to `errs`, each naming the key, the value and
+    /// what is allowed. `bindings` are the namespaces' plugin lists
+    /// (`namespaces.NAME.plugins`): namespace name → plugin names.
+    pub fn validate<'a>(
+        &self,
+        bindings: impl IntoIterator<Item = (&'a str, &'a [String])>,
+        errs: &mut Problems,
+    ) {
+        let p = self;
+        errs.range("plugins.timeout_ms", p.timeout_ms, 1, 10_000);
+        errs.range("plugins.memory_mib", u64::from(p.memory_mib), 1, 4_096);
+        errs.range(
+            "plugins.max_output_bytes",
+            p.max_output_bytes as u64,
+            64,
+            64 << 20,
+        );
+        errs.range(
+            "plugins.max_instances",
+            u64::from(p.max_instances),
+            8,
+            100_000,
+        );
+        errs.range("plugins.max_stack_kib", p.max_stack_kib as u64, 64, 65_536);
+        for (name, m) in &p.modules {
+            m.validate(&format!("plugins.modules.{name}"), name, errs);
+        }
+        let bound = p
+            .connection
+            .iter()
+            .map(|n| ("plugins.connection".to_string(), n))
+            .chain(bindings.into_iter().flat_map(|(ns, names)| {
+                names
+                    .iter()
+                    .map(move |n| (format!("namespaces.{ns}.plugins"), n))
+            }));
+        for (key, name) in bound {
+            if !p.modules.contains_key(name) {
+                errs.push(format!(
+                    "{key} names plugin {name:?}, which has no [plugins.modules.{name}] section"
+                ));
+            }
+        }
+    }
+}
+
+impl PluginModuleConfig {
+    /// The problems of `[plugins.modules.NAME]` (`key`).
+    fn validate(&self, key: &str, name: &str, errs: &mut Problems) {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            errs.push(format!("{key}: a plugin name is 1 or more of a-z 0-9 -"));
+        }
+        if self.timeout_ms > 0 {
+            errs.range(&format!("{key}.timeout_ms"), self.timeout_ms, 1, 10_000);
+        }
+        if self.memory_mib > 0 {
+            errs.range(
+                &format!("{key}.memory_mib"),
+                u64::from(self.memory_mib),
+                1,
+                4_096,
+            );
+        }
+        if self.file.contains("..") {
+            errs.push(format!(
+                "{key}.file = {:?}: must stay inside plugins.dir",
+                self.file
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Root {
+        plugins: PluginsConfig,
+    }
+
+    fn parse(text: &str) -> Result<PluginsConfig, String> {
+        // As `Config::load` does: the file as a table first, then the typed config.
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        table
+            .try_into::<Root>()
+            .map(|r| r.plugins)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn hooks_are_read_and_written_as_their_names() {
+        let p = parse("[plugins.modules.x]\nhooks = [\"connect\", \"publish\"]\n").unwrap();
+        assert_eq!(p.modules["x"].hooks, [Hook::Connect, Hook::Publish]);
+        let text = toml::to_string(&p.modules["x"]).unwrap();
+        assert!(text.contains(r#"hooks = ["connect", "publish"]"#), "{text}");
+    }
+
+    #[test]
+    fn a_misspelt_hook_names_the_key_the_value_and_the_allowed_ones() {
+        let e = parse("[plugins.modules.x]\nhooks = [\"conect\"]\n").unwrap_err();
+        for part in [
+            "plugins.modules.x.hooks",
+            "conect",
+            "connect",
+            "subscribe",
+            "publish",
+            "disconnect",
+        ] {
+            assert!(e.contains(part), "{part:?} not in {e:?}");
+        }
+    }
+
+    #[test]
+    fn validation_names_unknown_plugins_bound_anywhere() {
+        let p = PluginsConfig {
+            connection: vec!["gone".into()],
+            modules: BTreeMap::from([("ok".into(), PluginModuleConfig::default())]),
+            ..PluginsConfig::default()
+        };
+        let chat = vec!["ok".to_string(), "missing".to_string()];
+        let mut errs = Problems::default();
+        p.validate([("chat", chat.as_slice())], &mut errs);
+        assert_eq!(
+            errs.into_result().unwrap_err(),
+            [
+                "plugins.connection names plugin \"gone\", which has no [plugins.modules.gone] section",
+                "namespaces.chat.plugins names plugin \"missing\", which has no [plugins.modules.missing] section",
+            ]
+        );
+    }
+}

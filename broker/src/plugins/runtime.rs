@@ -1,0 +1,527 @@
+//! The plugin runtime of a node ([`Plugins`]): start-up, the one reload entry point
+//! ([`Plugins::reload_and_log`]), and running the hook chains. Each event takes one
+//! snapshot of the loaded set and calls its chain in order: each plugin sees the previous
+//! one's changes, the first refusal wins, a failing plugin follows its `on_error` policy.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::answer::{self, Changes, Emit, PublishOutcome, Refusal};
+use super::audit::{self, Record};
+use super::config::OnError;
+use super::engine::PluginEngine;
+use super::host::{ConnectDecision, Decision, PluginConn, PublicationState, publication_handle};
+use super::instance::Warm;
+use super::load;
+use super::meta::{self, MetaFields};
+use super::set::{LoadedPlugin, PluginSet};
+use super::settings::PluginsSettings;
+use super::types::{Error, Hook, hook_names};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::protocol::now_ms;
+
+/// A failed load, kept for `/admin/plugins` until that plugin loads again.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub name: String,
+    pub file: String,
+    pub error: String,
+    pub at_ms: u64,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadReport {
+    pub generation: u64,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub failed: Vec<Failure>,
+    /// Time spent reading, compiling, instantiating and initialising, in milliseconds.
+    pub took_ms: f64,
+}
+
+/// What asked for a reload (the `trigger` field of the reload log lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadTrigger {
+    /// A `.wasm` file in the plugins directory changed.
+    Watcher,
+    /// SIGHUP (also re-reads the plugin settings from the config file).
+    Signal,
+    /// `POST /admin/plugins/reload`.
+    Admin,
+}
+
+impl ReloadTrigger {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Watcher => "watcher",
+            Self::Signal => "signal",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl ReloadReport {
+    /// One line per failed and per changed plugin, then the summary.
+    fn log(&self, trigger: ReloadTrigger, set: &PluginSet) {
+        let trigger = trigger.label();
+        for f in &self.failed {
+            tracing::error!(
+                trigger, plugin = %f.name, file = %f.file, error = %f.error,
+                "Plugin reload failed; the previous version keeps running"
+            );
+        }
+        for p in self.changed.iter().filter_map(|name| set.plugins.get(name)) {
+            tracing::info!(
+                trigger, plugin = %p.id.name, version = %p.id.version, sha256 = %p.id.sha256,
+                "Plugin reloaded"
+            );
+        }
+        tracing::info!(
+            trigger,
+            generation = self.generation,
+            changed = ?self.changed,
+            failed = self.failed.len(),
+            load_ms = self.took_ms,
+            "Plugin reload done"
+        );
+    }
+}
+
+/// The plugin runtime of a node. With plugins off it holds an empty set and every hook
+/// is a no-op.
+pub struct Plugins {
+    pub(super) engine: Option<Arc<PluginEngine>>,
+    settings: Mutex<Option<PluginsSettings>>,
+    pub(super) current: ArcSwap<PluginSet>,
+    pub(super) failures: Mutex<BTreeMap<String, Failure>>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+    audit: audit::Audit,
+    metrics: Arc<Metrics>,
+}
+
+impl Plugins {
+    pub fn disabled(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            engine: None,
+            settings: Mutex::new(None),
+            current: ArcSwap::from_pointee(PluginSet::default()),
+            failures: Mutex::default(),
+            reloading: Mutex::new(()),
+            audit: audit::Audit::tracing_only(),
+            metrics,
+        })
+    }
+
+    /// Loads every configured plugin; any failure stops the start (the error names
+    /// the plugin and what to do).
+    pub fn start(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
+        let Some(settings) = PluginsSettings::from_config(config) else {
+            return Ok(Self::disabled(metrics));
+        };
+        Self::with_settings(settings, metrics)
+    }
+
+    /// Loads the plugins of resolved settings (see [`Plugins::start`]).
+    pub fn with_settings(
+        settings: PluginsSettings,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let engine = PluginEngine::new(&settings.engine)?;
+        let audit = match &settings.audit_file {
+            Some(path) => audit::Audit::to_file(path).map_err(|e| {
+                anyhow::anyhow!("cannot open the audit file {}: {e}", path.display())
+            })?,
+            None => audit::Audit::tracing_only(),
+        };
+        let (set, report) = load::load_set(&engine, &settings, None, &metrics, 1);
+        engine.prune_cache(&set.sha256s());
+        if let Some(f) = report.failed.first() {
+            anyhow::bail!(
+                "plugin {:?} ({}) failed to load: {}",
+                f.name,
+                f.file,
+                f.error
+            );
+        }
+        for p in set.plugins.values() {
+            tracing::info!(
+                plugin = %p.id.name, version = %p.id.version, sha256 = %p.id.sha256,
+                hooks = ?hook_names(p.hooks), "Plugin loaded"
+            );
+        }
+        Ok(Arc::new(Self {
+            engine: Some(engine),
+            settings: Mutex::new(Some(settings)),
+            current: ArcSwap::from_pointee(set),
+            failures: Mutex::default(),
+            reloading: Mutex::new(()),
+            audit,
+            metrics,
+        }))
+    }
+
+    /// Whether any plugin is loaded (sessions then keep a [`PluginConn`]).
+    pub fn active(&self) -> bool {
+        self.engine.is_some()
+    }
+
+    /// The directory to watch, when watching is on.
+    pub fn watched_dir(&self) -> Option<PathBuf> {
+        let settings = self.settings.lock();
+        settings.as_ref().filter(|s| s.watch).map(|s| s.dir.clone())
+    }
+
+    /// The one way to reload (the directory watcher, SIGHUP and `POST
+    /// /admin/plugins/reload` all come here): reloads from disk (and, when given, with
+    /// the plugin settings of a newly read config) and logs what happened, tagged with
+    /// the `trigger`. Blocking: compiles; run it off the async workers. A plugin that
+    /// fails keeps its running version. With plugins off it does nothing.
+    pub fn reload_and_log(&self, config: Option<&Config>, trigger: ReloadTrigger) -> ReloadReport {
+        let Some(engine) = &self.engine else {
+            return ReloadReport::default();
+        };
+        let _one = self.reloading.lock();
+        let (set, report) = self.reload(engine, config);
+        report.log(trigger, &set);
+        report
+    }
+
+    /// Builds and stores the new set; the caller holds `reloading`.
+    fn reload(
+        &self,
+        engine: &PluginEngine,
+        config: Option<&Config>,
+    ) -> (Arc<PluginSet>, ReloadReport) {
+        let settings = {
+            let mut current = self.settings.lock();
+            if let Some(new) = config.and_then(PluginsSettings::from_config) {
+                if current.as_ref().map(|s| (&s.engine, &s.audit_file))
+                    != Some((&new.engine, &new.audit_file))
+                {
+                    tracing::warn!(
+                        "Plugin engine settings (instances, memory, stack, cache, audit file) need a restart; the rest is reloaded"
+                    );
+                }
+                *current = Some(new);
+            }
+            current.clone().expect("an engine implies settings")
+        };
+        let started = Instant::now();
+        let previous = self.current.load_full();
+        let (set, mut report) = load::load_set(
+            engine,
+            &settings,
+            Some(&previous),
+            &self.metrics,
+            previous.generation + 1,
+        );
+        {
+            let mut failures = self.failures.lock();
+            for name in report.changed.iter().chain(&report.unchanged) {
+                failures.remove(name);
+            }
+            for f in &report.failed {
+                failures.insert(f.name.clone(), f.clone());
+            }
+        }
+        engine.prune_cache(&set.sha256s());
+        let set = Arc::new(set);
+        self.current.store(set.clone());
+        report.took_ms = started.elapsed().as_secs_f64() * 1e3;
+        (set, report)
+    }
+
+    /// The loaded set now (one snapshot per event; a guard, not a reference count, so
+    /// that threads do not contend on the set's counter on every event).
+    pub fn set(&self) -> arc_swap::Guard<Arc<PluginSet>> {
+        self.current.load()
+    }
+
+    /// Whether a namespace has a publish chain (the pipeline skips all plugin work when not).
+    pub fn publishes_through(&self, namespace: &str) -> bool {
+        self.engine.is_some()
+            && self
+                .current
+                .load()
+                .chain(namespace)
+                .iter()
+                .any(|p| p.has(Hook::Publish))
+    }
+}
+
+/// Who an event is about, for the audit trail.
+struct Subject<'a> {
+    channel: Option<&'a str>,
+    user: Option<&'a str>,
+    client: Option<&'a str>,
+}
+
+impl Plugins {
+    /// Runs the connect chain; merges accepted metadata into `conn.meta`.
+    pub fn on_connect(&self, conn: &mut PluginConn) -> Result<(), Refusal> {
+        let set = self.set();
+        let mut meta = MetaFields::new();
+        for p in set.connection.iter().filter(|p| p.has(Hook::Connect)) {
+            let wit = conn.to_wit();
+            let answer = self.call(p, Hook::Connect, |w| {
+                w.bindings
+                    .hookwire_plugin_hooks()
+                    .call_on_connect(&mut w.store, &wit)
+            });
+            let subject = Subject {
+                channel: None,
+                user: Some(&conn.user),
+                client: Some(&conn.client),
+            };
+            match answer {
+                Ok(ConnectDecision::Accept) => {}
+                Ok(ConnectDecision::AcceptWithMeta(json)) => {
+                    let max = p.settings.limits.max_output_bytes;
+                    match answer::merge_connect_meta(&mut meta, &json, max) {
+                        Ok(()) => conn.meta = meta::object_text(&meta).into(),
+                        Err(e) => self.failed(p, Hook::Connect, &subject, e, "connection")?,
+                    }
+                }
+                Ok(ConnectDecision::Refuse(reason)) => {
+                    return Err(self.refused(p, Hook::Connect, &subject, &reason, "connection"));
+                }
+                Err(e) => self.failed(p, Hook::Connect, &subject, e, "connection")?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the subscribe chain of `namespace`.
+    pub fn on_subscribe(
+        &self,
+        namespace: &str,
+        conn: &PluginConn,
+        channel: &str,
+    ) -> Result<(), Refusal> {
+        let set = self.set();
+        let subject = Subject {
+            channel: Some(channel),
+            user: Some(&conn.user),
+            client: Some(&conn.client),
+        };
+        for p in set
+            .chain(namespace)
+            .iter()
+            .filter(|p| p.has(Hook::Subscribe))
+        {
+            let wit = conn.to_wit();
+            let answer = self.call(p, Hook::Subscribe, |w| {
+                w.bindings
+                    .hookwire_plugin_hooks()
+                    .call_on_subscribe(&mut w.store, &wit, channel)
+            });
+            match answer {
+                Ok(Decision::Allow) => {}
+                Ok(Decision::Refuse(reason)) => {
+                    return Err(self.refused(
+                        p,
+                        Hook::Subscribe,
+                        &subject,
+                        &reason,
+                        "subscription",
+                    ));
+                }
+                Err(e) => self.failed(p, Hook::Subscribe, &subject, e, "subscription")?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the publish chain of `namespace` over `publication`; `valid_channel` says
+    /// whether a channel a plugin routes to exists. Returns the extra publications.
+    pub fn on_publish(
+        &self,
+        namespace: &str,
+        publication: PublicationState,
+        valid_channel: &dyn Fn(&str) -> Result<(), String>,
+    ) -> Result<(PublicationState, Vec<Emit>), Refusal> {
+        let set = self.set();
+        let mut emits = Vec::new();
+        // Moved into the instance's store for each call and back out after it.
+        let mut slot = Some(publication);
+        let publication = &mut slot;
+        let current = publication.as_ref().expect("present between calls");
+        let original = current.channels.first().cloned();
+        let user = current.user.clone();
+        let client = current.connection.as_ref().map(|c| c.client.clone());
+        let subject = Subject {
+            channel: original.as_deref(),
+            user: user.as_deref(),
+            client: client.as_deref(),
+        };
+        for p in set.chain(namespace).iter().filter(|p| p.has(Hook::Publish)) {
+            let answer = self.call(p, Hook::Publish, |w| {
+                w.store.data_mut().publication = publication.take();
+                let answer = w
+                    .bindings
+                    .hookwire_plugin_hooks()
+                    .call_on_publish(&mut w.store, publication_handle());
+                *publication = w.store.data_mut().publication.take();
+                answer
+            });
+            let Some(current) = publication.as_mut() else {
+                unreachable!("the publication comes back from the store, whatever the call did")
+            };
+            let max = p.settings.limits.max_output_bytes;
+            let outcome = answer.and_then(|answer| {
+                answer::apply_publish(answer, &p.id.name, max, current, &mut emits, valid_channel)
+            });
+            match outcome {
+                Ok(PublishOutcome::Unchanged) => {}
+                Ok(PublishOutcome::Refused(reason)) => {
+                    return Err(self.refused(p, Hook::Publish, &subject, &reason, "publication"));
+                }
+                Ok(PublishOutcome::Modified(changes)) => self.audit_changes(p, &subject, &changes),
+                Err(e) => self.failed(p, Hook::Publish, &subject, e, "publication")?,
+            }
+        }
+        let publication = slot.expect("present after the chain");
+        Ok((publication, emits))
+    }
+
+    /// Runs the disconnect chain (notification only; failures are counted and logged).
+    pub fn on_disconnect(&self, conn: &PluginConn, reason: &str) {
+        let set = self.set();
+        for p in set.connection.iter().filter(|p| p.has(Hook::Disconnect)) {
+            let wit = conn.to_wit();
+            if let Err(e) = self.call(p, Hook::Disconnect, |w| {
+                w.bindings
+                    .hookwire_plugin_hooks()
+                    .call_on_disconnect(&mut w.store, &wit, reason)
+            }) {
+                let subject = Subject {
+                    channel: None,
+                    user: Some(&conn.user),
+                    client: Some(&conn.client),
+                };
+                let _ = self.failed(p, Hook::Disconnect, &subject, e, "disconnect");
+            }
+        }
+    }
+
+    /// One timed, counted call.
+    fn call<R>(
+        &self,
+        p: &LoadedPlugin,
+        hook: Hook,
+        f: impl FnOnce(&mut Warm) -> wasmtime::Result<R>,
+    ) -> Result<R, Error> {
+        let start = Instant::now();
+        let result = p.pool.call(f);
+        let took = start.elapsed();
+        p.stats.record(took);
+        p.calls[hook.index()].inc();
+        p.seconds[hook.index()].observe(took.as_secs_f64());
+        result
+    }
+
+    fn refused(
+        &self,
+        p: &LoadedPlugin,
+        hook: Hook,
+        subject: &Subject<'_>,
+        reason: &str,
+        what: &str,
+    ) -> Refusal {
+        self.audit(p, hook, subject, "refused", answer::clip(reason));
+        Refusal::by_plugin(&p.id.name, what, reason)
+    }
+
+    /// Counts and logs a failure; under `reject` it becomes a refusal.
+    fn failed(
+        &self,
+        p: &LoadedPlugin,
+        hook: Hook,
+        subject: &Subject<'_>,
+        e: Error,
+        what: &str,
+    ) -> Result<(), Refusal> {
+        use std::sync::atomic::Ordering::Relaxed;
+        p.stats.errors.fetch_add(1, Relaxed);
+        if matches!(e, Error::Timeout { .. }) {
+            p.stats.timeouts.fetch_add(1, Relaxed);
+        }
+        self.metrics.plugin_error(&p.id.name, e.kind());
+        tracing::warn!(
+            plugin = %p.id.name, version = %p.id.version, hook = hook.label(),
+            kind = e.kind(), error = %e, on_error = ?p.settings.on_error,
+            "Plugin call failed; its instance is replaced"
+        );
+        let reason = format!("plugin {} failed: it {e}", p.id.name);
+        match p.settings.on_error {
+            OnError::Allow => {
+                self.audit(p, hook, subject, "failed-allowed", &reason);
+                Ok(())
+            }
+            OnError::Reject => {
+                self.audit(p, hook, subject, "failed-refused", &reason);
+                Err(Refusal {
+                    plugin: p.id.name.clone(),
+                    message: format!(
+                        "the {what} was refused because {reason} (its on_error policy is reject)"
+                    ),
+                })
+            }
+        }
+    }
+
+    fn audit_changes(&self, p: &LoadedPlugin, subject: &Subject<'_>, changes: &Changes) {
+        if changes.data {
+            self.audit(p, Hook::Publish, subject, "modified", "replaced data");
+        }
+        if let Some(channels) = &changes.rerouted {
+            self.audit(
+                p,
+                Hook::Publish,
+                subject,
+                "rerouted",
+                &format!("channels now {}", channels.join(", ")),
+            );
+        }
+        for channel in &changes.emitted {
+            self.audit(
+                p,
+                Hook::Publish,
+                subject,
+                "emitted",
+                &format!("emitted a publication to {channel}"),
+            );
+        }
+    }
+
+    fn audit(
+        &self,
+        p: &LoadedPlugin,
+        hook: Hook,
+        subject: &Subject<'_>,
+        decision: &'static str,
+        reason: &str,
+    ) {
+        self.audit.record(&Record {
+            time: now_ms(),
+            plugin: &p.id.name,
+            version: &p.id.version,
+            sha256: &p.id.sha256,
+            hook: hook.label(),
+            channel: subject.channel,
+            user: subject.user,
+            client: subject.client,
+            decision,
+            reason,
+        });
+    }
+}

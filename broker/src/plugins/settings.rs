@@ -1,0 +1,126 @@
+//! The plugin settings resolved from the config: each module's file, hooks, limits and
+//! policy, and where the plugins run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::config::{OnError, PluginModuleConfig, PluginsConfig};
+use super::engine::EngineSettings;
+use super::types::{Hook, PluginLimits};
+use crate::config::Config;
+
+/// One plugin's settings, resolved from `[plugins]` and `[plugins.modules.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleSettings {
+    pub name: String,
+    pub file: PathBuf,
+    /// Hooks bound by the config (`None`: every hook the plugin implements).
+    pub hooks: Option<Vec<Hook>>,
+    pub limits: PluginLimits,
+    pub on_error: OnError,
+    /// JSON text for `init`.
+    pub config: String,
+    /// Idle instances kept.
+    pub instances: usize,
+}
+
+impl ModuleSettings {
+    /// `[plugins.modules.NAME]` (`m`) over the `[plugins]` defaults (`p`); `instances`
+    /// is `plugins.instances` resolved.
+    fn resolve(
+        name: &str,
+        m: &PluginModuleConfig,
+        p: &PluginsConfig,
+        dir: &Path,
+        instances: usize,
+    ) -> Self {
+        let file = if m.file.is_empty() {
+            format!("{name}.wasm")
+        } else {
+            m.file.clone()
+        };
+        let pick = |own: u64, default: u64| if own == 0 { default } else { own };
+        Self {
+            name: name.to_string(),
+            file: dir.join(file),
+            hooks: (!m.hooks.is_empty()).then(|| m.hooks.clone()),
+            limits: PluginLimits {
+                timeout_ms: pick(m.timeout_ms, p.timeout_ms),
+                memory_bytes: (pick(u64::from(m.memory_mib), u64::from(p.memory_mib)) as usize)
+                    << 20,
+                max_output_bytes: p.max_output_bytes,
+            },
+            on_error: m.on_error.unwrap_or(p.on_error),
+            config: serde_json::to_string(&m.config).expect("TOML values serialize to JSON"),
+            instances,
+        }
+    }
+}
+
+/// The plugin part of the config, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginsSettings {
+    pub dir: PathBuf,
+    pub watch: bool,
+    pub audit_file: Option<PathBuf>,
+    pub engine: EngineSettings,
+    pub modules: BTreeMap<String, ModuleSettings>,
+    /// Plugins whose connect/disconnect hooks run, in order.
+    pub connection: Vec<String>,
+    /// Namespace → plugins whose subscribe/publish hooks run there, in order.
+    pub namespaces: BTreeMap<String, Vec<String>>,
+}
+
+impl PluginsSettings {
+    /// `None` when plugins are off or none is configured.
+    pub fn from_config(config: &Config) -> Option<Self> {
+        let p = &config.plugins;
+        if !p.enabled || p.modules.is_empty() {
+            return None;
+        }
+        let dir = PathBuf::from(&p.dir);
+        let instances = match p.instances {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let modules: BTreeMap<String, ModuleSettings> = p
+            .modules
+            .iter()
+            .map(|(name, m)| {
+                (
+                    name.clone(),
+                    ModuleSettings::resolve(name, m, p, &dir, instances),
+                )
+            })
+            .collect();
+        let max_memory_bytes = modules
+            .values()
+            .map(|m| m.limits.memory_bytes)
+            .max()
+            .unwrap_or(32 << 20);
+        let namespaces = config
+            .namespaces
+            .iter()
+            .filter(|(_, ns)| !ns.plugins.is_empty())
+            .map(|(name, ns)| (name.clone(), ns.plugins.clone()))
+            .collect();
+        Some(Self {
+            dir: dir.clone(),
+            watch: p.watch,
+            audit_file: (!p.audit_file.is_empty()).then(|| PathBuf::from(&p.audit_file)),
+            engine: EngineSettings {
+                max_instances: p.max_instances,
+                max_memory_bytes,
+                max_stack_bytes: p.max_stack_kib << 10,
+                cache_dir: Some(if p.cache_dir.is_empty() {
+                    dir.join(".cache")
+                } else {
+                    PathBuf::from(&p.cache_dir)
+                }),
+            },
+            modules,
+            connection: p.connection.clone(),
+            namespaces,
+        })
+    }
+}

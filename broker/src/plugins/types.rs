@@ -1,0 +1,139 @@
+//! What the plugin runtime's parts share: its error type, plugin identity and limits,
+//! and the hooks.
+
+use serde::{Deserialize, Serialize};
+
+use super::host::HookSet;
+
+/// What can go wrong loading or calling a plugin. Call failures (`Trap` … `BadOutput`)
+/// replace the instance and follow the plugin's `on_error` policy.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("not a WebAssembly component this broker can compile: {0}")]
+    Compile(String),
+    #[error(
+        "imports {import}, which the broker does not provide ({why}); remove that dependency from the plugin"
+    )]
+    Import { import: String, why: &'static str },
+    #[error("does not fit the hookwire:plugin@0.1.0 `plugin` world: {0}")]
+    Exports(String),
+    #[error("init failed: {0}")]
+    Init(String),
+    #[error(
+        "calls itself {declared:?}, but the config loads it as {configured:?}; name the module {declared:?}, or set its `file` to run it under another name"
+    )]
+    Name {
+        declared: String,
+        configured: String,
+    },
+    #[error("the config binds it to hook(s) {0} that it does not implement")]
+    Hooks(String),
+    #[error("plugin engine: {0}")]
+    Engine(String),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("ran past its {ms} ms deadline")]
+    Timeout { ms: u64 },
+    #[error("went over its memory cap of {mib} MiB")]
+    MemoryExceeded { mib: usize },
+    #[error("answered {bytes} bytes, over its output cap of {max}")]
+    OutputTooLarge { bytes: usize, max: usize },
+    #[error("gave an answer the broker cannot use: {0}")]
+    BadOutput(String),
+}
+
+impl Error {
+    /// The `kind` label of `hookwire_plugin_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => "timeout",
+            Self::MemoryExceeded { .. } => "memory",
+            Self::OutputTooLarge { .. } | Self::BadOutput(_) => "output",
+            Self::Trap(_) => "trap",
+            _ => "load",
+        }
+    }
+}
+
+/// Which version of which plugin: tags every log line, metric and audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginId {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+/// Hard limits of one plugin's instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginLimits {
+    pub timeout_ms: u64,
+    pub memory_bytes: usize,
+    pub max_output_bytes: usize,
+}
+
+/// The four hooks. In the config they are spelled `connect`, `subscribe`, `publish` and
+/// `disconnect` (`plugins.modules.NAME.hooks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    Connect,
+    Subscribe,
+    Publish,
+    Disconnect,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 4] = [
+        Self::Connect,
+        Self::Subscribe,
+        Self::Publish,
+        Self::Disconnect,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Subscribe => "subscribe",
+            Self::Publish => "publish",
+            Self::Disconnect => "disconnect",
+        }
+    }
+
+    pub(super) fn flag(self) -> HookSet {
+        match self {
+            Self::Connect => HookSet::CONNECT,
+            Self::Subscribe => HookSet::SUBSCRIBE,
+            Self::Publish => HookSet::PUBLISH,
+            Self::Disconnect => HookSet::DISCONNECT,
+        }
+    }
+
+    pub(super) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The labels of the hooks in `set`, in [`Hook::ALL`] order.
+pub(super) fn hook_names(set: HookSet) -> Vec<&'static str> {
+    Hook::ALL
+        .into_iter()
+        .filter(|h| set.contains(h.flag()))
+        .map(Hook::label)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_spells_each_hook_as_its_label() {
+        for hook in Hook::ALL {
+            let quoted = format!("{:?}", hook.label());
+            assert_eq!(serde_json::to_string(&hook).unwrap(), quoted);
+            assert_eq!(serde_json::from_str::<Hook>(&quoted).unwrap(), hook);
+        }
+    }
+}
