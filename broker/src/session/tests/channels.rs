@@ -1,10 +1,13 @@
 //! Subscribe, unsubscribe and recovery.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
 use super::memory::MemoryClient;
 use super::{node, node_with, token};
 use crate::config::Config;
+use crate::node::Node;
 
 /// The offsets of a list of publications.
 fn offsets(publications: &Value) -> Vec<u64> {
@@ -122,7 +125,7 @@ async fn after_unsubscribe_no_more_messages_arrive() {
 
 /// Subscribes to `channel` and publishes `n` publications into it from another client;
 /// returns the epoch.
-async fn stream_of(node: &std::sync::Arc<crate::node::Node>, channel: &str, n: u64) -> String {
+async fn stream_of(node: &Arc<Node>, channel: &str, n: u64) -> String {
     let mut first = MemoryClient::connect(node, &token("alice", &["chat:*"])).await;
     let epoch = first.subscribe(channel).await["epoch"]
         .as_str()

@@ -1,5 +1,6 @@
 //! The handshake: `connect` first, within the deadline, with a token that verifies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -8,6 +9,7 @@ use super::memory::MemoryClient;
 use super::{SECRET, node, node_with, token};
 use crate::auth::TokenSpec;
 use crate::config::Config;
+use crate::node::Node;
 use crate::protocol::{CloseCode, Disconnect, now_ms};
 use crate::transport::Inbound;
 
@@ -112,7 +114,7 @@ async fn a_binary_first_frame_gets_bad_request_then_4001() {
 }
 
 /// Sends `connect` with `token`; asserts the error code and the close code.
-async fn refused(token: &str, node: &std::sync::Arc<crate::node::Node>, error: &str, code: u16) {
+async fn refused(node: &Arc<Node>, token: &str, error: &str, code: u16) {
     let mut c = MemoryClient::open(node);
     let r = c.request(json!({"type": "connect", "token": token})).await;
     assert_eq!(r["type"], "error", "{r}");
@@ -126,12 +128,12 @@ async fn refused(token: &str, node: &std::sync::Arc<crate::node::Node>, error: &
 async fn a_token_signed_with_another_secret_is_unauthorized() {
     let forged = TokenSpec::new("alice", Duration::from_secs(60))
         .sign_hs256(b"not-the-node-secret-not-the-node-secret");
-    refused(&forged, &node(), "unauthorized", 4001).await;
+    refused(&node(), &forged, "unauthorized", 4001).await;
 }
 
 #[tokio::test]
 async fn a_garbage_token_is_unauthorized() {
-    refused("not.a.jwt", &node(), "unauthorized", 4001).await;
+    refused(&node(), "not.a.jwt", "unauthorized", 4001).await;
 }
 
 #[tokio::test]
@@ -139,7 +141,7 @@ async fn an_expired_token_gets_token_expired_then_4001() {
     let mut spec = TokenSpec::new("alice", Duration::from_secs(60));
     spec.exp = now_ms() / 1000 - 120;
     spec.iat = spec.exp - 60;
-    refused(&spec.sign_hs256(SECRET), &node(), "token_expired", 4001).await;
+    refused(&node(), &spec.sign_hs256(SECRET), "token_expired", 4001).await;
 }
 
 #[tokio::test]
