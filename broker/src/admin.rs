@@ -5,6 +5,7 @@
 //! wrap its answers; errors become responses in one place ([`ApiError`]).
 
 mod api;
+pub mod config;
 
 use std::sync::Arc;
 
@@ -21,34 +22,7 @@ use serde_json::json;
 use crate::node::Node;
 use crate::plugins::ReloadTrigger;
 use crate::protocol::{ErrorCode, ErrorReply};
-use crate::validation::Problems;
-
-/// `[api]`: the server API's limits.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ApiConfig {
-    /// Largest request body of the server API, in bytes.
-    pub max_body_bytes: usize,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 1 << 20,
-        }
-    }
-}
-
-impl ApiConfig {
-    pub fn validate(&self, p: &mut Problems) {
-        p.range(
-            "api.max_body_bytes",
-            self.max_body_bytes as u64,
-            1024,
-            64 << 20,
-        );
-    }
-}
+pub use config::ApiConfig;
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()

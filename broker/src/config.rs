@@ -16,14 +16,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub use crate::admin::ApiConfig;
+pub use crate::admin::config::ApiConfig;
 pub use crate::auth::{AuthConfig, TokenAlgorithm};
 pub use crate::channel::NamespaceConfig;
 pub use crate::history::HistoryConfig;
 pub use crate::limits::{ConnectionsConfig, LimitsConfig, RateLimitsConfig};
 pub use crate::logging::{LogConfig, LogFormat};
 pub use crate::plugins::config::{OnError, PluginModuleConfig, PluginsConfig};
-pub use crate::server::ShutdownConfig;
+pub use crate::server::config::ShutdownConfig;
 use crate::validation::Problems;
 pub use env::EnvOverrides;
 

@@ -5,12 +5,13 @@
 //! the connection tasks to flush and close, at most `shutdown.drain_ms` → stop the admin
 //! listener → return.
 
+pub mod config;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::admin;
@@ -20,27 +21,7 @@ use crate::logging::LogControl;
 use crate::node::{ApiKeys, Node};
 use crate::protocol::now_ms;
 use crate::transport::ws;
-use crate::validation::Problems;
-
-/// `[shutdown]`: how long a drain may take.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// Time allowed from SIGTERM to exit.
-    pub drain_ms: u64,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        Self { drain_ms: 10_000 }
-    }
-}
-
-impl ShutdownConfig {
-    pub fn validate(&self, p: &mut Problems) {
-        p.range("shutdown.drain_ms", self.drain_ms, 0, 600_000);
-    }
-}
+pub use config::ShutdownConfig;
 
 /// A bound, not yet running, server.
 pub struct Server {

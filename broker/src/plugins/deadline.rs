@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use wasmtime::UpdateDeadline;
 
-use super::engine::TICK;
+/// The epoch ticker's period: a call's deadline is checked this often.
+pub const TICK: Duration = Duration::from_millis(1);
 
 /// Wall-time cap of a call, as a multiple of its CPU deadline.
 pub const WALL_FACTOR: u32 = 10;

@@ -11,11 +11,9 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::deadline::TICK;
 use super::host::{PluginBindings, StoreData};
 use super::types::Error;
-
-/// How long one epoch tick lasts: call deadlines are counted in ticks.
-pub const TICK: Duration = Duration::from_millis(1);
 
 /// How long a compile-cache entry no loaded plugin uses is kept.
 pub const CACHE_KEEP: Duration = Duration::from_secs(24 * 3600);

@@ -11,7 +11,7 @@ use wasmtime::component::Resource;
 
 use super::deadline::Deadline;
 use super::meta::{self, MetaFields};
-use super::types::{PluginId, PluginLimits};
+use super::types::{Hook, PluginId, PluginLimits};
 use crate::transport::TransportKind;
 
 // The generated code has `unsafe` blocks of its own (lowering and lifting); nothing else
@@ -400,6 +400,27 @@ impl types::HostPublication for StoreData {
         // Plugins only ever hold borrows; the host owns the publication.
         Ok(())
     }
+}
+
+impl Hook {
+    /// The hook's bit in the contract's `hook-set`.
+    pub(super) fn flag(self) -> HookSet {
+        match self {
+            Self::Connect => HookSet::CONNECT,
+            Self::Subscribe => HookSet::SUBSCRIBE,
+            Self::Publish => HookSet::PUBLISH,
+            Self::Disconnect => HookSet::DISCONNECT,
+        }
+    }
+}
+
+/// The labels of the hooks in `set`, in [`Hook::ALL`] order.
+pub(super) fn hook_names(set: HookSet) -> Vec<&'static str> {
+    Hook::ALL
+        .into_iter()
+        .filter(|h| set.contains(h.flag()))
+        .map(Hook::label)
+        .collect()
 }
 
 #[cfg(test)]

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use wasmtime::component::Component;
 
 use super::engine::{PluginEngine, sha256_hex};
+use super::host::hook_names;
 use super::host::{HookSet, PluginPre, StoreData};
 use super::instance::Pool;
-use super::runtime::{Failure, ReloadReport};
 use super::set::{LoadedPlugin, PluginSet};
 use super::settings::{ModuleSettings, PluginsSettings};
 use super::stats::Stats;
-use super::types::{Error, Hook, hook_names};
+use super::types::{Error, Failure, Hook, ReloadReport};
 use crate::metrics::Metrics;
 use crate::protocol::now_ms;
 

@@ -13,11 +13,12 @@ use serde_json::{Value, json};
 
 use super::config::OnError;
 use super::engine::{EngineSettings, PluginEngine, sha256_hex};
+use super::host::hook_names;
 use super::host::{PluginConn, PublicationState, PublishSource};
 use super::instance::Pool;
 use super::runtime::Plugins;
 use super::settings::{ModuleSettings, PluginsSettings};
-use super::types::{Error, PluginLimits, hook_names};
+use super::types::{Error, PluginLimits};
 use crate::metrics::Metrics;
 use crate::transport::TransportKind;
 

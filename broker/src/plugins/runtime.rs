@@ -10,42 +10,22 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use serde::Serialize;
 
 use super::answer::{self, Changes, Emit, PublishOutcome, Refusal};
 use super::audit::{self, Record};
 use super::config::OnError;
 use super::engine::PluginEngine;
+use super::host::hook_names;
 use super::host::{ConnectDecision, Decision, PluginConn, PublicationState, publication_handle};
 use super::instance::Warm;
 use super::load;
 use super::meta::{self, MetaFields};
 use super::set::{LoadedPlugin, PluginSet};
 use super::settings::PluginsSettings;
-use super::types::{Error, Hook, hook_names};
+use super::types::{Error, Failure, Hook, ReloadReport};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::now_ms;
-
-/// A failed load, kept for `/admin/plugins` until that plugin loads again.
-#[derive(Debug, Clone, Serialize)]
-pub struct Failure {
-    pub name: String,
-    pub file: String,
-    pub error: String,
-    pub at_ms: u64,
-}
-
-/// What a reload did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ReloadReport {
-    pub generation: u64,
-    pub changed: Vec<String>,
-    pub unchanged: Vec<String>,
-    pub failed: Vec<Failure>,
-    /// Time spent reading, compiling, instantiating and initialising, in milliseconds.
-    pub took_ms: f64,
-}
 
 /// What asked for a reload (the `trigger` field of the reload log lines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

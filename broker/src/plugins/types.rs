@@ -3,8 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::host::HookSet;
-
 /// What can go wrong loading or calling a plugin. Call failures (`Trap` … `BadOutput`)
 /// replace the instance and follow the plugin's `on_error` policy.
 #[derive(Debug, thiserror::Error)]
@@ -101,27 +99,9 @@ impl Hook {
         }
     }
 
-    pub(super) fn flag(self) -> HookSet {
-        match self {
-            Self::Connect => HookSet::CONNECT,
-            Self::Subscribe => HookSet::SUBSCRIBE,
-            Self::Publish => HookSet::PUBLISH,
-            Self::Disconnect => HookSet::DISCONNECT,
-        }
-    }
-
     pub(super) fn index(self) -> usize {
         self as usize
     }
-}
-
-/// The labels of the hooks in `set`, in [`Hook::ALL`] order.
-pub(super) fn hook_names(set: HookSet) -> Vec<&'static str> {
-    Hook::ALL
-        .into_iter()
-        .filter(|h| set.contains(h.flag()))
-        .map(Hook::label)
-        .collect()
 }
 
 #[cfg(test)]
@@ -136,4 +116,24 @@ mod tests {
             assert_eq!(serde_json::from_str::<Hook>(&quoted).unwrap(), hook);
         }
     }
+}
+
+/// A failed load, kept for `/admin/plugins` until that plugin loads again.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub name: String,
+    pub file: String,
+    pub error: String,
+    pub at_ms: u64,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadReport {
+    pub generation: u64,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub failed: Vec<Failure>,
+    /// Time spent reading, compiling, instantiating and initialising, in milliseconds.
+    pub took_ms: f64,
 }

@@ -6,8 +6,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use serde::Serialize;
 
 use super::config::OnError;
-use super::runtime::{Failure, Plugins};
-use super::types::hook_names;
+use super::host::hook_names;
+use super::runtime::Plugins;
+use super::types::Failure;
 
 impl Plugins {
     /// The `/admin/plugins` view.
