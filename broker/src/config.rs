@@ -185,11 +185,13 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("<embedded defaults>")),
             message,
         };
-        // Parse once to learn the namespaces, so their keys can be overridden too.
+        // Parse once with every default filled in, and override that whole table: an
+        // override changes exactly the key it names (with or without a file), and the
+        // namespaces and plugins of the result are known so their keys can be overridden.
         let base: Config = table
-            .clone()
             .try_into()
             .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        let table = toml::Table::try_from(&base).expect("config serializes to TOML");
         let (table, applied_env, unknown_env) = env.apply(table, &base)?;
         let config: Config = table
             .try_into()

@@ -262,3 +262,28 @@ async fn sigterm_disconnects_clients_with_1012_and_exits_0() {
     assert_eq!(broker.wait_exit(WAIT).await, Some(0));
     broker.wait_log(r#""message":"Stopped""#).await;
 }
+
+/// An override changes exactly the key it names: run from a directory without `config/`
+/// (the embedded defaults), an empty `HOOKWIRE_NAMESPACES_CHAT_PLUGINS` leaves every
+/// namespace as it was.
+#[test]
+fn an_override_outside_the_repository_changes_only_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = run_hookwire_in(
+        dir.path(),
+        &["check-config"],
+        &[
+            ("HOOKWIRE_JWT_SECRET", SECRET),
+            ("HOOKWIRE_NAMESPACES_CHAT_PLUGINS", ""),
+            ("HOOKWIRE_NAMESPACES_NEWS_HISTORY_SIZE", "7"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("embedded defaults"), "{out}");
+    assert!(
+        out.contains("namespace chat     history 100/300s presence=true join_leave=true"),
+        "{out}"
+    );
+    assert!(out.contains("namespace user"), "{out}");
+    assert!(out.contains("namespace news     history 7/3600s"), "{out}");
+}

@@ -24,7 +24,7 @@ mod wait;
 pub use broker::TestBroker;
 pub use builder::Builder;
 pub use client::Client;
-pub use command::run_hookwire;
+pub use command::{run_hookwire, run_hookwire_in};
 pub use raw_client::RawClient;
 pub use tokens::{SECRET, forged_token, now_s, sign_claims, sign_with, spec, token};
 pub use wait::{WAIT, deadline};

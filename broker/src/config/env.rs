@@ -246,6 +246,32 @@ mod tests {
     }
 
     #[test]
+    fn an_override_changes_only_its_key_with_or_without_a_file() {
+        let missing = Path::new("/nonexistent/hookwire.toml");
+        let vars = EnvOverrides::from_pairs([("HOOKWIRE_NAMESPACES_CHAT_PLUGINS", "")]);
+        let loaded = Config::load(missing, true, &vars).unwrap();
+        assert_eq!(loaded.config, Config::default());
+        let vars = EnvOverrides::from_pairs([("HOOKWIRE_NAMESPACES_CHAT_PRESENCE", "false")]);
+        let c = Config::load(missing, true, &vars).unwrap().config;
+        assert!(!c.namespaces["chat"].presence);
+        assert_eq!(c.namespaces["chat"].history_size, 100);
+        assert_eq!(c.namespaces.len(), 3);
+        // A file without [namespaces] keeps the default ones under an override too.
+        let c = load(
+            "[limits]\nmax_frame_bytes = 1024\n",
+            &[("HOOKWIRE_NAMESPACES_NEWS_PUBLIC", "false")],
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.limits.max_frame_bytes, 1024);
+        assert!(!c.namespaces["news"].public);
+        assert!(c.namespaces["chat"].join_leave);
+        // A file's own [namespaces] still replaces the defaults.
+        let c = load("[namespaces.only]\n", &[]).unwrap().config;
+        assert_eq!(c.namespaces.keys().collect::<Vec<_>>(), ["only"]);
+    }
+
+    #[test]
     fn missing_default_file_uses_embedded_defaults() {
         let loaded = Config::load(
             Path::new("/nonexistent/hookwire.toml"),

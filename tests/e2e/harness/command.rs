@@ -9,9 +9,19 @@ use super::wait::WAIT;
 /// and listeners on port 0 in case it starts) and returns (exit code, stdout + stderr).
 /// Panics if it has not exited within [`WAIT`].
 pub fn run_hookwire(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    run_hookwire_in(&std::env::current_dir().unwrap(), args, env)
+}
+
+/// [`run_hookwire`] with `dir` as the working directory (e.g. one without `config/`).
+pub fn run_hookwire_in(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String) {
     use std::io::Read;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookwire"));
     cmd.args(args)
+        .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOOKWIRE_WS_ADDR", "127.0.0.1:0")
