@@ -78,6 +78,17 @@ pub struct Published {
     pub overflowed: usize,
 }
 
+impl Published {
+    /// A repeated idempotency key: the first publication's offset, delivered to nobody.
+    pub fn repeat(offset: u64) -> Self {
+        Self {
+            offset,
+            delivered: 0,
+            overflowed: 0,
+        }
+    }
+}
+
 /// Why a subscribe did not happen.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubscribeError {

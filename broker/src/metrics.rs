@@ -88,6 +88,7 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     auth_failures: IntCounterVec,
     pub slow_consumers: IntCounter,
+    dedup_evictions: IntCounter,
     pub history_streams: IntGauge,
     pub history_publications: IntGauge,
     pub history_bytes: IntGauge,
@@ -196,6 +197,11 @@ impl Metrics {
                 "Connections cut off because their outbound queue overflowed.",
             ))
             .expect("valid metric"),
+            dedup_evictions: IntCounter::with_opts(opts(
+                "dedup_evictions_total",
+                "Idempotency keys forgotten before their window ended, to stay under limits.dedup_max_keys.",
+            ))
+            .expect("valid metric"),
             history_streams: IntGauge::with_opts(opts("history_streams", "Channel streams kept in memory."))
                 .expect("valid metric"),
             history_publications: IntGauge::with_opts(opts(
@@ -264,6 +270,7 @@ impl Metrics {
         register(Box::new(m.rate_limited.clone()));
         register(Box::new(m.auth_failures.clone()));
         register(Box::new(m.slow_consumers.clone()));
+        register(Box::new(m.dedup_evictions.clone()));
         register(Box::new(m.history_streams.clone()));
         register(Box::new(m.history_publications.clone()));
         register(Box::new(m.history_bytes.clone()));
@@ -325,6 +332,10 @@ impl Metrics {
         if code == CloseCode::SlowConsumer {
             self.slow_consumers.inc();
         }
+    }
+
+    pub fn dedup_evicted(&self, keys: u64) {
+        self.dedup_evictions.inc_by(keys);
     }
 
     pub fn rate_limited(&self, limit: Limit) {

@@ -122,6 +122,7 @@ impl Node {
             metrics.clone(),
             plugins.clone(),
             config.limits.dedup_window_ms,
+            config.limits.dedup_max_keys,
         );
         let name = if config.node_name.is_empty() {
             default_node_name()

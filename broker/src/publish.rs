@@ -5,10 +5,10 @@
 //! Plugins run once per publication, never per delivery; a namespace without a publish
 //! chain pays one lookup.
 
-use std::collections::HashMap;
+mod dedup;
+
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
 use crate::access;
@@ -19,6 +19,7 @@ use crate::limits::{Exceeded, RateLimits};
 use crate::metrics::{Metrics, PublicationSource};
 use crate::plugins::{PluginConn, Plugins, PublicationState, PublishSource};
 use crate::protocol::{ErrorReply, now_ms};
+use dedup::{Dedup, Once, Publisher};
 use std::time::Instant;
 
 /// Where a publication comes from. Client publications are checked against the token;
@@ -42,6 +43,14 @@ impl Source<'_> {
         match self {
             Self::Client { .. } => PublicationSource::Client,
             Self::Api => PublicationSource::Api,
+        }
+    }
+
+    /// The scope of this source's idempotency keys.
+    fn publisher(&self) -> Publisher {
+        match self {
+            Self::Client { user, .. } => Publisher::User(Arc::clone(user)),
+            Self::Api => Publisher::Api,
         }
     }
 
@@ -88,6 +97,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         plugins: Arc<Plugins>,
         dedup_window_ms: u64,
+        dedup_max_keys: usize,
     ) -> Self {
         Self {
             hub,
@@ -95,7 +105,7 @@ impl Pipeline {
             limits,
             metrics,
             plugins,
-            dedup: Dedup::new(dedup_window_ms),
+            dedup: Dedup::new(dedup_window_ms, dedup_max_keys),
         }
     }
 
@@ -112,6 +122,14 @@ impl Pipeline {
             .check_channel_publish(&ns, &channel)
             .map_err(|e| self.limited(&e))?;
         if self.plugins.publishes_through(&ns.name) {
+            if let Some(offset) = self.repeat_of(&req, &channel) {
+                return Ok(Accepted {
+                    channel,
+                    offset,
+                    duplicate: true,
+                    delivered: 0,
+                });
+            }
             return self.publish_through_plugins(&req, channel, &ns, accepted_at);
         }
         let publish = || {
@@ -209,7 +227,8 @@ impl Pipeline {
     }
 
     /// Runs `publish` unless the request's idempotency key was seen on `channel` within
-    /// the window, and counts what it delivered. Returns whether it was a repeat.
+    /// the window (keys are scoped by publisher), and counts what it delivered. Returns
+    /// whether it was a repeat.
     fn once(
         &self,
         req: &PublishRequest<'_>,
@@ -218,13 +237,31 @@ impl Pipeline {
     ) -> (Published, bool) {
         let (published, duplicate) = match req.key {
             None => (publish(), false),
-            Some(key) => self.dedup.once(channel, key, publish),
+            Some(key) => {
+                let publisher = req.source.publisher();
+                let (once, evicted) = self.dedup.once(&publisher, channel, key, now_ms(), publish);
+                if evicted > 0 {
+                    self.metrics.dedup_evicted(evicted as u64);
+                }
+                match once {
+                    Once::Published(p) => (p, false),
+                    Once::Repeat(offset) => (Published::repeat(offset), true),
+                }
+            }
         };
         if !duplicate {
             self.metrics
                 .publication(req.source.metric(), published.delivered as u64);
         }
         (published, duplicate)
+    }
+
+    /// The first offset of a repeated key, checked before the plugins run (a repeat does
+    /// not run them again).
+    fn repeat_of(&self, req: &PublishRequest<'_>, channel: &ChannelName) -> Option<u64> {
+        let key = req.key?;
+        self.dedup
+            .seen(&req.source.publisher(), channel, key, now_ms())
     }
 
     fn limited(&self, e: &Exceeded) -> ErrorReply {
@@ -235,60 +272,6 @@ impl Pipeline {
     /// Forgets idempotency keys older than the window.
     pub fn sweep(&self, now_ms: u64) {
         self.dedup.sweep(now_ms);
-    }
-}
-
-const DEDUP_SHARDS: usize = 16;
-
-/// (channel, key) → (first offset, expires at ms).
-type KeyMap = HashMap<(ChannelName, Box<str>), (u64, u64)>;
-
-/// Idempotency keys per channel, remembered for a window.
-struct Dedup {
-    window_ms: u64,
-    shards: Box<[Mutex<KeyMap>]>,
-}
-
-impl Dedup {
-    fn new(window_ms: u64) -> Self {
-        Self {
-            window_ms,
-            shards: (0..DEDUP_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
-        }
-    }
-
-    /// Runs `publish` unless the key was seen in the window; returns the first offset then.
-    /// The shard lock is held across `publish`, so two racing repeats publish once.
-    fn once(
-        &self,
-        channel: &ChannelName,
-        key: &str,
-        publish: impl FnOnce() -> Published,
-    ) -> (Published, bool) {
-        let now = now_ms();
-        let mut shard = self.shards[channel.shard(DEDUP_SHARDS)].lock();
-        let k = (channel.clone(), Box::<str>::from(key));
-        if let Some(&(offset, expires)) = shard.get(&k)
-            && expires > now
-        {
-            let seen = Published {
-                offset,
-                delivered: 0,
-                overflowed: 0,
-            };
-            return (seen, true);
-        }
-        let published = publish();
-        shard.insert(k, (published.offset, now + self.window_ms));
-        (published, false)
-    }
-
-    fn sweep(&self, now_ms: u64) {
-        for shard in self.shards.iter() {
-            shard.lock().retain(|_, (_, expires)| *expires > now_ms);
-        }
     }
 }
 
@@ -327,7 +310,7 @@ mod tests {
         let limits = Arc::new(RateLimits::new(&config.rate_limits, &config.namespaces));
         let metrics = Arc::new(Metrics::new());
         let plugins = Plugins::disabled(metrics.clone());
-        Pipeline::new(hub, namespaces, limits, metrics, plugins, 60_000)
+        Pipeline::new(hub, namespaces, limits, metrics, plugins, 60_000, 1_000)
     }
 
     fn raw(s: &str) -> Box<RawValue> {

@@ -702,3 +702,39 @@ async fn a_chatty_plugin_is_rate_limited_in_the_log() {
         "{written} of {FLOOD}+ lines written"
     );
 }
+
+/// A repeated idempotency key is answered with the first offset before the chain runs:
+/// the plugins see the publication once, and subscribers get it once.
+#[tokio::test]
+async fn a_repeated_key_does_not_run_the_plugins_again() {
+    let dir = plugin_dir(&[(&examples(), "schema-guard"), (&examples(), "enrich")]);
+    let b = start(
+        dir.path(),
+        r#"
+[plugins.modules.schema-guard.config]
+fields.text = { type = "string", required = true }
+[plugins.modules.enrich.config]
+claims = ["name"]
+[namespaces.chat]
+plugins = ["schema-guard", "enrich"]
+"#,
+    )
+    .await;
+    let (mut alice, _) = b.connect(&token_with("alice", json!({}))).await;
+    let (mut bob, _) = b.connect(&token_with("bob", json!({}))).await;
+    bob.subscribe("chat:once").await;
+    let frame =
+        json!({"type": "publish", "channel": "chat:once", "data": {"text": "hi"}, "key": "k-1"});
+    let first = alice.request(frame.clone()).await;
+    let again = alice.request(frame).await;
+    assert_eq!(first["type"], "published", "{first}");
+    assert_eq!(again["offset"], first["offset"], "{again}");
+    bob.messages("chat:once", 1).await;
+    bob.ping().await;
+    assert!(!bob.pushes.iter().any(|m| m["type"] == "message"));
+    let (_, metrics) = b.admin_get("/metrics").await;
+    for plugin in ["schema-guard", "enrich"] {
+        let line = format!("hookwire_plugin_calls_total{{hook=\"publish\",plugin=\"{plugin}\"}} 1");
+        assert!(metrics.contains(&line), "{plugin} ran again:\n{metrics}");
+    }
+}

@@ -28,6 +28,9 @@ pub struct LimitsConfig {
     pub max_subscriptions: usize,
     /// A publish repeating an idempotency `key` within this window is not delivered again.
     pub dedup_window_ms: u64,
+    /// Idempotency keys remembered at once, node-wide; past it the oldest are forgotten
+    /// first (counted in `hookwire_dedup_evictions_total`).
+    pub dedup_max_keys: usize,
 }
 
 /// Rates are per second with a burst above them; 0 turns a limit off.
@@ -80,6 +83,7 @@ impl Default for LimitsConfig {
             write_buffer_bytes: 16_384,
             max_subscriptions: 1_024,
             dedup_window_ms: 120_000,
+            dedup_max_keys: 100_000,
         }
     }
 }
@@ -168,6 +172,12 @@ impl LimitsConfig {
             self.dedup_window_ms,
             0,
             86_400_000,
+        );
+        p.range(
+            "limits.dedup_max_keys",
+            self.dedup_max_keys as u64,
+            16,
+            100_000_000,
         );
     }
 }
