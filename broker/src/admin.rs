@@ -33,6 +33,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/broadcast", post(api::broadcast))
         .route("/api/disconnect", post(api::disconnect))
         .route("/api/revoke", post(api::revoke))
+        .route("/api/unrevoke", post(api::unrevoke))
+        .route("/api/revocations", get(api::revocations))
         .route("/api/presence", get(api::presence))
         .route("/api/history", get(api::history))
         .route("/api/channels", get(api::channels))
@@ -148,6 +150,8 @@ async fn count_requests(State(node): State<Arc<Node>>, req: Request, next: Next)
         "/api/broadcast",
         "/api/disconnect",
         "/api/revoke",
+        "/api/unrevoke",
+        "/api/revocations",
         "/api/presence",
         "/api/history",
         "/api/channels",

@@ -3,6 +3,7 @@
 //! Tokens are never logged: errors describe what is wrong with a token, never its text.
 
 mod config;
+mod revocations;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::protocol::{ErrorCode, ErrorReply};
 pub use config::{AuthConfig, TokenAlgorithm};
+pub use revocations::{Revocation, Revocations, RevocationsError};
 
 /// The development secret `--dev` falls back to. Never use it outside a laptop.
 pub const DEV_SECRET: &str = "hookwire-dev-secret-do-not-use-in-production";
@@ -74,9 +76,13 @@ pub enum Error {
     )]
     SubMismatch { current: String, new: String },
     #[error(
-        "tokens of this user issued before the revocation are refused until {until} (Unix time); get a new token after that"
+        "tokens of this user issued at or before {revoked_at} (Unix time) were revoked by an operator and are refused until {until}; a token issued after the revocation is accepted"
     )]
-    Revoked { until: u64 },
+    Revoked { revoked_at: u64, until: u64 },
+    #[error(
+        "the token's iat ({iat}) is in the future (now {now}, leeway {leeway} s); fix the issuer's clock"
+    )]
+    IssuedInFuture { iat: u64, now: u64, leeway: u64 },
 }
 
 impl Error {
@@ -97,6 +103,7 @@ impl Error {
             Self::BadClaims(_) => "bad_claims",
             Self::SubMismatch { .. } => "sub_mismatch",
             Self::Revoked { .. } => "revoked",
+            Self::IssuedInFuture { .. } => "iat_in_future",
         }
     }
 
@@ -151,6 +158,8 @@ pub fn resolve_secret(
 
 /// Verifies client tokens against the configured keys.
 pub struct Verifier {
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
+    leeway: u64,
     accepted: Vec<Algorithm>,
     accepted_text: String,
     hmac: Option<DecodingKey>,
@@ -264,6 +273,7 @@ impl Verifier {
             .map(|alg| (*alg, validation(*alg, config)))
             .collect();
         Ok(Self {
+            leeway: config.leeway_secs,
             accepted_text: config
                 .algorithms
                 .iter()
@@ -316,9 +326,22 @@ impl Verifier {
             });
         };
         let validation = &self.validations[&header.alg];
-        jsonwebtoken::decode::<Claims>(token, key, validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map(|data| data.claims)
-            .map_err(|e| map_error(&e))
+            .map_err(|e| map_error(&e))?;
+        // Revocation compares `iat` with when it was made: a token must not date itself
+        // after a revocation it predates.
+        let now = crate::protocol::now_ms() / 1000;
+        if let Some(iat) = claims.iat
+            && iat > now.saturating_add(self.leeway)
+        {
+            return Err(Error::IssuedInFuture {
+                iat,
+                now,
+                leeway: self.leeway,
+            });
+        }
+        Ok(claims)
     }
 }
 
@@ -430,42 +453,6 @@ impl TokenSpec {
 
 /// A shared verifier.
 pub type SharedVerifier = Arc<Verifier>;
-
-/// Users whose tokens issued before a moment are refused until a deadline
-/// (`POST /api/revoke`).
-#[derive(Default)]
-pub struct Revocations {
-    /// user → (refuse tokens issued before this, until this), Unix seconds.
-    by_user: parking_lot::Mutex<HashMap<String, (u64, u64)>>,
-}
-
-impl Revocations {
-    /// Refuses `user`'s tokens issued before `now_s` until `until_s`.
-    pub fn revoke(&self, user: &str, now_s: u64, until_s: u64) {
-        self.by_user
-            .lock()
-            .insert(user.to_string(), (now_s, until_s));
-    }
-
-    /// `Err` when the token was issued before a revocation still in force. A token without
-    /// `iat` counts as issued before.
-    pub fn check(&self, claims: &Claims, now_s: u64) -> Result<(), Error> {
-        let by_user = self.by_user.lock();
-        match by_user.get(&claims.sub) {
-            Some(&(revoked_at, until))
-                if now_s < until && claims.iat.is_none_or(|iat| iat <= revoked_at) =>
-            {
-                Err(Error::Revoked { until })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Forgets revocations that ended.
-    pub fn sweep(&self, now_s: u64) {
-        self.by_user.lock().retain(|_, (_, until)| *until > now_s);
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -45,6 +45,9 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// This node's name (`node` in `connected`); empty: host name plus a random suffix.
     pub node_name: String,
+    /// Where what must survive a restart is kept (the revocation list); empty: nothing
+    /// is kept on disk.
+    pub data_dir: String,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub rate_limits: RateLimitsConfig,
@@ -106,6 +109,7 @@ impl Default for Config {
             ws_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             node_name: String::new(),
+            data_dir: "data".into(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             rate_limits: RateLimitsConfig::default(),
@@ -206,6 +210,11 @@ impl Config {
     }
 
     /// Checks every setting; returns every problem, each naming key, value and what is allowed.
+    /// The data directory, `None` when nothing is kept on disk.
+    pub fn data_dir(&self) -> Option<&Path> {
+        (!self.data_dir.is_empty()).then(|| Path::new(&self.data_dir))
+    }
+
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut p = Problems::default();
         if !self.node_name.is_empty() && !self.node_name.bytes().all(crate::channel::is_name_byte) {

@@ -96,7 +96,14 @@ impl Node {
     pub fn new(config: Config, verifier: Verifier, keys: ApiKeys) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
         let plugins = Plugins::disabled(metrics.clone());
-        Self::with_plugins(config, verifier, keys, metrics, plugins)
+        Self::with_plugins(
+            config,
+            verifier,
+            keys,
+            metrics,
+            plugins,
+            Revocations::default(),
+        )
     }
 
     /// A node whose plugins are already loaded (`Plugins::start`), with the metrics
@@ -107,6 +114,7 @@ impl Node {
         keys: ApiKeys,
         metrics: Arc<Metrics>,
         plugins: Arc<Plugins>,
+        revocations: Revocations,
     ) -> Arc<Self> {
         let history: Arc<dyn HistoryStore> = Arc::new(MemoryHistory::new());
         let namespaces = Arc::new(Namespaces::new(
@@ -144,7 +152,7 @@ impl Node {
             metrics,
             rate_limits,
             registry: Registry::default(),
-            revocations: Revocations::default(),
+            revocations,
             keys,
             next_key: AtomicU64::new(1),
         })

@@ -43,8 +43,12 @@ impl Server {
             .with_context(|| format!("cannot listen on admin_addr {admin_addr}"))?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let plugins = crate::plugins::Plugins::start(&config, metrics.clone())?;
+        let revocations = crate::auth::Revocations::open(config.data_dir())?;
+        if !revocations.persistent() {
+            tracing::warn!("data_dir is empty: revocations end when the process does");
+        }
         Ok(Self {
-            node: Node::with_plugins(config, verifier, keys, metrics, plugins),
+            node: Node::with_plugins(config, verifier, keys, metrics, plugins, revocations),
             ws_listener,
             admin_listener,
         })
@@ -157,7 +161,9 @@ async fn sweep(node: Arc<Node>) {
             .sweep(now, cfg.stream_idle_ttl_secs * 1000);
         node.pipeline.sweep(now);
         node.rate_limits.sweep();
-        node.revocations.sweep(now / 1000);
+        if let Err(e) = node.revocations.sweep(now / 1000) {
+            tracing::error!(error = %e, "Cannot save the revocation list");
+        }
         let (queued, longest) = node.registry.queue_depths();
         let m = &node.metrics;
         m.history_streams.set(streams as i64);

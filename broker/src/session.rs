@@ -171,10 +171,15 @@ fn unauthorized(reason: impl Into<std::borrow::Cow<'static, str>>) -> Exit {
     Exit::Disconnect(Disconnect::new(CloseCode::Unauthorized, reason))
 }
 
+/// Longest a token is honoured, whatever its `exp` says (a signed token may carry any
+/// number; adding a huge one to the clock would overflow).
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 /// The `Instant` at which a token with this `exp` (Unix seconds) expires.
 fn expiry_instant(exp: u64) -> Instant {
     let now_s = protocol::now_ms() / 1000;
-    Instant::now() + Duration::from_secs(exp.saturating_sub(now_s))
+    let life = Duration::from_secs(exp.saturating_sub(now_s)).min(MAX_TOKEN_LIFE);
+    Instant::now() + life
 }
 
 /// One authenticated connection's protocol state, owned by its task.

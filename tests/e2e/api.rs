@@ -307,7 +307,11 @@ async fn disconnect_and_revoke_close_with_4003_and_revoked_tokens_are_refused() 
     let old_token = token("bob", &["chat:*"]);
     let until = now_s() + 3600;
     let r = post(&b, "/api/revoke", json!({"user":"bob","until":until})).await;
-    assert_eq!((r.status, r.json()), (200, json!({})));
+    // The spec's `{}`, with fields that say what happened and what comes next.
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer = r.json();
+    assert_eq!(answer["until"], until, "{answer}");
+    assert_eq!(answer["disconnected"], 1, "{answer}");
     let closed = bob.closed().await;
     assert_eq!(closed.code, Some(4003), "{closed:?}");
     let mut again = Client::open(&b.ws_url()).await;

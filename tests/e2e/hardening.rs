@@ -70,3 +70,191 @@ async fn a_guessed_idempotency_key_suppresses_nobody_else() {
         "a repeat was delivered twice"
     );
 }
+
+fn claims(sub: &str, channels: &[&str], exp: u64, iat: u64) -> String {
+    sign_claims(&json!({"sub": sub, "channels": channels, "exp": exp, "iat": iat}))
+}
+
+async fn presence_users(c: &mut Client, channel: &str) -> Vec<String> {
+    let r = c
+        .request(json!({"type": "presence", "channel": channel}))
+        .await;
+    assert_eq!(r["type"], "presence", "{r}");
+    let mut users: Vec<String> = r["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["user"].as_str().unwrap().to_string())
+        .collect();
+    users.sort();
+    users
+}
+
+/// A signed token with an absurd `exp` is honoured for a bounded time instead of
+/// overflowing the clock; connect and refresh with one leave no ghost in presence.
+#[tokio::test]
+async fn a_huge_exp_neither_crashes_the_connection_nor_leaves_a_ghost() {
+    let b = TestBroker::start().await;
+    let mut watcher = b.client("watcher", &["chat:*"]).await;
+    watcher.subscribe("chat:ghosts").await;
+    let huge = claims("ghost", &["chat:*"], u64::MAX / 2, now_s());
+    let mut ghost = b.client_with(&huge).await;
+    ghost.subscribe("chat:ghosts").await;
+    let r = ghost
+        .request(json!({"type": "refresh", "token": claims("ghost", &["chat:*"], u64::MAX / 3, now_s())}))
+        .await;
+    assert_eq!(r["type"], "refreshed", "{r}");
+    ghost.ping().await;
+    assert_eq!(
+        presence_users(&mut watcher, "chat:ghosts").await,
+        ["ghost", "watcher"]
+    );
+    drop(ghost);
+    // The leave arrives once the connection's task has cleaned up.
+    let leave = watcher.recv_type("leave").await;
+    assert_eq!(leave["user"], "ghost", "{leave}");
+    assert_eq!(
+        presence_users(&mut watcher, "chat:ghosts").await,
+        ["watcher"]
+    );
+    assert_eq!(b.count_logs("panicked"), 0, "{:?}", b.logs());
+}
+
+/// Revocation compares `iat` with when it was made, so a token may not date itself in
+/// the future (beyond the leeway).
+#[tokio::test]
+async fn a_token_issued_in_the_future_is_refused() {
+    let b = TestBroker::start().await;
+    let future = claims(
+        "time-traveller",
+        &["chat:*"],
+        now_s() + 7200,
+        now_s() + 3600,
+    );
+    let (mut c, reply) = b.connect(&future).await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["code"], "unauthorized", "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("iat"),
+        "{reply}"
+    );
+    c.closed().await.assert_code(4001);
+    // Within the leeway (5 s) is fine.
+    let (_, ok) = b
+        .connect(&claims("on-time", &["chat:*"], now_s() + 60, now_s() + 2))
+        .await;
+    assert_eq!(ok["type"], "connected", "{ok}");
+}
+
+/// A refresh that narrows the token's channels drops the subscriptions it no longer
+/// allows, with an `unsubscribed` push saying why; the connection keeps its `sub`.
+#[tokio::test]
+async fn a_narrower_refresh_drops_the_channels_it_no_longer_allows() {
+    let b = TestBroker::start().await;
+    let mut c = b
+        .client_with(&claims("alice", &["chat:*"], now_s() + 600, now_s()))
+        .await;
+    c.subscribe("chat:kept").await;
+    c.subscribe("chat:dropped").await;
+    let r = c
+        .request(json!({"type": "refresh", "token": claims("alice", &["chat:kept"], now_s() + 600, now_s())}))
+        .await;
+    assert_eq!(r["type"], "refreshed", "{r}");
+    let pushed = c.recv_type("unsubscribed").await;
+    assert_eq!(pushed["channel"], "chat:dropped", "{pushed}");
+    assert!(pushed.get("id").is_none(), "{pushed}");
+    assert!(
+        pushed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("refreshed token"),
+        "{pushed}"
+    );
+    let mut other = b.client("bob", &["chat:*"]).await;
+    other.publish("chat:dropped", json!({"n": 1})).await;
+    other.publish("chat:kept", json!({"n": 2})).await;
+    let got = c.messages("chat:kept", 1).await;
+    assert_eq!(got[0]["data"]["n"], 2);
+    assert!(
+        !c.pushes
+            .iter()
+            .any(|m| m["channel"] == "chat:dropped" && m["type"] == "message"),
+        "a dropped channel still delivered"
+    );
+    assert_eq!(presence_users(&mut other, "chat:kept").await, ["alice"]);
+    // A refresh for another user is still refused.
+    c.expect_error(
+        json!({"type": "refresh", "token": claims("mallory", &["chat:*"], now_s() + 600, now_s())}),
+        "forbidden",
+    )
+    .await;
+}
+
+/// Revocations are kept in the data directory: after a restart the old token is still
+/// refused; they can be listed and lifted, and the answer to a revoke says what next.
+#[tokio::test]
+async fn a_revocation_survives_a_restart_and_can_be_lifted() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap().to_string();
+    let start = || {
+        TestBroker::builder()
+            .env("HOOKWIRE_API_KEY", API_KEY)
+            .env("HOOKWIRE_DATA_DIR", &data_dir)
+            .start()
+    };
+    let old = claims("alice", &["chat:*"], now_s() + 3600, now_s() - 10);
+    let mut first = start().await;
+    let (mut online, ok) = first.connect(&old).await;
+    assert_eq!(ok["type"], "connected", "{ok}");
+    let until = now_s() + 3600;
+    let r = request(
+        first.admin_addr,
+        "POST",
+        "/api/revoke",
+        Some(API_KEY),
+        Some(&json!({"user": "alice", "until": until}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer = r.json();
+    assert_eq!(answer["persisted"], true, "{answer}");
+    assert_eq!(answer["disconnected"], 1, "{answer}");
+    assert!(
+        answer["next"].as_str().unwrap().contains("new token"),
+        "{answer}"
+    );
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(WAIT).await, Some(0));
+
+    let second = start().await;
+    let (mut c, refused) = second.connect(&old).await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    c.closed().await.assert_code(4003);
+    let list = request(
+        second.admin_addr,
+        "GET",
+        "/api/revocations",
+        Some(API_KEY),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(list["revocations"][0]["user"], "alice", "{list}");
+    assert_eq!(list["revocations"][0]["until"], until, "{list}");
+    // A token issued after the revocation is accepted at once.
+    let fresh = claims("alice", &["chat:*"], now_s() + 3600, now_s() + 1);
+    let (_, ok) = second.connect(&fresh).await;
+    assert_eq!(ok["type"], "connected", "{ok}");
+    let lifted = request(
+        second.admin_addr,
+        "POST",
+        "/api/unrevoke",
+        Some(API_KEY),
+        Some(&json!({"user": "alice"}).to_string()),
+    )
+    .await
+    .json();
+    assert_eq!(lifted["lifted"], true, "{lifted}");
+    let (_, ok) = second.connect(&old).await;
+    assert_eq!(ok["type"], "connected", "{ok}");
+}

@@ -145,7 +145,8 @@ impl Dedup {
     }
 
     /// Keys remembered now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().seen.len()).sum()
     }
 }

@@ -255,11 +255,45 @@ impl Session {
             },
         );
         self.claims = claims;
+        self.drop_disallowed_subscriptions();
         if let Some(conn) = &mut self.plugin_conn {
             *conn = Arc::new(conn.with_claims(auth::claims_json(token).into()));
         }
         tracing::debug!(client = %self.handle.client, user = %self.handle.user, "Token refreshed");
         Ok(())
+    }
+
+    /// After a refresh: leaves every channel the new token no longer allows, telling the
+    /// client why with an `unsubscribed` push.
+    fn drop_disallowed_subscriptions(&mut self) {
+        let refused: Vec<(ChannelName, String)> = self
+            .subscriptions
+            .iter()
+            .filter_map(|(channel, ns)| {
+                access::can_subscribe(ns, channel, &self.claims)
+                    .err()
+                    .map(|e| (channel.clone(), e.message))
+            })
+            .collect();
+        for (channel, why) in refused {
+            let Some(ns) = self.subscriptions.remove(&channel) else {
+                continue;
+            };
+            self.node.hub.unsubscribe(&ns, &channel, &self.handle);
+            #[derive(Serialize)]
+            struct Unsubscribed<'a> {
+                #[serde(rename = "type")]
+                kind: &'static str,
+                channel: &'a str,
+                reason: String,
+            }
+            self.node.metrics.frames_sent("unsubscribed", 1);
+            self.push(protocol::encode(&Unsubscribed {
+                kind: "unsubscribed",
+                channel: channel.as_str(),
+                reason: format!("the refreshed token no longer allows this channel: {why}"),
+            }));
+        }
     }
 
     fn reply_channel(&self, id: Option<u64>, kind: &'static str, channel: &ChannelName) {

@@ -145,6 +145,10 @@ impl Builder {
         if self.secret {
             cmd.env("HOOKWIRE_JWT_SECRET", SECRET);
         }
+        // What the broker keeps on disk stays in this test's own directory.
+        if let Some(dir) = config_path.parent() {
+            cmd.env("HOOKWIRE_DATA_DIR", dir.join("data"));
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

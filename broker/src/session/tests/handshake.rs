@@ -168,7 +168,7 @@ async fn the_bearer_token_of_the_upgrade_serves_a_connect_without_token() {
 async fn a_revoked_user_gets_forbidden_then_4003_without_reconnect() {
     let node = node();
     let now = now_ms() / 1000;
-    node.revocations.revoke("mallory", now, now + 600);
+    node.revocations.revoke("mallory", now, now + 600).unwrap();
     let mut c = MemoryClient::open(&node);
     c.expect_error(
         json!({"type": "connect", "token": token("mallory", &[])}),
