@@ -223,6 +223,7 @@ async fn a_revocation_survives_a_restart_and_can_be_lifted() {
         answer["next"].as_str().unwrap().contains("new token"),
         "{answer}"
     );
+    online.closed().await.assert_code(4003);
     first.signal("TERM");
     assert_eq!(first.wait_exit(WAIT).await, Some(0));
 
