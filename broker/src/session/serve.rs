@@ -18,6 +18,13 @@ use crate::transport::{Inbound, Transport};
 /// A write batch whose buffer grew past this many frames is given back after the burst.
 const SHRINK_ABOVE: usize = 256;
 
+/// What the session's timer asks for.
+enum Timer {
+    Idle,
+    Ping,
+    End(Exit),
+}
+
 impl Session {
     /// Serves requests, writes queued frames and keeps the connection alive until it ends.
     pub(super) async fn serve<T: Transport>(&mut self, transport: &mut T) -> Exit {
@@ -37,7 +44,8 @@ impl Session {
                 }
                 next = self.handle.outbound.next_batch(&mut batch) => match next {
                     Next::Frames { probe } => {
-                        if let Err(exit) = self.write_queued(transport, &mut batch, probe).await {
+                        let written = self.write_batch(transport, &mut batch).await;
+                        if let Err(exit) = self.after_write(written, &mut batch, probe) {
                             return exit;
                         }
                     }
@@ -66,8 +74,14 @@ impl Session {
                     }
                 }
                 _ = &mut timer => {
-                    if let Err(exit) = self.on_timer(transport).await {
-                        return exit;
+                    match self.on_timer() {
+                        Timer::Idle => {}
+                        Timer::Ping => {
+                            if let Err(exit) = self.ping(transport).await {
+                                return exit;
+                            }
+                        }
+                        Timer::End(exit) => return exit,
                     }
                     timer.as_mut().reset(self.next_deadline());
                 }
@@ -126,15 +140,15 @@ impl Session {
         self.handle.outbound.close(d);
     }
 
-    /// Writes what the queue handed over, records the publish latency probe, and gives a
-    /// burst's buffer back.
-    async fn write_queued<T: Transport>(
+    /// After a batch was written: records the publish latency probe and gives a burst's
+    /// buffer back. (Synchronous on purpose: an async helper here would sit in every
+    /// connection's task state.)
+    fn after_write(
         &self,
-        transport: &mut T,
+        written: Result<(), Exit>,
         batch: &mut VecDeque<EncodedFrame>,
         probe: Option<std::time::Instant>,
     ) -> Result<(), Exit> {
-        let written = self.write_batch(transport, batch).await;
         if let (Ok(()), Some(accepted_at)) = (&written, probe) {
             self.node
                 .metrics
@@ -149,8 +163,8 @@ impl Session {
         written
     }
 
-    /// The session's one timer fired: token expiry, keepalive timeout, ping.
-    async fn on_timer<T: Transport>(&mut self, transport: &mut T) -> Result<(), Exit> {
+    /// The session's one timer fired: token expiry, keepalive timeout, or time to ping.
+    fn on_timer(&mut self) -> Timer {
         let now = Instant::now();
         if now >= self.expires_at {
             self.handle.outbound.close(Disconnect::new(
@@ -162,19 +176,27 @@ impl Session {
         if let Some(since) = self.awaiting_pong_since
             && now >= since + self.node.settings.pong_timeout
         {
-            return Err(Exit::Gone("keepalive timeout"));
+            return Timer::End(Exit::Gone("keepalive timeout"));
         }
         if now >= self.next_ping {
-            // A client whose socket takes not even a ping is not reading.
-            let pong_timeout = self.node.settings.pong_timeout;
-            match tokio::time::timeout(pong_timeout, transport.ping()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Exit::Gone("write failed")),
-                Err(_) => return Err(Exit::Gone("keepalive timeout")),
-            }
-            self.awaiting_pong_since.get_or_insert(now);
-            self.next_ping = now + self.node.settings.ping_interval;
+            return Timer::Ping;
         }
+        Timer::Idle
+    }
+
+    /// Sends a keepalive ping. A client whose socket takes not even a ping is not
+    /// reading. The wait is boxed: it happens once per ping interval, and inline it would
+    /// sit in every connection's task state.
+    async fn ping<T: Transport>(&mut self, transport: &mut T) -> Result<(), Exit> {
+        let now = Instant::now();
+        let pong_timeout = self.node.settings.pong_timeout;
+        match Box::pin(tokio::time::timeout(pong_timeout, transport.ping())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Exit::Gone("write failed")),
+            Err(_) => return Err(Exit::Gone("keepalive timeout")),
+        }
+        self.awaiting_pong_since.get_or_insert(now);
+        self.next_ping = now + self.node.settings.ping_interval;
         Ok(())
     }
 }
