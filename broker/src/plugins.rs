@@ -13,6 +13,7 @@
 //!   set              the loaded set: LoadedPlugin, PluginSet (the chains)
 //!   view             the /admin/plugins view
 //!   engine           one wasmtime Engine + epoch ticker; compile (disk cache); import policy
+//!   cache            the compile cache: a private directory, HMAC-tagged entries
 //!   host             bindgen! over wit/; store data; host functions; memory limiter
 //!   instance         warm instances of one version; one guarded call; failure classes
 //!   deadline         a call's CPU-time budget, checked on the epoch ticks
@@ -31,6 +32,7 @@
 
 mod answer;
 mod audit;
+mod cache;
 pub mod config;
 mod deadline;
 pub mod engine;

@@ -29,7 +29,10 @@ pub struct PluginsConfig {
     pub enabled: bool,
     /// Where plugin modules are loaded from and watched. `HOOKWIRE_PLUGINS_DIR`.
     pub dir: String,
-    /// Compiled modules, by sha256 (empty: `<dir>/.cache`).
+    /// Compiled modules, by sha256: native code, so a private directory (0700, the
+    /// broker's user, not a symlink; otherwise refused) outside `dir`, its entries tagged
+    /// with a key in `<cache_dir>.key` (empty: `$XDG_CACHE_HOME/hookwire/plugins`, else
+    /// `$HOME/.cache/hookwire/plugins`; `off`: no cache).
     pub cache_dir: String,
     /// Reload when a `.wasm` file in `dir` changes.
     pub watch: bool,

@@ -115,7 +115,7 @@ impl Plugins {
         settings: PluginsSettings,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
-        let engine = PluginEngine::new(&settings.engine)?;
+        let engine = PluginEngine::new(&settings.engine, Some(metrics.clone()))?;
         let audit = match &settings.audit_file {
             Some(path) => audit::Audit::to_file(path).map_err(|e| {
                 anyhow::anyhow!("cannot open the audit file {}: {e}", path.display())

@@ -112,11 +112,11 @@ impl PluginsSettings {
                 max_instances: p.max_instances,
                 max_memory_bytes,
                 max_stack_bytes: p.max_stack_kib << 10,
-                cache_dir: Some(if p.cache_dir.is_empty() {
-                    dir.join(".cache")
-                } else {
-                    PathBuf::from(&p.cache_dir)
-                }),
+                cache_dir: match p.cache_dir.as_str() {
+                    "" => super::cache::default_dir(),
+                    "off" => None,
+                    path => Some(PathBuf::from(path)),
+                },
             },
             modules,
             connection: p.connection.clone(),
