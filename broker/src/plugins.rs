@@ -15,6 +15,7 @@
 //!   engine           one wasmtime Engine + epoch ticker; compile (disk cache); import policy
 //!   cache            the compile cache: a private directory, HMAC-tagged entries
 //!   host             bindgen! over wit/; store data; host functions; memory limiter
+//!   threads          the plugin threads: hook calls run there, off the async workers
 //!   instance         warm instances of one version; one guarded call; failure classes
 //!   deadline         a call's CPU-time budget, checked on the epoch ticks
 //!   load             reading, compiling, instantiating and initialising a set
@@ -45,6 +46,7 @@ mod runtime;
 mod set;
 mod settings;
 mod stats;
+mod threads;
 mod types;
 mod view;
 mod watch;
@@ -55,6 +57,7 @@ pub use host::{PluginConn, PublicationState, PublishSource};
 pub use runtime::{Plugins, ReloadTrigger};
 pub use set::{LoadedPlugin, PluginSet};
 pub use settings::{ModuleSettings, PluginsSettings};
+pub use threads::Overloaded;
 pub use types::{Error, Hook, PluginId, PluginLimits};
 pub use types::{Failure, ReloadReport};
 pub use view::{PluginView, PluginsView};

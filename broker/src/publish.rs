@@ -17,8 +17,8 @@ use crate::channel::{ChannelName, Namespace, Namespaces};
 use crate::hub::{Hub, NewPublication, Published};
 use crate::limits::{Exceeded, RateLimits};
 use crate::metrics::{Metrics, PublicationSource};
-use crate::plugins::{PluginConn, Plugins, PublicationState, PublishSource};
-use crate::protocol::{ErrorReply, now_ms};
+use crate::plugins::{Emit, Hook, PluginConn, Plugins, PublicationState, PublishSource};
+use crate::protocol::{ErrorCode, ErrorReply, now_ms};
 use std::time::Instant;
 
 /// Where a publication comes from. Client publications are checked against the token;
@@ -61,6 +61,39 @@ pub struct PublishRequest<'a> {
     pub key: Option<&'a str>,
 }
 
+/// What [`Pipeline::start`] did.
+pub enum Step {
+    /// Published (no publish chain in the namespace).
+    Done(Accepted),
+    /// Checked; the namespace's publish chain is to run: await [`Pipeline::finish`].
+    Plugins(Box<Pending>),
+}
+
+/// A checked publication waiting for its publish chain: owned, so the chain can run on
+/// a plugin thread.
+pub struct Pending {
+    state: PublicationState,
+    ns: Arc<Namespace>,
+    rest: Rest,
+}
+
+/// What publishing needs after the chain.
+struct Rest {
+    user: Option<String>,
+    key: Option<String>,
+    source: PublicationSource,
+    channel: ChannelName,
+    accepted_at: Instant,
+}
+
+/// The answer when the plugin threads' queue is full.
+pub fn overloaded() -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::Unavailable,
+        "the plugin threads are overloaded (plugins.queue calls are waiting); retry shortly",
+    )
+}
+
 /// A successful publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -99,7 +132,36 @@ impl Pipeline {
         }
     }
 
+    /// Publishes, running the namespace's publish chain (if any) here, on the calling
+    /// thread: for tools and tests. Connections and the HTTP API use
+    /// [`Pipeline::start`] and [`Pipeline::finish`], which run plugins on the plugin
+    /// threads.
     pub fn publish(&self, req: PublishRequest<'_>) -> Result<Accepted, ErrorReply> {
+        match self.start(req)? {
+            Step::Done(accepted) => Ok(accepted),
+            Step::Plugins(pending) => {
+                let valid = |c: &str| self.valid_channel(c);
+                let answer = self
+                    .plugins
+                    .on_publish(&pending.ns.name, pending.state, &valid)?;
+                self.complete(pending.rest, answer)
+            }
+        }
+    }
+
+    /// [`Pipeline::start`] then, for a namespace with a publish chain,
+    /// [`Pipeline::finish`].
+    pub async fn publish_async(&self, req: PublishRequest<'_>) -> Result<Accepted, ErrorReply> {
+        match self.start(req)? {
+            Step::Done(accepted) => Ok(accepted),
+            Step::Plugins(pending) => self.finish(*pending).await,
+        }
+    }
+
+    /// Checks and, for a namespace without a publish chain, publishes (synchronous, the
+    /// fast path). A namespace with a chain answers [`Step::Plugins`]: the caller awaits
+    /// [`Pipeline::finish`].
+    pub fn start(&self, req: PublishRequest<'_>) -> Result<Step, ErrorReply> {
         let accepted_at = Instant::now();
         let (channel, ns) = access::resolve(&self.namespaces, req.channel)?;
         if let Source::Client { claims, user, .. } = req.source {
@@ -112,7 +174,17 @@ impl Pipeline {
             .check_channel_publish(&ns, &channel)
             .map_err(|e| self.limited(&e))?;
         if self.plugins.publishes_through(&ns.name) {
-            return self.publish_through_plugins(&req, channel, &ns, accepted_at);
+            return Ok(Step::Plugins(Box::new(Pending {
+                state: plugin_state(&req, &channel),
+                ns,
+                rest: Rest {
+                    user: req.source.user().map(str::to_string),
+                    key: req.key.map(str::to_string),
+                    source: req.source.metric(),
+                    channel,
+                    accepted_at,
+                },
+            })));
         }
         let publish = || {
             self.hub.publish(
@@ -126,32 +198,56 @@ impl Pipeline {
                 },
             )
         };
-        let (published, duplicate) = self.once(&req, &channel, publish);
-        Ok(Accepted {
+        let (published, duplicate) = self.once(req.key, req.source.metric(), &channel, publish);
+        Ok(Step::Done(Accepted {
             channel,
             offset: published.offset,
             duplicate,
             delivered: published.delivered,
-        })
+        }))
     }
 
-    /// The path of a namespace with a publish chain: the plugins may refuse, change the
-    /// data, add meta, reroute and emit; then every target channel and every emitted
-    /// publication goes to the hub. An idempotency key covers all of it.
-    fn publish_through_plugins(
+    /// Runs the publish chain on a plugin thread (the caller's thread is free meanwhile;
+    /// no lock is held), then publishes what it answered. A full plugin queue answers
+    /// `unavailable`.
+    pub async fn finish(&self, pending: Pending) -> Result<Accepted, ErrorReply> {
+        let Pending { state, ns, rest } = pending;
+        let namespaces = self.namespaces.clone();
+        let answer = self
+            .plugins
+            .offload(Hook::Publish, move |plugins| {
+                let valid = |c: &str| {
+                    access::resolve(&namespaces, c)
+                        .map(|_| ())
+                        .map_err(|e| e.message)
+                };
+                plugins.on_publish(&ns.name, state, &valid)
+            })
+            .await
+            .map_err(|_| overloaded())??;
+        self.complete(rest, answer)
+    }
+
+    fn valid_channel(&self, c: &str) -> Result<(), String> {
+        access::resolve(&self.namespaces, c)
+            .map(|_| ())
+            .map_err(|e| e.message)
+    }
+
+    /// After the publish chain: every target channel and every emitted publication goes
+    /// to the hub. An idempotency key covers all of it.
+    fn complete(
         &self,
-        req: &PublishRequest<'_>,
-        channel: ChannelName,
-        ns: &Namespace,
-        accepted_at: Instant,
+        rest: Rest,
+        (state, emits): (PublicationState, Vec<Emit>),
     ) -> Result<Accepted, ErrorReply> {
-        let state = plugin_state(req, &channel);
-        let valid = |c: &str| {
-            access::resolve(&self.namespaces, c)
-                .map(|_| ())
-                .map_err(|e| e.message)
-        };
-        let (state, emits) = self.plugins.on_publish(&ns.name, state, &valid)?;
+        let Rest {
+            user,
+            key,
+            source,
+            channel,
+            accepted_at,
+        } = rest;
         let meta = state.meta_json();
         let targets = state
             .channels
@@ -162,7 +258,7 @@ impl Pipeline {
             .iter()
             .map(|e| access::resolve(&self.namespaces, &e.channel).map(|t| (t, e)))
             .collect::<Result<Vec<_>, _>>()?;
-        let user = req.source.user();
+        let user = user.as_deref();
         let publish = || {
             let mut first: Option<Published> = None;
             let mut delivered = 0;
@@ -198,7 +294,7 @@ impl Pipeline {
             first.delivered = delivered;
             first
         };
-        let (published, duplicate) = self.once(req, &channel, publish);
+        let (published, duplicate) = self.once(key.as_deref(), source, &channel, publish);
         let first = targets.into_iter().next().map_or(channel, |(c, _)| c);
         Ok(Accepted {
             channel: first,
@@ -212,17 +308,17 @@ impl Pipeline {
     /// the window, and counts what it delivered. Returns whether it was a repeat.
     fn once(
         &self,
-        req: &PublishRequest<'_>,
+        key: Option<&str>,
+        source: PublicationSource,
         channel: &ChannelName,
         publish: impl FnOnce() -> Published,
     ) -> (Published, bool) {
-        let (published, duplicate) = match req.key {
+        let (published, duplicate) = match key {
             None => (publish(), false),
             Some(key) => self.dedup.once(channel, key, publish),
         };
         if !duplicate {
-            self.metrics
-                .publication(req.source.metric(), published.delivered as u64);
+            self.metrics.publication(source, published.delivered as u64);
         }
         (published, duplicate)
     }

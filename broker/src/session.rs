@@ -31,7 +31,7 @@ use crate::channel::{ChannelName, Namespace};
 use crate::hub::ConnHandle;
 use crate::limits::{FrameLimiter, UserPermit};
 use crate::node::Node;
-use crate::plugins::PluginConn;
+use crate::plugins::{Hook, PluginConn};
 use crate::protocol::{self, CloseCode, Disconnect, EncodedFrame, ErrorReply};
 use crate::transport::Transport;
 use handshake::handshake;
@@ -115,8 +115,16 @@ async fn live<T: Transport>(
         Exit::TooLarge => (1009, "frame too large".to_string()),
         Exit::Gone(why) => (1000, why.to_string()),
     };
-    if let Some(view) = &session.plugin_conn {
-        node.plugins.on_disconnect(view, &reason);
+    if let Some(view) = &session.plugin_conn
+        && node.plugins.connection_has(Hook::Disconnect)
+    {
+        let (view, why) = (view.clone(), reason.clone());
+        // On a plugin thread; a full queue skips the notification (counted). Boxed: its
+        // state is not part of every connection's task.
+        let _ = Box::pin(node.plugins.offload(Hook::Disconnect, move |plugins| {
+            plugins.on_disconnect(&view, &why);
+        }))
+        .await;
     }
     tracing::info!(
         client = %session.handle.client,

@@ -2,6 +2,9 @@
 //! tag verifies, and a slow plugin cannot stall connections that do not use it.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -110,4 +113,119 @@ async fn a_planted_cache_artifact_is_never_run_and_is_replaced() {
         "no rejection on a clean cache"
     );
     assert_eq!(std::fs::read(&redact).unwrap(), now);
+}
+
+/// The 99th percentile of `samples` (sorted in place), in milliseconds.
+fn p99_ms(samples: &mut [Duration]) -> f64 {
+    samples.sort();
+    let i = (samples.len() * 99).div_ceil(100).saturating_sub(1);
+    samples[i].as_secs_f64() * 1e3
+}
+
+/// Publish → `published` round trips of `n` publications, one at a time.
+async fn round_trips(c: &mut crate::harness::Client, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        let r = c
+            .request(json!({"type": "publish", "channel": "chat:quiet", "data": {"i": i}}))
+            .await;
+        out.push(started.elapsed());
+        assert_eq!(r["type"], "published", "{r}");
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_plugin_does_not_stall_other_namespaces() {
+    let dir = plugin_dir(&[(&test_plugins(), "misbehave")]);
+    let b = broker(
+        dir.path(),
+        r#"
+[plugins.modules.misbehave]
+on_error = "reject"
+[namespaces.spin]
+allow_publish = true
+plugins = ["misbehave"]
+"#,
+    )
+    .start()
+    .await;
+    let channels = json!({"channels": ["chat:*", "spin:*"]});
+    let (mut quiet, _) = b.connect(&token_with("quiet", channels.clone())).await;
+    let (mut spinner, _) = b.connect(&token_with("spinner", channels)).await;
+
+    // Baseline: nobody spins.
+    round_trips(&mut quiet, 50).await;
+    let mut baseline = round_trips(&mut quiet, 500).await;
+    let baseline_p99 = p99_ms(&mut baseline);
+
+    // One client has every publication of `spin` run the plugin to its deadline.
+    let stop = Arc::new(AtomicBool::new(false));
+    let refusals = Arc::new(AtomicU32::new(0));
+    let (first_tx, first_refusal) = tokio::sync::oneshot::channel();
+    let spinning = tokio::spawn({
+        let stop = stop.clone();
+        let refusals = refusals.clone();
+        async move {
+            let mut first_tx = Some(first_tx);
+            let (mut refused, started) = (0u32, Instant::now());
+            while !stop.load(Ordering::Relaxed)
+                && refused < 20_000
+                && started.elapsed() < Duration::from_secs(120)
+            {
+                let e = spinner
+                    .expect_error(
+                        json!({"type": "publish", "channel": "spin:x", "data": {"do": "loop"}}),
+                        "rejected",
+                    )
+                    .await;
+                assert!(e["message"].as_str().unwrap().contains("deadline"), "{e}");
+                refused += 1;
+                refusals.fetch_add(1, Ordering::Relaxed);
+                if let Some(tx) = first_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+            refused
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(30), first_refusal)
+        .await
+        .expect("the spinning client is refused within 30 s")
+        .unwrap();
+
+    let before = refusals.load(Ordering::Relaxed);
+    let window = Instant::now();
+    // At least 500 publications, and on until the plugin has looped 10 times meanwhile
+    // (bounded in count and time).
+    let mut loaded = round_trips(&mut quiet, 500).await;
+    while refusals.load(Ordering::Relaxed) - before < 10
+        && loaded.len() < 100_000
+        && window.elapsed() < Duration::from_secs(60)
+    {
+        loaded.extend(round_trips(&mut quiet, 100).await);
+    }
+    let window = window.elapsed();
+    let during = refusals.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    let refused = tokio::time::timeout(Duration::from_secs(30), spinning)
+        .await
+        .expect("the spinning client stops")
+        .unwrap();
+    let loaded_p99 = p99_ms(&mut loaded);
+    eprintln!(
+        "publish p99: {baseline_p99:.2} ms alone, {loaded_p99:.2} ms beside a looping plugin \
+         ({during} refusals during its {} publishes in {:.0} ms; {refused} in all)",
+        loaded.len(),
+        window.as_secs_f64() * 1e3
+    );
+    assert!(
+        during >= 10,
+        "the plugin looped throughout: {during} refusals"
+    );
+    assert!(
+        loaded_p99 <= baseline_p99 + 20.0,
+        "p99 {loaded_p99:.2} ms beside the looping plugin vs {baseline_p99:.2} ms alone"
+    );
 }

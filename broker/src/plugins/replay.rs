@@ -232,6 +232,8 @@ pub fn test(
         watch: false,
         audit_file: None,
         engine: engine_settings(),
+        threads: 1,
+        queue: 16,
         modules: BTreeMap::from([(name.clone(), module)]),
         connection: vec![name.clone()],
         namespaces,
