@@ -3,8 +3,10 @@
 //! One task per connection runs [`run`]: it waits for `connect`, then selects over inbound
 //! frames, its own outbound queue (written in batches, one flush per wake-up), a single
 //! timer (keepalive and token expiry) and the node's shutdown token. Requests are handled
-//! synchronously (hub and pipeline calls never await), and every reply goes through the
-//! same outbound queue as publications, so the writer is the only one touching the socket.
+//! synchronously (hub and pipeline calls never await), except one that must run a plugin
+//! chain: the session awaits it on the plugin threads before reading on. Every reply
+//! goes through the same outbound queue as publications, so the writer is the only one
+//! touching the socket.
 //!
 //! ```text
 //! session        run → handshake → live (serve) → finish; the Session state
