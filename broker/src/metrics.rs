@@ -99,6 +99,8 @@ pub struct Metrics {
     plugin_errors: IntCounterVec,
     plugin_seconds: HistogramVec,
     plugin_loads: IntCounterVec,
+    plugin_cache_rejected: IntCounterVec,
+    plugin_overloaded: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -253,6 +255,22 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric"),
+            plugin_cache_rejected: IntCounterVec::new(
+                opts(
+                    "plugin_cache_rejected_total",
+                    "Compile-cache entries not used, by reason (untagged, bad_tag, not_a_file, incompatible); each was recompiled and replaced.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            plugin_overloaded: IntCounterVec::new(
+                opts(
+                    "plugin_overloaded_total",
+                    "Hook calls refused because the plugin threads' queue was full, by hook.",
+                ),
+                &["hook"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -281,6 +299,8 @@ impl Metrics {
         register(Box::new(m.plugin_errors.clone()));
         register(Box::new(m.plugin_seconds.clone()));
         register(Box::new(m.plugin_loads.clone()));
+        register(Box::new(m.plugin_cache_rejected.clone()));
+        register(Box::new(m.plugin_overloaded.clone()));
         register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
@@ -303,6 +323,18 @@ impl Metrics {
 
     pub fn plugin_load(&self, result: &str) {
         self.plugin_loads.with_label_values(&[result]).inc();
+    }
+
+    /// A compile-cache entry was rejected (`reason`: one of a closed set).
+    pub fn plugin_cache_rejected(&self, reason: &str) {
+        self.plugin_cache_rejected
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// A hook call found the plugin threads' queue full (`hook`: one of the four).
+    pub fn plugin_overloaded(&self, hook: &str) {
+        self.plugin_overloaded.with_label_values(&[hook]).inc();
     }
 
     /// Records an accepted publication queued for `delivered` local subscribers.

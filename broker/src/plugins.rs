@@ -13,7 +13,9 @@
 //!   set              the loaded set: LoadedPlugin, PluginSet (the chains)
 //!   view             the /admin/plugins view
 //!   engine           one wasmtime Engine + epoch ticker; compile (disk cache); import policy
+//!   cache            the compile cache: a private directory, HMAC-tagged entries
 //!   host             bindgen! over wit/; store data; host functions; memory limiter
+//!   threads          the plugin threads: hook calls run there, off the async workers
 //!   instance         warm instances of one version; one guarded call; failure classes
 //!   deadline         a call's CPU-time budget, checked on the epoch ticks
 //!   load             reading, compiling, instantiating and initialising a set
@@ -31,6 +33,7 @@
 
 mod answer;
 mod audit;
+mod cache;
 pub mod config;
 mod deadline;
 pub mod engine;
@@ -43,6 +46,7 @@ mod runtime;
 mod set;
 mod settings;
 mod stats;
+mod threads;
 mod types;
 mod view;
 mod watch;
@@ -53,6 +57,7 @@ pub use host::{PluginConn, PublicationState, PublishSource};
 pub use runtime::{Plugins, ReloadTrigger};
 pub use set::{LoadedPlugin, PluginSet};
 pub use settings::{ModuleSettings, PluginsSettings};
+pub use threads::Overloaded;
 pub use types::{Error, Hook, PluginId, PluginLimits};
 pub use types::{Failure, ReloadReport};
 pub use view::{PluginView, PluginsView};

@@ -17,8 +17,8 @@ use crate::channel::{ChannelName, Namespace, Namespaces};
 use crate::hub::{Hub, NewPublication, Published};
 use crate::limits::{Exceeded, RateLimits};
 use crate::metrics::{Metrics, PublicationSource};
-use crate::plugins::{PluginConn, Plugins, PublicationState, PublishSource};
-use crate::protocol::{ErrorReply, now_ms};
+use crate::plugins::{Emit, Hook, PluginConn, Plugins, PublicationState, PublishSource};
+use crate::protocol::{ErrorCode, ErrorReply, now_ms};
 use dedup::{Dedup, Once, Publisher};
 use std::time::Instant;
 
@@ -70,6 +70,40 @@ pub struct PublishRequest<'a> {
     pub key: Option<&'a str>,
 }
 
+/// What [`Pipeline::start`] did.
+pub enum Step {
+    /// Published (no publish chain in the namespace).
+    Done(Accepted),
+    /// Checked; the namespace's publish chain is to run: await [`Pipeline::finish`].
+    Plugins(Box<Pending>),
+}
+
+/// A checked publication waiting for its publish chain: owned, so the chain can run on
+/// a plugin thread.
+pub struct Pending {
+    state: PublicationState,
+    ns: Arc<Namespace>,
+    rest: Rest,
+}
+
+/// What publishing needs after the chain.
+struct Rest {
+    user: Option<String>,
+    key: Option<String>,
+    publisher: Publisher,
+    source: PublicationSource,
+    channel: ChannelName,
+    accepted_at: Instant,
+}
+
+/// The answer when the plugin threads' queue is full.
+pub fn overloaded() -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::Unavailable,
+        "the plugin threads are overloaded (plugins.queue calls are waiting); retry shortly",
+    )
+}
+
 /// A successful publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -109,7 +143,36 @@ impl Pipeline {
         }
     }
 
+    /// Publishes, running the namespace's publish chain (if any) here, on the calling
+    /// thread: for tools and tests. Connections and the HTTP API use
+    /// [`Pipeline::start`] and [`Pipeline::finish`], which run plugins on the plugin
+    /// threads.
     pub fn publish(&self, req: PublishRequest<'_>) -> Result<Accepted, ErrorReply> {
+        match self.start(req)? {
+            Step::Done(accepted) => Ok(accepted),
+            Step::Plugins(pending) => {
+                let valid = |c: &str| self.valid_channel(c);
+                let answer = self
+                    .plugins
+                    .on_publish(&pending.ns.name, pending.state, &valid)?;
+                self.complete(pending.rest, answer)
+            }
+        }
+    }
+
+    /// [`Pipeline::start`] then, for a namespace with a publish chain,
+    /// [`Pipeline::finish`].
+    pub async fn publish_async(&self, req: PublishRequest<'_>) -> Result<Accepted, ErrorReply> {
+        match self.start(req)? {
+            Step::Done(accepted) => Ok(accepted),
+            Step::Plugins(pending) => self.finish(*pending).await,
+        }
+    }
+
+    /// Checks and, for a namespace without a publish chain, publishes (synchronous, the
+    /// fast path). A namespace with a chain answers [`Step::Plugins`]: the caller awaits
+    /// [`Pipeline::finish`].
+    pub fn start(&self, req: PublishRequest<'_>) -> Result<Step, ErrorReply> {
         let accepted_at = Instant::now();
         let (channel, ns) = access::resolve(&self.namespaces, req.channel)?;
         if let Source::Client { claims, user, .. } = req.source {
@@ -122,15 +185,27 @@ impl Pipeline {
             .check_channel_publish(&ns, &channel)
             .map_err(|e| self.limited(&e))?;
         if self.plugins.publishes_through(&ns.name) {
+            // A repeat is answered before the chain: the plugins see a publication once.
             if let Some(offset) = self.repeat_of(&req, &channel) {
-                return Ok(Accepted {
+                return Ok(Step::Done(Accepted {
                     channel,
                     offset,
                     duplicate: true,
                     delivered: 0,
-                });
+                }));
             }
-            return self.publish_through_plugins(&req, channel, &ns, accepted_at);
+            return Ok(Step::Plugins(Box::new(Pending {
+                state: plugin_state(&req, &channel),
+                ns,
+                rest: Rest {
+                    user: req.source.user().map(str::to_string),
+                    key: req.key.map(str::to_string),
+                    publisher: req.source.publisher(),
+                    source: req.source.metric(),
+                    channel,
+                    accepted_at,
+                },
+            })));
         }
         let publish = || {
             self.hub.publish(
@@ -144,32 +219,63 @@ impl Pipeline {
                 },
             )
         };
-        let (published, duplicate) = self.once(&req, &channel, publish);
-        Ok(Accepted {
+        let (published, duplicate) = self.once(
+            req.key,
+            req.source.metric(),
+            &req.source.publisher(),
+            &channel,
+            publish,
+        );
+        Ok(Step::Done(Accepted {
             channel,
             offset: published.offset,
             duplicate,
             delivered: published.delivered,
-        })
+        }))
     }
 
-    /// The path of a namespace with a publish chain: the plugins may refuse, change the
-    /// data, add meta, reroute and emit; then every target channel and every emitted
-    /// publication goes to the hub. An idempotency key covers all of it.
-    fn publish_through_plugins(
+    /// Runs the publish chain on a plugin thread (the caller's thread is free meanwhile;
+    /// no lock is held), then publishes what it answered. A full plugin queue answers
+    /// `unavailable`.
+    pub async fn finish(&self, pending: Pending) -> Result<Accepted, ErrorReply> {
+        let Pending { state, ns, rest } = pending;
+        let namespaces = self.namespaces.clone();
+        let answer = self
+            .plugins
+            .offload(Hook::Publish, move |plugins| {
+                let valid = |c: &str| {
+                    access::resolve(&namespaces, c)
+                        .map(|_| ())
+                        .map_err(|e| e.message)
+                };
+                plugins.on_publish(&ns.name, state, &valid)
+            })
+            .await
+            .map_err(|_| overloaded())??;
+        self.complete(rest, answer)
+    }
+
+    fn valid_channel(&self, c: &str) -> Result<(), String> {
+        access::resolve(&self.namespaces, c)
+            .map(|_| ())
+            .map_err(|e| e.message)
+    }
+
+    /// After the publish chain: every target channel and every emitted publication goes
+    /// to the hub. An idempotency key covers all of it.
+    fn complete(
         &self,
-        req: &PublishRequest<'_>,
-        channel: ChannelName,
-        ns: &Namespace,
-        accepted_at: Instant,
+        rest: Rest,
+        (state, emits): (PublicationState, Vec<Emit>),
     ) -> Result<Accepted, ErrorReply> {
-        let state = plugin_state(req, &channel);
-        let valid = |c: &str| {
-            access::resolve(&self.namespaces, c)
-                .map(|_| ())
-                .map_err(|e| e.message)
-        };
-        let (state, emits) = self.plugins.on_publish(&ns.name, state, &valid)?;
+        let Rest {
+            user,
+            key,
+            publisher,
+            source,
+            channel,
+            accepted_at,
+        } = rest;
         let meta = state.meta_json();
         let targets = state
             .channels
@@ -180,7 +286,7 @@ impl Pipeline {
             .iter()
             .map(|e| access::resolve(&self.namespaces, &e.channel).map(|t| (t, e)))
             .collect::<Result<Vec<_>, _>>()?;
-        let user = req.source.user();
+        let user = user.as_deref();
         let publish = || {
             let mut first: Option<Published> = None;
             let mut delivered = 0;
@@ -216,7 +322,8 @@ impl Pipeline {
             first.delivered = delivered;
             first
         };
-        let (published, duplicate) = self.once(req, &channel, publish);
+        let (published, duplicate) =
+            self.once(key.as_deref(), source, &publisher, &channel, publish);
         let first = targets.into_iter().next().map_or(channel, |(c, _)| c);
         Ok(Accepted {
             channel: first,
@@ -226,20 +333,21 @@ impl Pipeline {
         })
     }
 
-    /// Runs `publish` unless the request's idempotency key was seen on `channel` within
-    /// the window (keys are scoped by publisher), and counts what it delivered. Returns
-    /// whether it was a repeat.
+    /// Runs `publish` unless the idempotency key was seen from this publisher on
+    /// `channel` within the window, and counts what it delivered. Returns whether it was a
+    /// repeat.
     fn once(
         &self,
-        req: &PublishRequest<'_>,
+        key: Option<&str>,
+        source: PublicationSource,
+        publisher: &Publisher,
         channel: &ChannelName,
         publish: impl FnOnce() -> Published,
     ) -> (Published, bool) {
-        let (published, duplicate) = match req.key {
+        let (published, duplicate) = match key {
             None => (publish(), false),
             Some(key) => {
-                let publisher = req.source.publisher();
-                let (once, evicted) = self.dedup.once(&publisher, channel, key, now_ms(), publish);
+                let (once, evicted) = self.dedup.once(publisher, channel, key, now_ms(), publish);
                 if evicted > 0 {
                     self.metrics.dedup_evicted(evicted as u64);
                 }
@@ -250,14 +358,12 @@ impl Pipeline {
             }
         };
         if !duplicate {
-            self.metrics
-                .publication(req.source.metric(), published.delivered as u64);
+            self.metrics.publication(source, published.delivered as u64);
         }
         (published, duplicate)
     }
 
-    /// The first offset of a repeated key, checked before the plugins run (a repeat does
-    /// not run them again).
+    /// The first offset of a repeated key, checked before the plugins run.
     fn repeat_of(&self, req: &PublishRequest<'_>, channel: &ChannelName) -> Option<u64> {
         let key = req.key?;
         self.dedup

@@ -3,8 +3,10 @@
 //! One task per connection runs [`run`]: it waits for `connect`, then selects over inbound
 //! frames, its own outbound queue (written in batches, one flush per wake-up), a single
 //! timer (keepalive and token expiry) and the node's shutdown token. Requests are handled
-//! synchronously (hub and pipeline calls never await), and every reply goes through the
-//! same outbound queue as publications, so the writer is the only one touching the socket.
+//! synchronously (hub and pipeline calls never await), except one that must run a plugin
+//! chain: the session awaits it on the plugin threads before reading on. Every reply
+//! goes through the same outbound queue as publications, so the writer is the only one
+//! touching the socket.
 //!
 //! ```text
 //! session        run → handshake → live (serve) → finish; the Session state
@@ -31,7 +33,7 @@ use crate::channel::{ChannelName, Namespace};
 use crate::hub::ConnHandle;
 use crate::limits::{FrameLimiter, UserPermit};
 use crate::node::Node;
-use crate::plugins::PluginConn;
+use crate::plugins::{Hook, PluginConn};
 use crate::protocol::{self, CloseCode, Disconnect, EncodedFrame, ErrorReply};
 use crate::transport::Transport;
 use handshake::handshake;
@@ -115,8 +117,16 @@ async fn live<T: Transport>(
         Exit::TooLarge => (1009, "frame too large".to_string()),
         Exit::Gone(why) => (1000, why.to_string()),
     };
-    if let Some(view) = &session.plugin_conn {
-        node.plugins.on_disconnect(view, &reason);
+    if let Some(view) = &session.plugin_conn
+        && node.plugins.connection_has(Hook::Disconnect)
+    {
+        let (view, why) = (view.clone(), reason.clone());
+        // On a plugin thread; a full queue skips the notification (counted). Boxed: its
+        // state is not part of every connection's task.
+        let _ = Box::pin(node.plugins.offload(Hook::Disconnect, move |plugins| {
+            plugins.on_disconnect(&view, &why);
+        }))
+        .await;
     }
     tracing::info!(
         client = %session.handle.client,

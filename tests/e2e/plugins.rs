@@ -11,11 +11,11 @@ use crate::http::request;
 
 const ADMIN_KEY: &str = "admin-key-for-plugin-tests";
 
-fn examples() -> PathBuf {
+pub(crate) fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist")
 }
 
-fn test_plugins() -> PathBuf {
+pub(crate) fn test_plugins() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/plugins/dist")
 }
 
@@ -31,7 +31,7 @@ fn wasm(dir: &Path, name: &str) -> PathBuf {
 
 /// A plugin directory of its own (reload tests change files in it), with a shared
 /// compile cache so each broker does not compile the same module again.
-fn plugin_dir(files: &[(&Path, &str)]) -> tempfile::TempDir {
+pub(crate) fn plugin_dir(files: &[(&Path, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (from, name) in files {
         std::fs::copy(wasm(from, name), dir.path().join(format!("{name}.wasm"))).unwrap();
@@ -48,7 +48,7 @@ async fn start(dir: &Path, plugins_toml: &str) -> TestBroker {
 }
 
 /// What `start` starts, for a test that needs to change more (e.g. the start timeout).
-fn broker(dir: &Path, plugins_toml: &str) -> crate::harness::Builder {
+pub(crate) fn broker(dir: &Path, plugins_toml: &str) -> crate::harness::Builder {
     let base = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../config/hookwire.toml"
@@ -87,7 +87,7 @@ fn broker(dir: &Path, plugins_toml: &str) -> crate::harness::Builder {
         .env("HOOKWIRE_ADMIN_KEY", ADMIN_KEY)
 }
 
-fn token_with(sub: &str, extra: Value) -> String {
+pub(crate) fn token_with(sub: &str, extra: Value) -> String {
     let mut claims = json!({"sub": sub, "exp": now_s() + 3600, "channels": ["chat:*", "user:*"]});
     if let (Some(c), Value::Object(e)) = (claims.as_object_mut(), extra) {
         c.extend(e);

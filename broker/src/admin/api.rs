@@ -93,12 +93,15 @@ pub(super) async fn publish(
 ) -> Result<Json<Value>, ApiError> {
     check_key(body.key.as_deref())?;
     let data = require_data(body.data)?;
-    let accepted = node.pipeline.publish(PublishRequest {
-        source: Source::Api,
-        channel: &body.channel,
-        data: &data,
-        key: body.key.as_deref(),
-    })?;
+    let accepted = node
+        .pipeline
+        .publish_async(PublishRequest {
+            source: Source::Api,
+            channel: &body.channel,
+            data: &data,
+            key: body.key.as_deref(),
+        })
+        .await?;
     Ok(Json(
         json!({"channel": accepted.channel.as_str(), "offset": accepted.offset}),
     ))
@@ -123,21 +126,21 @@ pub(super) async fn broadcast(
             body.channels.len()
         )));
     }
-    let results: Vec<Value> = body
-        .channels
-        .iter()
-        .map(|channel| {
-            match node.pipeline.publish(PublishRequest {
-                source: Source::Api,
-                channel,
-                data: &data,
-                key: None,
-            }) {
-                Ok(a) => json!({"channel": channel, "offset": a.offset}),
-                Err(e) => json!({"channel": channel, "error": {"code": e.code.as_str(), "message": e.message}}),
+    let mut results: Vec<Value> = Vec::with_capacity(body.channels.len());
+    for channel in &body.channels {
+        let request = PublishRequest {
+            source: Source::Api,
+            channel,
+            data: &data,
+            key: None,
+        };
+        results.push(match node.pipeline.publish_async(request).await {
+            Ok(a) => json!({"channel": channel, "offset": a.offset}),
+            Err(e) => {
+                json!({"channel": channel, "error": {"code": e.code.as_str(), "message": e.message}})
             }
-        })
-        .collect();
+        });
+    }
     Ok(Json(json!({ "results": results })))
 }
 

@@ -29,7 +29,10 @@ pub struct PluginsConfig {
     pub enabled: bool,
     /// Where plugin modules are loaded from and watched. `HOOKWIRE_PLUGINS_DIR`.
     pub dir: String,
-    /// Compiled modules, by sha256 (empty: `<dir>/.cache`).
+    /// Compiled modules, by sha256: native code, so a private directory (0700, the
+    /// broker's user, not a symlink; otherwise refused) outside `dir`, its entries tagged
+    /// with a key in `<cache_dir>.key` (empty: `$XDG_CACHE_HOME/hookwire/plugins`, else
+    /// `$HOME/.cache/hookwire/plugins`; `off`: no cache).
     pub cache_dir: String,
     /// Reload when a `.wasm` file in `dir` changes.
     pub watch: bool,
@@ -49,6 +52,11 @@ pub struct PluginsConfig {
     pub instances: usize,
     /// Instances that may exist at once over every plugin (the pooling allocator's slots).
     pub max_instances: u32,
+    /// Threads that run the hook calls of connections, off the async workers (0: one
+    /// per CPU).
+    pub threads: usize,
+    /// Hook calls that may wait for a plugin thread; one more is refused `unavailable`.
+    pub queue: usize,
     /// WebAssembly stack of one call, in KiB.
     pub max_stack_kib: usize,
     /// Plugins whose `connect` and `disconnect` hooks run, in order.
@@ -92,6 +100,8 @@ impl Default for PluginsConfig {
             on_error: OnError::Reject,
             instances: 0,
             max_instances: 256,
+            threads: 0,
+            queue: 1024,
             max_stack_kib: 512,
             connection: Vec::new(),
             modules: BTreeMap::new(),
@@ -123,6 +133,8 @@ impl PluginsConfig {
             8,
             100_000,
         );
+        errs.range("plugins.threads", p.threads as u64, 0, 1_024);
+        errs.range("plugins.queue", p.queue as u64, 1, 1_000_000);
         errs.range("plugins.max_stack_kib", p.max_stack_kib as u64, 64, 65_536);
         for (name, m) in &p.modules {
             m.validate(&format!("plugins.modules.{name}"), name, errs);

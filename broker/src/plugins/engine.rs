@@ -1,8 +1,9 @@
 //! The one wasmtime `Engine` of the process, its epoch ticker, compilation with an
-//! on-disk cache keyed by the module's sha256, and the import policy.
+//! on-disk cache keyed by the module's sha256 (entries verified before use: see
+//! `cache`), and the import policy.
 
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +12,11 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::cache::{CompileCache, Rejected};
 use super::deadline::TICK;
 use super::host::{PluginBindings, StoreData};
 use super::types::Error;
+use crate::metrics::Metrics;
 
 /// How long a compile-cache entry no loaded plugin uses is kept.
 pub const CACHE_KEEP: Duration = Duration::from_secs(24 * 3600);
@@ -35,7 +38,10 @@ pub struct EngineSettings {
 pub struct PluginEngine {
     pub engine: Engine,
     pub linker: Linker<StoreData>,
-    cache_dir: Option<PathBuf>,
+    /// `None`: no cache configured, or its directory was refused.
+    cache: Option<CompileCache>,
+    /// Counts rejected cache entries (none in tools that run without metrics).
+    metrics: Option<Arc<Metrics>>,
     /// Part of every cache file name: artifacts of another wasmtime build or other
     /// settings are never loaded.
     compat: String,
@@ -119,7 +125,10 @@ fn refusal_reason(name: &str) -> &'static str {
 }
 
 impl PluginEngine {
-    pub fn new(settings: &EngineSettings) -> Result<Arc<Self>, Error> {
+    pub fn new(
+        settings: &EngineSettings,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Arc<Self>, Error> {
         let slots = settings.max_instances.max(8);
         let mut pool = PoolingAllocationConfig::default();
         // A component made by a language toolchain has a few core instances (the
@@ -149,11 +158,7 @@ impl PluginEngine {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
-        if let Some(dir) = &settings.cache_dir
-            && let Err(e) = std::fs::create_dir_all(dir)
-        {
-            tracing::warn!(dir = %dir.display(), error = %e, "Cannot create the plugin cache directory; compiling without a cache");
-        }
+        let cache = settings.cache_dir.as_deref().and_then(CompileCache::open);
         let engine_ticker = engine.clone();
         std::thread::Builder::new()
             .name("plugin-epoch".into())
@@ -167,39 +172,47 @@ impl PluginEngine {
         Ok(Arc::new(Self {
             engine,
             linker,
-            cache_dir: settings.cache_dir.clone(),
+            cache,
+            metrics,
             compat,
         }))
     }
 
     /// Compiles `bytes` (a component), from the cache when this exact module was
-    /// compiled before by this build.
+    /// compiled before by this build and the entry's tag verifies; a rejected entry is
+    /// counted, logged and replaced.
     pub fn compile(&self, bytes: &[u8], sha256: &str) -> Result<Component, Error> {
-        let cached = self
-            .cache_dir
-            .as_ref()
-            .map(|dir| dir.join(format!("{sha256}-{}.cwasm", self.compat)));
-        if let Some(path) = &cached
-            && path.exists()
-        {
-            match load_cached(&self.engine, path) {
+        let Some(cache) = &self.cache else {
+            return Component::new(&self.engine, bytes)
+                .map_err(|e| Error::Compile(format!("{e:#}")));
+        };
+        let name = format!("{sha256}-{}.cwasm", self.compat);
+        match cache.load(&name) {
+            Ok(Some(artifact)) => match deserialize(&self.engine, &artifact) {
                 Ok(component) => return Ok(component),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "Ignoring a bad plugin cache entry; recompiling")
-                }
-            }
+                Err(e) => self.rejected(cache, &name, Rejected::Incompatible, &e.to_string()),
+            },
+            Ok(None) => {}
+            Err(reason) => self.rejected(cache, &name, reason, "the entry was not used"),
         }
         let artifact = self
             .engine
             .precompile_component(bytes)
             .map_err(|e| Error::Compile(format!("{e:#}")))?;
-        if let Some(path) = &cached {
-            write_atomically(path, &artifact);
-            if let Ok(component) = load_cached(&self.engine, path) {
-                return Ok(component);
-            }
+        if let Err(e) = cache.store(&name, &artifact) {
+            tracing::warn!(dir = %cache.dir().display(), error = %e, "Cannot write the plugin cache; compiling without it");
         }
-        Component::new(&self.engine, bytes).map_err(|e| Error::Compile(format!("{e:#}")))
+        deserialize(&self.engine, &artifact)
+    }
+
+    fn rejected(&self, cache: &CompileCache, name: &str, reason: Rejected, detail: &str) {
+        tracing::warn!(
+            dir = %cache.dir().display(), entry = name, reason = reason.label(), detail,
+            "Rejected a plugin cache entry; recompiling and replacing it"
+        );
+        if let Some(metrics) = &self.metrics {
+            metrics.plugin_cache_rejected(reason.label());
+        }
     }
 
     /// Removes cache entries that no module in `in_use` (sha256s) needs and that were
@@ -209,7 +222,7 @@ impl PluginEngine {
     /// loads from the cache. Entries of other builds (another `compat`) age out alike.
     /// Answers how many files it removed.
     pub fn prune_cache(&self, in_use: &[&str]) -> usize {
-        let Some(dir) = &self.cache_dir else {
+        let Some(dir) = self.cache.as_ref().map(CompileCache::dir) else {
             return 0;
         };
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -330,25 +343,17 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Loads a compiled artifact this process (or an earlier run of the same build) wrote.
+/// Turns an artifact this process compiled, or whose cache tag verified, into a component.
 #[allow(unsafe_code)]
-fn load_cached(engine: &Engine, path: &Path) -> Result<Component, Error> {
-    // SAFETY: `deserialize_file` runs native code from the file, so it must be an
-    // artifact wasmtime produced. The cache directory is the broker's own; its files are
-    // written only by `write_atomically` from `precompile_component`, named by the
-    // module's sha256 and this engine's compatibility hash, and wasmtime checks the
-    // header and version before using one.
-    unsafe { Component::deserialize_file(engine, path) }
+fn deserialize(engine: &Engine, artifact: &[u8]) -> Result<Component, Error> {
+    // SAFETY: deserializing runs native code from `artifact`, so it must be an artifact
+    // wasmtime produced for this engine. It is either the output of
+    // `precompile_component` in this process or a cache entry whose HMAC tag (keyed by a
+    // secret kept outside the cache directory, over the entry's name and bytes) verified
+    // in `CompileCache::load`, so the broker wrote it; wasmtime also checks the header
+    // and version before using it.
+    unsafe { Component::deserialize(engine, artifact) }
         .map_err(|e| Error::Compile(format!("{e:#}")))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        tracing::warn!(path = %path.display(), error = %e, "Cannot write the plugin cache; compiling without it");
-    }
 }
 
 #[cfg(test)]
@@ -358,12 +363,15 @@ mod tests {
     #[test]
     fn the_cache_keeps_what_is_in_use_or_recent() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = PluginEngine::new(&EngineSettings {
-            max_instances: 4,
-            max_memory_bytes: 1 << 20,
-            max_stack_bytes: 256 << 10,
-            cache_dir: Some(dir.path().to_path_buf()),
-        })
+        let engine = PluginEngine::new(
+            &EngineSettings {
+                max_instances: 4,
+                max_memory_bytes: 1 << 20,
+                max_stack_bytes: 256 << 10,
+                cache_dir: Some(dir.path().to_path_buf()),
+            },
+            None,
+        )
         .unwrap();
         let compat = engine.compat.clone();
         let long_ago = std::time::SystemTime::now() - CACHE_KEEP - Duration::from_secs(60);

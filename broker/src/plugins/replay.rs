@@ -77,7 +77,7 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
 pub fn inspect(path: &Path) -> Result<Inspection, Error> {
     let bytes = read(path)?;
     let sha256 = sha256_hex(&bytes);
-    let engine = PluginEngine::new(&engine_settings())?;
+    let engine = PluginEngine::new(&engine_settings(), None)?;
     let component = engine.compile(&bytes, &sha256)?;
     let (imports, exports) = engine.describe(&component);
     let mut out = Inspection {
@@ -232,6 +232,8 @@ pub fn test(
         watch: false,
         audit_file: None,
         engine: engine_settings(),
+        threads: 1,
+        queue: 16,
         modules: BTreeMap::from([(name.clone(), module)]),
         connection: vec![name.clone()],
         namespaces,

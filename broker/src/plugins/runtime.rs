@@ -22,6 +22,7 @@ use super::load;
 use super::meta::{self, MetaFields};
 use super::set::{LoadedPlugin, PluginSet};
 use super::settings::PluginsSettings;
+use super::threads::{Overloaded, PluginThreads};
 use super::types::{Error, Failure, Hook, ReloadReport};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -86,6 +87,8 @@ pub struct Plugins {
     reloading: Mutex<()>,
     audit: audit::Audit,
     metrics: Arc<Metrics>,
+    /// Where connections' hook calls run (`None` with plugins off).
+    threads: Option<PluginThreads>,
 }
 
 impl Plugins {
@@ -98,6 +101,7 @@ impl Plugins {
             reloading: Mutex::new(()),
             audit: audit::Audit::tracing_only(),
             metrics,
+            threads: None,
         })
     }
 
@@ -115,7 +119,9 @@ impl Plugins {
         settings: PluginsSettings,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
-        let engine = PluginEngine::new(&settings.engine)?;
+        let engine = PluginEngine::new(&settings.engine, Some(metrics.clone()))?;
+        let threads = PluginThreads::start(settings.threads, settings.queue)
+            .map_err(|e| anyhow::anyhow!("cannot start the plugin threads: {e}"))?;
         let audit = match &settings.audit_file {
             Some(path) => audit::Audit::to_file(path).map_err(|e| {
                 anyhow::anyhow!("cannot open the audit file {}: {e}", path.display())
@@ -146,6 +152,7 @@ impl Plugins {
             reloading: Mutex::new(()),
             audit,
             metrics,
+            threads: Some(threads),
         }))
     }
 
@@ -184,11 +191,12 @@ impl Plugins {
         let settings = {
             let mut current = self.settings.lock();
             if let Some(new) = config.and_then(PluginsSettings::from_config) {
-                if current.as_ref().map(|s| (&s.engine, &s.audit_file))
-                    != Some((&new.engine, &new.audit_file))
-                {
+                let fixed = |s: &PluginsSettings| {
+                    (s.engine.clone(), s.audit_file.clone(), s.threads, s.queue)
+                };
+                if current.as_ref().map(fixed) != Some(fixed(&new)) {
                     tracing::warn!(
-                        "Plugin engine settings (instances, memory, stack, cache, audit file) need a restart; the rest is reloaded"
+                        "Plugin engine settings (instances, memory, stack, cache, audit file, threads, queue) need a restart; the rest is reloaded"
                     );
                 }
                 *current = Some(new);
@@ -235,6 +243,43 @@ impl Plugins {
                 .chain(namespace)
                 .iter()
                 .any(|p| p.has(Hook::Publish))
+    }
+
+    /// Whether a namespace has a subscribe chain (a subscribe skips the plugin threads
+    /// when not).
+    pub fn subscribes_through(&self, namespace: &str) -> bool {
+        self.engine.is_some()
+            && self
+                .current
+                .load()
+                .chain(namespace)
+                .iter()
+                .any(|p| p.has(Hook::Subscribe))
+    }
+
+    /// Whether a connection plugin has this hook (`Connect` or `Disconnect`).
+    pub fn connection_has(&self, hook: Hook) -> bool {
+        self.engine.is_some() && self.current.load().connection.iter().any(|p| p.has(hook))
+    }
+
+    /// Runs `f` (hook calls) on a plugin thread and awaits its answer, so that a slow
+    /// plugin never holds an async worker (and with it other connections' I/O). A full
+    /// queue answers `Err(Overloaded)` at once, counted under `hook`. With plugins off,
+    /// `f` runs here.
+    pub async fn offload<R: Send + 'static>(
+        self: &Arc<Self>,
+        hook: Hook,
+        f: impl FnOnce(&Plugins) -> R + Send + 'static,
+    ) -> Result<R, Overloaded> {
+        let Some(threads) = &self.threads else {
+            return Ok(f(self));
+        };
+        let plugins = self.clone();
+        let result = threads.run(move || f(&plugins)).await;
+        if result.is_err() {
+            self.metrics.plugin_overloaded(hook.label());
+        }
+        result
     }
 }
 

@@ -64,6 +64,9 @@ pub struct PluginsSettings {
     pub watch: bool,
     pub audit_file: Option<PathBuf>,
     pub engine: EngineSettings,
+    /// Plugin threads (`plugins.threads` resolved) and their queue.
+    pub threads: usize,
+    pub queue: usize,
     pub modules: BTreeMap<String, ModuleSettings>,
     /// Plugins whose connect/disconnect hooks run, in order.
     pub connection: Vec<String>,
@@ -79,8 +82,9 @@ impl PluginsSettings {
             return None;
         }
         let dir = PathBuf::from(&p.dir);
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let instances = match p.instances {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            0 => cpus,
             n => n,
         };
         let modules: BTreeMap<String, ModuleSettings> = p
@@ -112,12 +116,17 @@ impl PluginsSettings {
                 max_instances: p.max_instances,
                 max_memory_bytes,
                 max_stack_bytes: p.max_stack_kib << 10,
-                cache_dir: Some(if p.cache_dir.is_empty() {
-                    dir.join(".cache")
-                } else {
-                    PathBuf::from(&p.cache_dir)
-                }),
+                cache_dir: match p.cache_dir.as_str() {
+                    "" => super::cache::default_dir(),
+                    "off" => None,
+                    path => Some(PathBuf::from(path)),
+                },
             },
+            threads: match p.threads {
+                0 => cpus,
+                n => n,
+            },
+            queue: p.queue,
             modules,
             connection: p.connection.clone(),
             namespaces,

@@ -15,7 +15,7 @@ use crate::hub::ConnHandle;
 use crate::limits::UserPermit;
 use crate::node::Node;
 use crate::outbound::Outbound;
-use crate::plugins::PluginConn;
+use crate::plugins::{Hook, PluginConn};
 use crate::protocol::{
     self, CloseCode, Disconnect, ErrorCode, ErrorReply, ParseError, Request, RequestBody,
 };
@@ -177,22 +177,33 @@ async fn authenticate<T: Transport>(
     }
 }
 
-/// Runs the `connect` plugin chain; a refusal is answered and closes 4003.
+/// Runs the `connect` plugin chain; a refusal is answered and closes 4003, a full
+/// plugin queue 1013.
 async fn run_connect_plugins<T: Transport>(
     node: &Node,
     transport: &mut T,
     id: Option<u64>,
-    mut view: PluginConn,
+    view: PluginConn,
 ) -> Result<Arc<PluginConn>, Exit> {
-    if let Err(refusal) = node.plugins.on_connect(&mut view) {
-        let err = ErrorReply::from(refusal);
-        send_now(transport, protocol::error_reply(id, &err)).await?;
-        return Err(Exit::Disconnect(Disconnect::new(
-            CloseCode::Forbidden,
-            err.message,
-        )));
+    if !node.plugins.connection_has(Hook::Connect) {
+        return Ok(Arc::new(view));
     }
-    Ok(Arc::new(view))
+    // On a plugin thread: a slow plugin must not hold this worker.
+    let ran = node
+        .plugins
+        .offload(Hook::Connect, move |plugins| {
+            let mut view = view;
+            let verdict = plugins.on_connect(&mut view);
+            (view, verdict)
+        })
+        .await;
+    let (err, code) = match ran {
+        Ok((view, Ok(()))) => return Ok(Arc::new(view)),
+        Ok((_, Err(refusal))) => (ErrorReply::from(refusal), CloseCode::Forbidden),
+        Err(_) => (crate::publish::overloaded(), CloseCode::TryAgainLater),
+    };
+    send_now(transport, protocol::error_reply(id, &err)).await?;
+    Err(Exit::Disconnect(Disconnect::new(code, err.message)))
 }
 
 fn connected_reply(

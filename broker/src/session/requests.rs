@@ -1,6 +1,9 @@
 //! Requests of an authenticated session, one handler per kind. Handlers never await:
-//! hub, pipeline and plugin calls are synchronous, and every reply is queued on the
-//! connection's own outbound queue, in request order.
+//! hub and pipeline calls are synchronous, and every reply is queued on the connection's
+//! own outbound queue, in request order. The one exception is a request that must run a
+//! plugin chain (a subscribe or publish in a namespace with one): its handler answers a
+//! [`Deferred`], which the session awaits (the chain runs on a plugin thread, see
+//! `plugins::threads`) before it reads its next frame, so replies stay in order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,12 +15,29 @@ use super::{Exit, Session, expiry_instant};
 use crate::access;
 use crate::auth;
 use crate::channel::ChannelName;
+use crate::channel::Namespace;
+use crate::plugins::{Hook, PluginConn};
 use crate::protocol::{
     self, CloseCode, Disconnect, ErrorCode, ErrorReply, Recovery, Request, RequestBody,
     StreamPosition,
 };
-use crate::publish::{PublishRequest, Source};
+use crate::publish::{self, Pending, PublishRequest, Source, Step};
 use crate::reads;
+
+/// A request waiting for a plugin chain (see the module doc).
+pub(super) enum Deferred {
+    Subscribe {
+        id: Option<u64>,
+        channel: ChannelName,
+        ns: Arc<Namespace>,
+        recover: Option<StreamPosition>,
+        conn: Arc<PluginConn>,
+    },
+    Publish {
+        id: Option<u64>,
+        pending: Box<Pending>,
+    },
+}
 
 #[derive(Serialize)]
 struct Channel<'a> {
@@ -25,8 +45,10 @@ struct Channel<'a> {
 }
 
 impl Session {
-    /// Handles one text frame; `Err` when the connection must close (too many violations).
-    pub(super) fn handle_text(&mut self, text: &str) -> Result<(), Exit> {
+    /// Handles one text frame; `Err` when the connection must close (too many
+    /// violations); `Ok(Some(_))` when a plugin chain must run first
+    /// ([`Session::finish_deferred`]).
+    pub(super) fn handle_text(&mut self, text: &str) -> Result<Option<Deferred>, Exit> {
         let parsed = protocol::parse_request(text);
         let kind = parsed.as_ref().map_or("other", |r| r.body.kind());
         self.node.metrics.frame_received(kind);
@@ -45,13 +67,60 @@ impl Session {
             Ok(req) => self.handle(req),
             Err(e) => Err(ErrorReply::new(ErrorCode::BadRequest, e.message)),
         });
-        let Err(err) = result else { return Ok(()) };
+        match result {
+            Ok(deferred) => Ok(deferred),
+            Err(err) => self.answer_error(id, err).map(|()| None),
+        }
+    }
+
+    /// Replies with the error; `Err` when the connection must close (too many violations).
+    fn answer_error(&mut self, id: Option<u64>, err: ErrorReply) -> Result<(), Exit> {
         let limited = err.code == ErrorCode::RateLimited;
         self.reply_error(id, err);
         if limited {
             self.count_violation()?;
         }
         Ok(())
+    }
+
+    /// Runs a deferred request's plugin chain on a plugin thread and answers it.
+    pub(super) async fn finish_deferred(&mut self, deferred: Deferred) -> Result<(), Exit> {
+        let (id, result) = match deferred {
+            Deferred::Subscribe {
+                id,
+                channel,
+                ns,
+                recover,
+                conn,
+            } => {
+                let name = channel.clone();
+                let namespace = ns.name.clone();
+                let verdict = self
+                    .node
+                    .plugins
+                    .offload(Hook::Subscribe, move |plugins| {
+                        plugins.on_subscribe(&namespace, &conn, name.as_str())
+                    })
+                    .await;
+                let result = match verdict {
+                    Ok(Ok(())) => self.join(id, channel, ns, recover.as_ref()),
+                    Ok(Err(refusal)) => Err(refusal.into()),
+                    Err(_) => Err(publish::overloaded()),
+                };
+                (id, result)
+            }
+            Deferred::Publish { id, pending } => {
+                let result = self.node.pipeline.finish(*pending).await;
+                (
+                    id,
+                    result.map(|accepted| self.reply_published(id, &accepted)),
+                )
+            }
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(err) => self.answer_error(id, err),
+        }
     }
 
     /// Counts a `rate_limited` answer; too many within the window close the connection.
@@ -79,18 +148,18 @@ impl Session {
 
     /// Handles one request; success replies are queued by each handler (only when the
     /// frame had an id).
-    fn handle(&mut self, req: Request) -> Result<(), ErrorReply> {
+    fn handle(&mut self, req: Request) -> Result<Option<Deferred>, ErrorReply> {
         let id = req.id;
-        match req.body {
+        let done = match req.body {
             RequestBody::Connect { .. } => {
                 Err(ErrorReply::new(ErrorCode::BadRequest, "already connected"))
             }
             RequestBody::Subscribe { channel, recover } => {
-                self.subscribe(id, &channel, recover.as_ref())
+                return self.subscribe(id, &channel, recover);
             }
             RequestBody::Unsubscribe { channel } => self.unsubscribe(id, &channel),
             RequestBody::Publish { channel, data, key } => {
-                self.publish(id, &channel, &data, key.as_deref())
+                return self.publish(id, &channel, &data, key.as_deref());
             }
             RequestBody::History {
                 channel,
@@ -105,22 +174,40 @@ impl Session {
                 self.reply(id, "pong", Empty {});
                 Ok(())
             }
-        }
+        };
+        done.map(|()| None)
     }
 
     fn subscribe(
         &mut self,
         id: Option<u64>,
         channel: &str,
-        recover: Option<&StreamPosition>,
-    ) -> Result<(), ErrorReply> {
+        recover: Option<StreamPosition>,
+    ) -> Result<Option<Deferred>, ErrorReply> {
         let (channel, ns) = access::resolve(&self.node.namespaces, channel)?;
         access::can_subscribe(&ns, &channel, &self.claims)?;
-        if let Some(conn) = &self.plugin_conn {
-            self.node
-                .plugins
-                .on_subscribe(&ns.name, conn, channel.as_str())?;
+        if let Some(conn) = &self.plugin_conn
+            && self.node.plugins.subscribes_through(&ns.name)
+        {
+            return Ok(Some(Deferred::Subscribe {
+                id,
+                channel,
+                ns,
+                recover,
+                conn: conn.clone(),
+            }));
         }
+        self.join(id, channel, ns, recover.as_ref()).map(|()| None)
+    }
+
+    /// The part of a subscribe after the plugins allowed it.
+    fn join(
+        &mut self,
+        id: Option<u64>,
+        channel: ChannelName,
+        ns: Arc<Namespace>,
+        recover: Option<&StreamPosition>,
+    ) -> Result<(), ErrorReply> {
         if self.subscriptions.contains_key(&channel) {
             return Err(ErrorReply::new(
                 ErrorCode::BadRequest,
@@ -178,8 +265,8 @@ impl Session {
         channel: &str,
         data: &serde_json::value::RawValue,
         key: Option<&str>,
-    ) -> Result<(), ErrorReply> {
-        let accepted = self.node.pipeline.publish(PublishRequest {
+    ) -> Result<Option<Deferred>, ErrorReply> {
+        let step = self.node.pipeline.start(PublishRequest {
             source: Source::Client {
                 client: &self.handle.client,
                 claims: &self.claims,
@@ -190,6 +277,16 @@ impl Session {
             data,
             key,
         })?;
+        match step {
+            Step::Done(accepted) => {
+                self.reply_published(id, &accepted);
+                Ok(None)
+            }
+            Step::Plugins(pending) => Ok(Some(Deferred::Publish { id, pending })),
+        }
+    }
+
+    fn reply_published(&self, id: Option<u64>, accepted: &publish::Accepted) {
         #[derive(Serialize)]
         struct Published<'a> {
             channel: &'a str,
@@ -203,7 +300,6 @@ impl Session {
                 offset: accepted.offset,
             },
         );
-        Ok(())
     }
 
     fn history(

@@ -55,7 +55,13 @@ impl Session {
                     self.awaiting_pong_since = None;
                     match inbound {
                         Inbound::Text(text) => {
-                            match self.handle_text(&text) {
+                            let handled = match self.handle_text(&text) {
+                                // A plugin chain runs first, on a plugin thread; boxed,
+                                // so only such requests pay for its state.
+                                Ok(Some(deferred)) => Box::pin(self.finish_deferred(deferred)).await,
+                                other => other.map(|_| ()),
+                            };
+                            match handled {
                                 Ok(()) => {}
                                 Err(Exit::Disconnect(d)) => {
                                     closing = true;
