@@ -123,14 +123,15 @@ impl Node {
         ));
         let hub = Arc::new(Hub::new(history));
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limits, &config.namespaces));
+        let shutdown = CancellationToken::new();
         let pipeline = Pipeline::new(
             hub.clone(),
             namespaces.clone(),
             rate_limits.clone(),
             metrics.clone(),
             plugins.clone(),
-            config.limits.dedup_window_ms,
-            config.limits.dedup_max_keys,
+            &config.limits,
+            shutdown.clone(),
         );
         let name = if config.node_name.is_empty() {
             default_node_name()
@@ -145,7 +146,7 @@ impl Node {
             hub,
             pipeline,
             plugins,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks: TaskTracker::new(),
             connections: ConnectionLimits::new(&config.connections),
             config: Arc::new(config),

@@ -15,12 +15,13 @@ use crate::access;
 use crate::auth::Claims;
 use crate::channel::{ChannelName, Namespace, Namespaces};
 use crate::hub::{Hub, NewPublication, Published};
-use crate::limits::{Exceeded, RateLimits};
+use crate::limits::{Exceeded, LimitsConfig, RateLimits};
 use crate::metrics::{Metrics, PublicationSource};
 use crate::plugins::{Emit, Hook, PluginConn, Plugins, PublicationState, PublishSource};
 use crate::protocol::{ErrorCode, ErrorReply, now_ms};
 use dedup::{Dedup, Once, Publisher};
 use std::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Where a publication comes from. Client publications are checked against the token;
 /// server-side sources are trusted.
@@ -96,6 +97,14 @@ struct Rest {
     accepted_at: Instant,
 }
 
+/// The answer to a publish once the node is draining.
+pub fn draining() -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::Unavailable,
+        "this node is shutting down and takes no more publications; publish again after reconnecting (to another node or this one once it is back)",
+    )
+}
+
 /// The answer when the plugin threads' queue is full.
 pub fn overloaded() -> ErrorReply {
     ErrorReply::new(
@@ -121,6 +130,9 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     plugins: Arc<Plugins>,
     dedup: Dedup,
+    /// The node's shutdown token: once draining, publishes are refused (their deliveries
+    /// would be dropped with the connections).
+    shutdown: CancellationToken,
 }
 
 impl Pipeline {
@@ -130,8 +142,8 @@ impl Pipeline {
         limits: Arc<RateLimits>,
         metrics: Arc<Metrics>,
         plugins: Arc<Plugins>,
-        dedup_window_ms: u64,
-        dedup_max_keys: usize,
+        settings: &LimitsConfig,
+        shutdown: CancellationToken,
     ) -> Self {
         Self {
             hub,
@@ -139,7 +151,8 @@ impl Pipeline {
             limits,
             metrics,
             plugins,
-            dedup: Dedup::new(dedup_window_ms, dedup_max_keys),
+            dedup: Dedup::new(settings.dedup_window_ms, settings.dedup_max_keys),
+            shutdown,
         }
     }
 
@@ -173,6 +186,9 @@ impl Pipeline {
     /// fast path). A namespace with a chain answers [`Step::Plugins`]: the caller awaits
     /// [`Pipeline::finish`].
     pub fn start(&self, req: PublishRequest<'_>) -> Result<Step, ErrorReply> {
+        if self.shutdown.is_cancelled() {
+            return Err(draining());
+        }
         let accepted_at = Instant::now();
         let (channel, ns) = access::resolve(&self.namespaces, req.channel)?;
         if let Source::Client { claims, user, .. } = req.source {
@@ -416,7 +432,15 @@ mod tests {
         let limits = Arc::new(RateLimits::new(&config.rate_limits, &config.namespaces));
         let metrics = Arc::new(Metrics::new());
         let plugins = Plugins::disabled(metrics.clone());
-        Pipeline::new(hub, namespaces, limits, metrics, plugins, 60_000, 1_000)
+        Pipeline::new(
+            hub,
+            namespaces,
+            limits,
+            metrics,
+            plugins,
+            &config.limits,
+            CancellationToken::new(),
+        )
     }
 
     fn raw(s: &str) -> Box<RawValue> {

@@ -98,13 +98,14 @@ impl Server {
             drain_ms = node.config.shutdown.drain_ms,
             "Draining"
         );
+        // The whole shutdown, admin listener included, ends within drain_ms (plus a
+        // moment to close what is left).
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(node.config.shutdown.drain_ms);
         node.tasks.close();
-        let drained = tokio::time::timeout(
-            Duration::from_millis(node.config.shutdown.drain_ms),
-            node.tasks.wait(),
-        )
-        .await
-        .is_ok();
+        let drained = tokio::time::timeout_at(deadline, node.tasks.wait())
+            .await
+            .is_ok();
         if !drained {
             tracing::warn!(
                 connections = node.connections.open(),
@@ -113,11 +114,24 @@ impl Server {
         }
         sweeper.abort();
         admin_stop.cancel();
-        let _ = admin.await;
+        // In-flight admin requests (a slow client included) get what is left of the
+        // deadline, then the listener's task is dropped.
+        let admin_deadline = deadline.max(tokio::time::Instant::now()) + ADMIN_CLOSE_MARGIN;
+        let admin_abort = admin.abort_handle();
+        if tokio::time::timeout_at(admin_deadline, admin)
+            .await
+            .is_err()
+        {
+            admin_abort.abort();
+            tracing::warn!("Admin requests still open at the drain deadline were cut off");
+        }
         tracing::info!("Stopped");
         Ok(())
     }
 }
+
+/// How long admin requests still open after the drain may take to finish.
+const ADMIN_CLOSE_MARGIN: Duration = Duration::from_millis(250);
 
 /// Raises the open-files soft limit to the hard limit (as Go's runtime does), and warns
 /// when `connections.max` can still exceed it: past it, accepts fail and clients wait

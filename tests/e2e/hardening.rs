@@ -1,6 +1,8 @@
 //! Hardening against clients and token holders who try to harm others: each test attacks
 //! the real binary and checks what the server kept, not only the reply.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::harness::*;
@@ -258,4 +260,72 @@ async fn a_revocation_survives_a_restart_and_can_be_lifted() {
     assert_eq!(lifted["lifted"], true, "{lifted}");
     let (_, ok) = second.connect(&old).await;
     assert_eq!(ok["type"], "connected", "{ok}");
+}
+
+/// Once a drain starts, publishes are answered `unavailable` (their deliveries would be
+/// dropped with the connections), and the whole shutdown, admin listener included, ends
+/// within `shutdown.drain_ms` even with a client that never reads and an admin request
+/// that never finishes.
+#[tokio::test]
+async fn a_draining_node_refuses_publishes_and_stops_on_time() {
+    const DRAIN_MS: u64 = 1_500;
+    let mut b = TestBroker::builder()
+        .env("HOOKWIRE_API_KEY", API_KEY)
+        .env("HOOKWIRE_SHUTDOWN_DRAIN_MS", &DRAIN_MS.to_string())
+        .start()
+        .await;
+    // A subscriber that never reads, behind a full socket: its session cannot finish
+    // writing, so the drain lasts until its deadline.
+    let mut stuck = Client::open_small_buffer(&b.ws_url(), b.ws_addr).await;
+    let r = stuck
+        .request(json!({"type": "connect", "token": token("stuck", &["chat:*"])}))
+        .await;
+    assert_eq!(r["type"], "connected", "{r}");
+    stuck.subscribe("chat:flood").await;
+    let big = "x".repeat(30_000);
+    for n in 0..100 {
+        let r = api_publish(
+            &b,
+            json!({"channel": "chat:flood", "data": {"n": n, "pad": big}}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // An admin request whose headers never end.
+    let mut slow_admin = tokio::net::TcpStream::connect(b.admin_addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut slow_admin, b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+
+    let asked = std::time::Instant::now();
+    b.signal("TERM");
+    let until = deadline();
+    loop {
+        let (status, _) = b.admin_get("/ready").await;
+        if status == 503 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "/ready never answered 503"
+        );
+        tokio::task::yield_now().await;
+    }
+    let refused = api_publish(&b, json!({"channel": "chat:other", "data": 1})).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    let body = refused.json();
+    assert_eq!(body["code"], "unavailable", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("shutting down"),
+        "{body}"
+    );
+
+    let code = b.wait_exit(Duration::from_millis(DRAIN_MS + 2_000)).await;
+    let took = asked.elapsed();
+    assert_eq!(code, Some(0));
+    assert!(
+        took < Duration::from_millis(DRAIN_MS + 1_000),
+        "shutdown took {took:?} with drain_ms = {DRAIN_MS}"
+    );
+    drop(slow_admin);
 }
