@@ -1,5 +1,11 @@
 //! Log set-up: readable text by default, JSON lines with `--log-format json`. The level
 //! filter can be swapped at run time (SIGHUP reloads `log.level`).
+//!
+//! Strings a client chooses (origins) are logged as `&str` fields, which both outputs
+//! escape; where an attacker can repeat them at will they are truncated ([`untrusted`])
+//! and rate-limited ([`Throttle`]).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
@@ -73,6 +79,42 @@ fn filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseErr
     Ok(filter)
 }
 
+/// How much of a client-chosen string (an `Origin`, a name) a log line keeps.
+pub const UNTRUSTED_BYTES: usize = 128;
+
+/// A client-chosen string cut to [`UNTRUSTED_BYTES`], to be logged as a `&str` field
+/// (escaped by both output formats).
+pub fn untrusted(s: &str) -> &str {
+    crate::protocol::truncate_utf8(s, UNTRUSTED_BYTES)
+}
+
+/// Lets at most `per_sec` lines through per wall-clock second, for log lines a client
+/// can cause at will (refused origins, bad API keys).
+pub struct Throttle {
+    second: AtomicU64,
+    count: AtomicU32,
+    per_sec: u32,
+}
+
+impl Throttle {
+    pub const fn new(per_sec: u32) -> Self {
+        Self {
+            second: AtomicU64::new(0),
+            count: AtomicU32::new(0),
+            per_sec,
+        }
+    }
+
+    /// Whether this line may be logged.
+    pub fn allow(&self) -> bool {
+        let now = crate::protocol::now_ms() / 1000;
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed) < self.per_sec
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over the configured level.
 pub fn init(format: LogFormat, level: &str) -> LogControl {
     let filter = std::env::var("RUST_LOG")
@@ -96,4 +138,22 @@ pub fn init(format: LogFormat, level: &str) -> LogControl {
             .init(),
     }
     LogControl { handle }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_lets_a_few_lines_through_per_second() {
+        let t = Throttle::new(3);
+        let passed = (0..100).filter(|_| t.allow()).count();
+        // Two wall-clock seconds at most in a loop this short.
+        assert!((3..=6).contains(&passed), "{passed}");
+    }
+
+    #[test]
+    fn untrusted_strings_are_cut() {
+        assert_eq!(untrusted(&"a".repeat(1000)).len(), UNTRUSTED_BYTES);
+    }
 }

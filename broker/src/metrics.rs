@@ -32,6 +32,10 @@ pub enum Limit {
     NodeConnections,
     UserConnections,
     IpConnections,
+    /// Handshakes in progress on the node (`connections.max_handshakes`).
+    NodeHandshakes,
+    /// Handshakes in progress from one source IP (`connections.max_handshakes_per_ip`).
+    IpHandshakes,
 }
 
 impl Limit {
@@ -44,6 +48,8 @@ impl Limit {
             Self::NodeConnections => "node_connections",
             Self::UserConnections => "user_connections",
             Self::IpConnections => "ip_connections",
+            Self::NodeHandshakes => "node_handshakes",
+            Self::IpHandshakes => "ip_handshakes",
         }
     }
 }

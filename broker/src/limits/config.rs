@@ -61,6 +61,11 @@ pub struct ConnectionsConfig {
     pub max_per_user: Cap,
     /// Connections from one source IP at once (0: no limit).
     pub max_per_ip: Cap,
+    /// Connections still in their handshake (TCP accepted, upgrade and `connect` not yet
+    /// done) on this node; the next is closed at once (0: no limit).
+    pub max_handshakes: Cap,
+    /// Handshakes in progress from one source IP (0: no limit).
+    pub max_handshakes_per_ip: Cap,
     /// Origins browsers may connect from: exact (`https://app.example.com`) or with `*`
     /// (`https://*.example.com`, `http://localhost:*`). Empty: any origin.
     pub allowed_origins: Vec<String>,
@@ -107,6 +112,8 @@ impl Default for ConnectionsConfig {
             max: Cap::new(100_000),
             max_per_user: Cap::new(100),
             max_per_ip: Cap::new(5_000),
+            max_handshakes: Cap::new(1_000),
+            max_handshakes_per_ip: Cap::new(100),
             allowed_origins: vec![
                 "http://localhost".into(),
                 "http://localhost:*".into(),
