@@ -94,6 +94,7 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     auth_failures: IntCounterVec,
     pub slow_consumers: IntCounter,
+    pub plugin_audit_dropped: IntCounter,
     pub history_streams: IntGauge,
     pub history_publications: IntGauge,
     pub history_bytes: IntGauge,
@@ -202,6 +203,11 @@ impl Metrics {
                 "Connections cut off because their outbound queue overflowed.",
             ))
             .expect("valid metric"),
+            plugin_audit_dropped: IntCounter::with_opts(opts(
+                "plugin_audit_dropped_total",
+                "Plugin audit records dropped: over the audit rate or with the audit file's queue full.",
+            ))
+            .expect("valid metric"),
             history_streams: IntGauge::with_opts(opts("history_streams", "Channel streams kept in memory."))
                 .expect("valid metric"),
             history_publications: IntGauge::with_opts(opts(
@@ -270,6 +276,7 @@ impl Metrics {
         register(Box::new(m.rate_limited.clone()));
         register(Box::new(m.auth_failures.clone()));
         register(Box::new(m.slow_consumers.clone()));
+        register(Box::new(m.plugin_audit_dropped.clone()));
         register(Box::new(m.history_streams.clone()));
         register(Box::new(m.history_publications.clone()));
         register(Box::new(m.history_bytes.clone()));

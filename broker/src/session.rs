@@ -108,7 +108,7 @@ async fn live<T: Transport>(
     node.registry.insert(session.handle.clone());
     tracing::info!(
         client = %session.handle.client,
-        user = %session.handle.user,
+        user = &*session.handle.user,
         transport = transport.kind().as_str(),
         remote = %conn.remote,
         name = session.name.as_deref().unwrap_or(""),
@@ -127,9 +127,9 @@ async fn live<T: Transport>(
     }
     tracing::info!(
         client = %session.handle.client,
-        user = %session.handle.user,
+        user = &*session.handle.user,
         code,
-        reason = %reason,
+        reason = reason.as_str(),
         secs = session.started.elapsed().as_secs(),
         "Disconnected"
     );

@@ -1,6 +1,6 @@
 //! Hardening at the edge, attacked through the real binary: stalled upgrades against the
 //! handshake caps, binary and ping floods, hand-built broken frames (1002, 1007), deep
-//! `data` and long names.
+//! `data`, long names, secrets in `RUST_LOG=trace` logs, and forged log lines.
 //!
 //! Each test asserts what the server kept (its metrics, its history, its log lines), not
 //! only what it answered.
@@ -287,4 +287,125 @@ async fn data_nested_deeper_than_64_is_refused_and_not_kept() {
     let kept = h["publications"].as_array().unwrap();
     assert_eq!(kept.len(), 1, "{h}");
     assert_eq!(kept[0]["data"], in_string);
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs_even_at_rust_log_trace() {
+    const WRONG_KEY: &str = "e2e-wrong-key-that-must-not-be-logged";
+    let b = TestBroker::builder()
+        .env(
+            "RUST_LOG",
+            "trace,tungstenite=trace,tokio_tungstenite::compat=trace",
+        )
+        .env("HOOKWIRE_API_KEY", API_KEY)
+        .env("HOOKWIRE_ADMIN_KEY", ADMIN_KEY)
+        .start()
+        .await;
+    let first = token("alice", &["chat:*"]);
+    let second =
+        sign_claims(&json!({"sub": "alice", "exp": now_s() + 7200, "channels": ["chat:*"]}));
+    let mut c = b.client_with(&first).await;
+    c.subscribe("chat:secrets").await;
+    let r = c.request(json!({"type": "refresh", "token": second})).await;
+    assert_eq!(r["type"], "refreshed", "{r}");
+    let body = r#"{"channel":"chat:secrets","data":"hello"}"#;
+    let r = request(
+        b.admin_addr,
+        "POST",
+        "/api/publish",
+        Some(API_KEY),
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    c.recv_type("message").await;
+    let r = request(
+        b.admin_addr,
+        "GET",
+        "/admin/connections",
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // Failed key attempts are logged (without the key) and counted.
+    let r = request(
+        b.admin_addr,
+        "POST",
+        "/api/publish",
+        Some(WRONG_KEY),
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = request(
+        b.admin_addr,
+        "GET",
+        "/admin/connections",
+        Some(WRONG_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = request(b.admin_addr, "GET", "/admin/connections", None, None).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        metric(&b, "hookwire_auth_failures_total", ("reason", "api_key")).await,
+        1.0
+    );
+    assert_eq!(
+        metric(&b, "hookwire_auth_failures_total", ("reason", "admin_key")).await,
+        2.0
+    );
+    b.wait_logs("Refused an API request", 3).await;
+    // The refresh is logged at debug: trace output was on all along.
+    b.wait_log("Token refreshed").await;
+
+    let logs = b.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("\"TRACE\"") || l.contains("\"DEBUG\""))
+    );
+    for (what, secret) in [
+        ("connect token", first.as_str()),
+        ("refresh token", second.as_str()),
+        ("JWT secret", SECRET),
+        ("API key", API_KEY),
+        ("admin key", ADMIN_KEY),
+        ("wrong key", WRONG_KEY),
+    ] {
+        // A token's signature alone would be enough to tell.
+        let tail = &secret[secret.len().saturating_sub(20)..];
+        let leaked: Vec<&String> = logs.iter().filter(|l| l.contains(tail)).collect();
+        assert!(leaked.is_empty(), "the {what} is in the logs: {leaked:#?}");
+    }
+    println!(
+        "{} log lines at RUST_LOG=trace, no secret among them",
+        logs.len()
+    );
+}
+
+#[tokio::test]
+async fn a_newline_in_sub_is_logged_escaped_on_one_line() {
+    let b = TestBroker::builder().text_logs().start().await;
+    let forged = sign_claims(&json!({
+        "sub": "evil\nINFO forged line",
+        "exp": now_s() + 3600,
+        "channels": ["chat:*"],
+    }));
+    let c = b.client_with(&forged).await;
+    let line = b.wait_log("Connected").await;
+    assert!(line.contains(r#"user="evil\nINFO forged line""#), "{line}");
+    drop(c);
+    b.wait_log("Disconnected").await;
+    let forged_lines: Vec<String> = b
+        .logs()
+        .into_iter()
+        .filter(|l| l.trim_start().starts_with("INFO forged"))
+        .collect();
+    assert!(
+        forged_lines.is_empty(),
+        "a forged log line: {forged_lines:#?}"
+    );
+    assert_eq!(b.count_logs(r#"user="evil\nINFO forged line""#), 2);
 }

@@ -193,7 +193,11 @@ pub(super) async fn revoke(
         )));
     }
     node.revocations.revoke(&body.user, now_s, body.until);
-    tracing::info!(user = %body.user, until = body.until, "Operator revoked a user's tokens");
+    tracing::info!(
+        user = body.user.as_str(),
+        until = body.until,
+        "Operator revoked a user's tokens"
+    );
     close_user(&node, &body.user, "the token was revoked by an operator");
     Ok(Json(json!({})))
 }

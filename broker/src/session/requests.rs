@@ -288,7 +288,7 @@ impl Session {
         if let Some(conn) = &mut self.plugin_conn {
             *conn = Arc::new(conn.with_claims(auth::claims_json(token).into()));
         }
-        tracing::debug!(client = %self.handle.client, user = %self.handle.user, "Token refreshed");
+        tracing::debug!(client = %self.handle.client, user = &*self.handle.user, "Token refreshed");
         Ok(())
     }
 
