@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::logging::Throttle;
 use crate::node::Node;
 use crate::plugins::ReloadTrigger;
 use crate::protocol::{ErrorCode, ErrorReply};
@@ -113,9 +114,13 @@ pub enum Scope {
 
 /// Checks `Authorization: apikey <key>` against the key for the scope.
 pub fn authorize(node: &Node, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
-    let (expected, var) = match scope {
-        Scope::Api => (node.keys.api.as_deref(), "HOOKWIRE_API_KEY"),
-        Scope::Admin => (node.keys.admin.as_deref(), "HOOKWIRE_ADMIN_KEY"),
+    let (expected, var, reason) = match scope {
+        Scope::Api => (node.keys.api.as_deref(), "HOOKWIRE_API_KEY", "api_key"),
+        Scope::Admin => (
+            node.keys.admin.as_deref(),
+            "HOOKWIRE_ADMIN_KEY",
+            "admin_key",
+        ),
     };
     let unauthorized =
         |m: String| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, m);
@@ -129,12 +134,28 @@ pub fn authorize(node: &Node, headers: &HeaderMap, scope: Scope) -> Result<(), A
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("apikey "))
         .map(str::trim);
-    match given {
-        None => Err(unauthorized(
-            "send the key as `Authorization: apikey <key>`".into(),
-        )),
-        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(unauthorized("the API key is not valid".into())),
+    let refused = match given {
+        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => return Ok(()),
+        None => "send the key as `Authorization: apikey <key>`",
+        Some(_) => "the API key is not valid",
+    };
+    key_refused(node, reason, given.is_some());
+    Err(unauthorized(refused.into()))
+}
+
+/// Bad-key lines a client can cause at will: at most this many per second.
+static KEY_LOG: Throttle = Throttle::new(10);
+
+/// Counts a refused API or admin key (`hookwire_auth_failures_total{reason}`) and logs it,
+/// throttled, without the key.
+fn key_refused(node: &Node, reason: &'static str, sent_a_key: bool) {
+    node.metrics.auth_failed(reason);
+    if KEY_LOG.allow() {
+        tracing::info!(
+            reason,
+            sent_a_key,
+            "Refused an API request: missing or wrong key (the key is not logged)"
+        );
     }
 }
 

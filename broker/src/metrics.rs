@@ -32,6 +32,10 @@ pub enum Limit {
     NodeConnections,
     UserConnections,
     IpConnections,
+    /// Handshakes in progress on the node (`connections.max_handshakes`).
+    NodeHandshakes,
+    /// Handshakes in progress from one source IP (`connections.max_handshakes_per_ip`).
+    IpHandshakes,
 }
 
 impl Limit {
@@ -44,6 +48,8 @@ impl Limit {
             Self::NodeConnections => "node_connections",
             Self::UserConnections => "user_connections",
             Self::IpConnections => "ip_connections",
+            Self::NodeHandshakes => "node_handshakes",
+            Self::IpHandshakes => "ip_handshakes",
         }
     }
 }
@@ -89,6 +95,7 @@ pub struct Metrics {
     auth_failures: IntCounterVec,
     pub slow_consumers: IntCounter,
     dedup_evictions: IntCounter,
+    pub plugin_audit_dropped: IntCounter,
     pub history_streams: IntGauge,
     pub history_publications: IntGauge,
     pub history_bytes: IntGauge,
@@ -204,6 +211,11 @@ impl Metrics {
                 "Idempotency keys forgotten before their window ended, to stay under limits.dedup_max_keys.",
             ))
             .expect("valid metric"),
+            plugin_audit_dropped: IntCounter::with_opts(opts(
+                "plugin_audit_dropped_total",
+                "Plugin audit records dropped: over the audit rate or with the audit file's queue full.",
+            ))
+            .expect("valid metric"),
             history_streams: IntGauge::with_opts(opts("history_streams", "Channel streams kept in memory."))
                 .expect("valid metric"),
             history_publications: IntGauge::with_opts(opts(
@@ -289,6 +301,7 @@ impl Metrics {
         register(Box::new(m.auth_failures.clone()));
         register(Box::new(m.slow_consumers.clone()));
         register(Box::new(m.dedup_evictions.clone()));
+        register(Box::new(m.plugin_audit_dropped.clone()));
         register(Box::new(m.history_streams.clone()));
         register(Box::new(m.history_publications.clone()));
         register(Box::new(m.history_bytes.clone()));

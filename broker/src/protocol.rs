@@ -25,7 +25,8 @@ pub use reply::{
 };
 pub(crate) use request::present_raw;
 pub use request::{
-    MAX_KEY_BYTES, ParseError, Request, RequestBody, StreamPosition, check_key, parse_request,
+    MAX_DATA_DEPTH, MAX_KEY_BYTES, MAX_NAME_BYTES, ParseError, Request, RequestBody,
+    StreamPosition, check_depth, check_key, parse_request,
 };
 
 /// The WebSocket subprotocol the server selects when a client offers it.
@@ -96,6 +97,34 @@ pub fn truncate_utf8(s: &str, max: usize) -> &str {
 mod tests {
     use super::*;
     use serde_json::value::RawValue;
+
+    #[test]
+    fn data_nesting_is_capped_and_strings_do_not_count() {
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(check_depth(&nested(MAX_DATA_DEPTH)).is_ok());
+        assert!(check_depth(&nested(MAX_DATA_DEPTH + 1)).is_err());
+        let in_string = format!(r#"{{"a":"{}\"{}"}}"#, "[".repeat(500), "{".repeat(500));
+        assert!(check_depth(&in_string).is_ok(), "{in_string}");
+        let frame = format!(
+            r#"{{"type":"publish","id":7,"channel":"chat:a","data":{}}}"#,
+            nested(MAX_DATA_DEPTH + 1)
+        );
+        let e = parse_request(&frame).unwrap_err();
+        assert_eq!(e.id, Some(7));
+        assert!(e.message.contains("deeper than 64"), "{}", e.message);
+    }
+
+    #[test]
+    fn connect_names_are_capped() {
+        let frame = |n: usize| format!(r#"{{"type":"connect","name":"{}"}}"#, "n".repeat(n));
+        assert!(parse_request(&frame(MAX_NAME_BYTES)).is_ok());
+        let e = parse_request(&frame(MAX_NAME_BYTES + 1)).unwrap_err();
+        assert!(
+            e.message.contains("`name` must be at most 256 bytes"),
+            "{}",
+            e.message
+        );
+    }
 
     #[test]
     fn parses_each_frame_type() {

@@ -31,11 +31,11 @@ use tokio::time::Instant;
 use crate::auth::Claims;
 use crate::channel::{ChannelName, Namespace};
 use crate::hub::ConnHandle;
-use crate::limits::{FrameLimiter, UserPermit};
+use crate::limits::{FrameLimiter, HandshakePermit, UserPermit};
 use crate::node::Node;
 use crate::plugins::{Hook, PluginConn};
 use crate::protocol::{self, CloseCode, Disconnect, EncodedFrame, ErrorReply};
-use crate::transport::Transport;
+use crate::transport::{Inbound, Transport};
 use handshake::handshake;
 
 /// What the transport learned while opening the connection.
@@ -49,14 +49,19 @@ pub struct ConnInfo {
     pub refuse: Option<Disconnect>,
     /// When the transport opened; the `connect` deadline counts from here.
     pub opened: Instant,
+    /// The connection's slot among handshakes in progress, given back once `connect`
+    /// succeeded (or failed).
+    pub handshake: Option<HandshakePermit>,
 }
 
 /// How a session ended.
 enum Exit {
     /// Send `disconnect` and close with this.
     Disconnect(Disconnect),
-    /// Close with 1009, no `disconnect` push (the spec's exception).
-    TooLarge,
+    /// Close with this code and reason, no `disconnect` push: the client broke the
+    /// framing (1009 too large, 1002 protocol error, 1007 invalid UTF-8), so the close
+    /// frame alone answers it (the spec's exception).
+    Close(CloseCode, String),
     /// The client went away (closed, failed, or stopped answering).
     Gone(&'static str),
 }
@@ -72,7 +77,7 @@ enum Exit {
 pub fn run<T: Transport>(
     node: Arc<Node>,
     mut transport: T,
-    conn: ConnInfo,
+    mut conn: ConnInfo,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let gauge = node
@@ -84,7 +89,9 @@ pub fn run<T: Transport>(
             .connections_total
             .with_label_values(&[transport.kind().as_str()])
             .inc();
-        let exit = match Box::pin(handshake(&node, &mut transport, &conn)).await {
+        let shook = Box::pin(handshake(&node, &mut transport, &conn)).await;
+        conn.handshake = None;
+        let exit = match shook {
             Ok(session) => live(&node, &mut transport, &conn, session).await,
             Err(exit) => exit,
         };
@@ -103,7 +110,7 @@ async fn live<T: Transport>(
     node.registry.insert(session.handle.clone());
     tracing::info!(
         client = %session.handle.client,
-        user = %session.handle.user,
+        user = &*session.handle.user,
         transport = transport.kind().as_str(),
         remote = %conn.remote,
         name = session.name.as_deref().unwrap_or(""),
@@ -114,7 +121,7 @@ async fn live<T: Transport>(
     node.registry.remove(session.handle.key);
     let (code, reason) = match &exit {
         Exit::Disconnect(d) => (d.code.code(), d.reason.to_string()),
-        Exit::TooLarge => (1009, "frame too large".to_string()),
+        Exit::Close(code, reason) => (code.code(), reason.clone()),
         Exit::Gone(why) => (1000, why.to_string()),
     };
     if let Some(view) = &session.plugin_conn
@@ -130,9 +137,9 @@ async fn live<T: Transport>(
     }
     tracing::info!(
         client = %session.handle.client,
-        user = %session.handle.user,
+        user = &*session.handle.user,
         code,
-        reason = %reason,
+        reason = reason.as_str(),
         secs = session.started.elapsed().as_secs(),
         "Disconnected"
     );
@@ -147,7 +154,7 @@ async fn live<T: Transport>(
 async fn finish<T: Transport>(node: &Node, transport: &mut T, exit: Exit) {
     match &exit {
         Exit::Disconnect(d) => node.metrics.disconnect(d.code),
-        Exit::TooLarge => node.metrics.disconnect(CloseCode::TooLarge),
+        Exit::Close(code, _) => node.metrics.disconnect(*code),
         Exit::Gone(_) => {}
     }
     let close = async {
@@ -158,11 +165,7 @@ async fn finish<T: Transport>(node: &Node, transport: &mut T, exit: Exit) {
                     transport.close(d.code, &d.reason).await;
                 }
             }
-            Exit::TooLarge => {
-                transport
-                    .close(CloseCode::TooLarge, "frame too large")
-                    .await
-            }
+            Exit::Close(code, reason) => transport.close(code, &reason).await,
             Exit::Gone(_) => {}
         }
     };
@@ -175,6 +178,15 @@ async fn send_now<T: Transport>(transport: &mut T, frame: EncodedFrame) -> Resul
         .send(&mut batch)
         .await
         .map_err(|_| Exit::Gone("write failed"))
+}
+
+/// The exit for a frame the transport could not accept (too large, broken, not UTF-8).
+fn refused_frame(inbound: Inbound) -> Exit {
+    match inbound {
+        Inbound::TooLarge => Exit::Close(CloseCode::TooLarge, "frame too large".into()),
+        Inbound::Invalid(code, reason) => Exit::Close(code, reason),
+        _ => Exit::Gone("closed by client"),
+    }
 }
 
 fn unauthorized(reason: impl Into<std::borrow::Cow<'static, str>>) -> Exit {

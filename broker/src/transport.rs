@@ -22,6 +22,10 @@ pub enum Inbound {
     Activity,
     /// A frame over the size limit; the connection must close with 1009.
     TooLarge,
+    /// A frame that breaks RFC 6455 (1002: unmasked, reserved bits set, a fragmented
+    /// control frame) or a text frame that is not UTF-8 (1007); the connection must close
+    /// with this code and reason (the transport's description of what was wrong).
+    Invalid(CloseCode, String),
     /// The client closed the connection or it failed.
     Closed,
 }

@@ -9,6 +9,7 @@ mod channels;
 mod cli;
 mod connect;
 mod hardening;
+mod hardening_edge;
 mod hardening_plugins;
 mod limits;
 mod operations;

@@ -82,8 +82,12 @@ fn check_key(key: Option<&str>) -> Result<(), ApiError> {
     })
 }
 
+/// `data` must be there and nest at most `protocol::MAX_DATA_DEPTH` levels.
 fn require_data(data: Option<Box<RawValue>>) -> Result<Box<RawValue>, ApiError> {
-    data.ok_or_else(|| ApiError::bad_request("the body needs `data` (any JSON value)"))
+    let data =
+        data.ok_or_else(|| ApiError::bad_request("the body needs `data` (any JSON value)"))?;
+    protocol::check_depth(data.get()).map_err(ApiError::bad_request)?;
+    Ok(data)
 }
 
 /// `POST /api/publish`

@@ -64,8 +64,14 @@ pub struct ConnectionsConfig {
     pub max_per_user: Cap,
     /// Connections from one source IP at once (0: no limit).
     pub max_per_ip: Cap,
+    /// Connections still in their handshake (TCP accepted, upgrade and `connect` not yet
+    /// done) on this node; the next is closed at once (0: no limit).
+    pub max_handshakes: Cap,
+    /// Handshakes in progress from one source IP (0: no limit).
+    pub max_handshakes_per_ip: Cap,
     /// Origins browsers may connect from: exact (`https://app.example.com`) or with `*`
-    /// (`https://*.example.com`, `http://localhost:*`). Empty: any origin.
+    /// as a whole leading label (`https://*.example.com`) or as the port
+    /// (`http://localhost:*`). Empty: any origin.
     pub allowed_origins: Vec<String>,
     /// Whether clients that send no `Origin` (non-browser clients) are accepted.
     pub allow_missing_origin: bool,
@@ -111,6 +117,8 @@ impl Default for ConnectionsConfig {
             max: Cap::new(100_000),
             max_per_user: Cap::new(100),
             max_per_ip: Cap::new(5_000),
+            max_handshakes: Cap::new(1_000),
+            max_handshakes_per_ip: Cap::new(100),
             allowed_origins: vec![
                 "http://localhost".into(),
                 "http://localhost:*".into(),
@@ -226,13 +234,84 @@ impl RateLimitsConfig {
 impl ConnectionsConfig {
     pub fn validate(&self, p: &mut Problems) {
         for origin in &self.allowed_origins {
-            if !(origin.starts_with("http://") || origin.starts_with("https://"))
-                || origin.ends_with('/')
-            {
+            if let Err(why) = check_origin_pattern(origin) {
                 p.push(format!(
-                    "connections.allowed_origins has {origin:?}: an origin is scheme://host[:port] with no path, e.g. \"https://app.example.com\" or \"https://*.example.com\""
+                    "connections.allowed_origins has {origin:?}: {why}; an origin is scheme://host[:port] with no path, e.g. \"https://app.example.com\", \"https://*.example.com\" or \"http://localhost:*\""
                 ));
             }
         }
+    }
+}
+
+/// An allowed-origin pattern: `http(s)://host[:port]`, where `*` may only be the whole
+/// first label of the host (`*.example.com`) or the whole port (`:*`). A `*` inside a
+/// label (`https://*example.com`) would also match `https://evil-example.com`.
+fn check_origin_pattern(origin: &str) -> Result<(), &'static str> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or("the scheme must be http:// or https://")?;
+    if rest.contains('/') {
+        return Err("it has a path");
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, _)) if !host.ends_with(']') && host.contains(':') => (rest, None),
+        Some((host, port)) => (host, Some(port)),
+        None => (rest, None),
+    };
+    if let Some(port) = port
+        && port != "*"
+        && (port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("the port must be a number or `*`");
+    }
+    let labels = host.strip_prefix("*.").unwrap_or(host);
+    if host.is_empty() || labels.is_empty() {
+        return Err("the host is empty");
+    }
+    if labels.contains('*') {
+        return Err("`*` may only be a whole leading label (`*.example.com`) or the port (`:*`)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_patterns_put_the_wildcard_at_a_label_boundary_or_the_port() {
+        for ok in [
+            "https://app.example.com",
+            "https://*.example.com",
+            "http://localhost:*",
+            "http://localhost:8080",
+            "http://127.0.0.1:*",
+            "http://[::1]:*",
+            "https://*.example.com:*",
+        ] {
+            assert_eq!(check_origin_pattern(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "https://*example.com",
+            "https://app*.example.com",
+            "https://*",
+            "https://*.",
+            "https://app.*.com",
+            "https://example.com/",
+            "https://example.com:8*",
+            "https://example.com:",
+            "ftp://example.com",
+            "https://",
+        ] {
+            assert!(check_origin_pattern(bad).is_err(), "{bad}");
+        }
+        let mut p = Problems::default();
+        ConnectionsConfig {
+            allowed_origins: vec!["https://*example.com".into()],
+            ..ConnectionsConfig::default()
+        }
+        .validate(&mut p);
+        assert!(p.into_result().is_err());
     }
 }

@@ -12,6 +12,7 @@ use wasmtime::component::Resource;
 use super::deadline::Deadline;
 use super::meta::{self, MetaFields};
 use super::types::{Hook, PluginId, PluginLimits};
+use crate::logging::Escaped;
 use crate::transport::TransportKind;
 
 // The generated code has `unsafe` blocks of its own (lowering and lifting); nothing else
@@ -301,19 +302,19 @@ impl host::Host for StoreData {
         let id = &self.plugin;
         match level {
             Level::TRACE => {
-                tracing::trace!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
+                tracing::trace!(target: "plugin", plugin = %id.name, version = id.version.as_str(), "{}", Escaped(&message))
             }
             Level::DEBUG => {
-                tracing::debug!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
+                tracing::debug!(target: "plugin", plugin = %id.name, version = id.version.as_str(), "{}", Escaped(&message))
             }
             Level::INFO => {
-                tracing::info!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
+                tracing::info!(target: "plugin", plugin = %id.name, version = id.version.as_str(), "{}", Escaped(&message))
             }
             Level::WARN => {
-                tracing::warn!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
+                tracing::warn!(target: "plugin", plugin = %id.name, version = id.version.as_str(), "{}", Escaped(&message))
             }
             _ => {
-                tracing::error!(target: "plugin", plugin = %id.name, version = %id.version, "{message}")
+                tracing::error!(target: "plugin", plugin = %id.name, version = id.version.as_str(), "{}", Escaped(&message))
             }
         }
         Ok(())

@@ -61,7 +61,7 @@ impl ReloadReport {
         }
         for p in self.changed.iter().filter_map(|name| set.plugins.get(name)) {
             tracing::info!(
-                trigger, plugin = %p.id.name, version = %p.id.version, sha256 = %p.id.sha256,
+                trigger, plugin = %p.id.name, version = p.id.version.as_str(), sha256 = %p.id.sha256,
                 "Plugin reloaded"
             );
         }
@@ -99,7 +99,7 @@ impl Plugins {
             current: ArcSwap::from_pointee(PluginSet::default()),
             failures: Mutex::default(),
             reloading: Mutex::new(()),
-            audit: audit::Audit::tracing_only(),
+            audit: audit::Audit::tracing_only(metrics.plugin_audit_dropped.clone()),
             metrics,
             threads: None,
         })
@@ -123,10 +123,11 @@ impl Plugins {
         let threads = PluginThreads::start(settings.threads, settings.queue)
             .map_err(|e| anyhow::anyhow!("cannot start the plugin threads: {e}"))?;
         let audit = match &settings.audit_file {
-            Some(path) => audit::Audit::to_file(path).map_err(|e| {
-                anyhow::anyhow!("cannot open the audit file {}: {e}", path.display())
-            })?,
-            None => audit::Audit::tracing_only(),
+            Some(path) => audit::Audit::to_file(path, metrics.plugin_audit_dropped.clone())
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot open the audit file {}: {e}", path.display())
+                })?,
+            None => audit::Audit::tracing_only(metrics.plugin_audit_dropped.clone()),
         };
         let (set, report) = load::load_set(&engine, &settings, None, &metrics, 1);
         engine.prune_cache(&set.sha256s());
@@ -140,7 +141,7 @@ impl Plugins {
         }
         for p in set.plugins.values() {
             tracing::info!(
-                plugin = %p.id.name, version = %p.id.version, sha256 = %p.id.sha256,
+                plugin = %p.id.name, version = p.id.version.as_str(), sha256 = %p.id.sha256,
                 hooks = ?hook_names(p.hooks), "Plugin loaded"
             );
         }
@@ -482,8 +483,8 @@ impl Plugins {
         }
         self.metrics.plugin_error(&p.id.name, e.kind());
         tracing::warn!(
-            plugin = %p.id.name, version = %p.id.version, hook = hook.label(),
-            kind = e.kind(), error = %e, on_error = ?p.settings.on_error,
+            plugin = %p.id.name, version = p.id.version.as_str(), hook = hook.label(),
+            kind = e.kind(), error = e.to_string().as_str(), on_error = ?p.settings.on_error,
             "Plugin call failed; its instance is replaced"
         );
         let reason = format!("plugin {} failed: it {e}", p.id.name);

@@ -56,6 +56,11 @@ impl ErrorCode {
 pub enum CloseCode {
     /// Normal close: stop.
     Normal,
+    /// A frame that breaks the WebSocket protocol (unmasked, reserved bits set, a
+    /// fragmented control frame): fix the client.
+    ProtocolError,
+    /// A text frame that is not valid UTF-8: fix the client.
+    InvalidData,
     /// A frame over `limits.max_frame_bytes`: fix the client.
     TooLarge,
     /// The server is restarting or draining: reconnect with jittered backoff and recover.
@@ -78,6 +83,8 @@ impl CloseCode {
     pub fn code(self) -> u16 {
         match self {
             Self::Normal => 1000,
+            Self::ProtocolError => 1002,
+            Self::InvalidData => 1007,
             Self::TooLarge => 1009,
             Self::Restart => 1012,
             Self::TryAgainLater => 1013,
@@ -106,6 +113,8 @@ impl CloseCode {
     pub fn label(self) -> &'static str {
         match self {
             Self::Normal => "normal",
+            Self::ProtocolError => "protocol_error",
+            Self::InvalidData => "invalid_data",
             Self::TooLarge => "too_large",
             Self::Restart => "restart",
             Self::TryAgainLater => "at_capacity",

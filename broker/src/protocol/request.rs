@@ -79,6 +79,13 @@ pub struct ParseError {
 /// Longest idempotency key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 128;
 
+/// Longest client-chosen `name` in `connect`, in bytes (longer: `bad_request`, then 4001).
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Deepest nesting of arrays and objects accepted in `data` (serde_json's own limit, 128,
+/// only bounds its recursion).
+pub const MAX_DATA_DEPTH: usize = 64;
+
 #[derive(Deserialize)]
 struct WireFrame<'a> {
     #[serde(rename = "type", borrow, default)]
@@ -140,6 +147,37 @@ pub fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks that JSON nests at most [`MAX_DATA_DEPTH`] arrays and objects deep: one pass
+/// over the bytes that skips strings (client `publish` frames and `POST /api/publish`).
+pub fn check_depth(json: &str) -> Result<(), String> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DATA_DEPTH {
+                    return Err(format!(
+                        "`data` nests arrays and objects deeper than {MAX_DATA_DEPTH} levels; flatten it"
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Parses one client text frame.
 pub fn parse_request(text: &str) -> Result<Request, ParseError> {
     let wire: WireFrame<'_> = match serde_json::from_str(text) {
@@ -165,10 +203,20 @@ pub fn parse_request(text: &str) -> Result<Request, ParseError> {
     let channel =
         |ch: Option<String>| ch.ok_or_else(|| fail(format!("a `{kind}` frame needs a `channel`")));
     let body = match kind.as_ref() {
-        "connect" => RequestBody::Connect {
-            token: wire.token,
-            name: wire.name,
-        },
+        "connect" => {
+            if let Some(name) = &wire.name
+                && name.len() > MAX_NAME_BYTES
+            {
+                return Err(fail(format!(
+                    "`name` must be at most {MAX_NAME_BYTES} bytes, got {}",
+                    name.len()
+                )));
+            }
+            RequestBody::Connect {
+                token: wire.token,
+                name: wire.name,
+            }
+        }
         "subscribe" => RequestBody::Subscribe {
             channel: channel(wire.channel)?,
             recover: wire.recover,
@@ -181,6 +229,7 @@ pub fn parse_request(text: &str) -> Result<Request, ParseError> {
             let data = wire
                 .data
                 .ok_or_else(|| fail("a `publish` frame needs `data` (any JSON value)".into()))?;
+            check_depth(data.get()).map_err(fail)?;
             if let Some(key) = &wire.key {
                 check_key(key).map_err(fail)?;
             }

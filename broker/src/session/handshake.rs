@@ -9,7 +9,7 @@ use rand::Rng;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{ConnInfo, Exit, Session, expiry_instant, send_now, unauthorized};
+use super::{ConnInfo, Exit, Session, expiry_instant, refused_frame, send_now, unauthorized};
 use crate::auth::{self, Claims};
 use crate::hub::ConnHandle;
 use crate::limits::UserPermit;
@@ -110,7 +110,7 @@ async fn first_frame<T: Transport>(
                     message: "binary frames are not part of protocol v1; send connect as a JSON text frame".into(),
                 }));
             }
-            Inbound::TooLarge => return Err(Exit::TooLarge),
+            Inbound::TooLarge | Inbound::Invalid(..) => return Err(refused_frame(inbound)),
             Inbound::Closed => return Err(Exit::Gone("closed before connect")),
         }
     }

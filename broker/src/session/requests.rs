@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{Exit, Session, expiry_instant};
+use super::{Exit, Session, expiry_instant, refused_frame};
 use crate::access;
 use crate::auth;
 use crate::channel::ChannelName;
@@ -23,6 +23,7 @@ use crate::protocol::{
 };
 use crate::publish::{self, Pending, PublishRequest, Source, Step};
 use crate::reads;
+use crate::transport::Inbound;
 
 /// A request waiting for a plugin chain (see the module doc).
 pub(super) enum Deferred {
@@ -45,10 +46,31 @@ struct Channel<'a> {
 }
 
 impl Session {
+    /// One inbound item of a live session. `Err(Exit::Disconnect)`: close after what is
+    /// queued (too many violations); any other `Err`: end now; `Ok(Some(_))`: a plugin
+    /// chain must run first ([`Session::finish_deferred`]).
+    pub(super) fn on_inbound(&mut self, inbound: Inbound) -> Result<Option<Deferred>, Exit> {
+        match inbound {
+            Inbound::Text(text) => self.handle_text(&text),
+            // Binary frames and pings are frames too: a flood of them is limited like text.
+            Inbound::Binary => {
+                if self.frame_allowed(None)? {
+                    self.reply_error(None, ErrorReply::new(
+                        ErrorCode::BadRequest,
+                        "binary frames are not part of protocol v1; send each frame as a JSON text frame",
+                    ));
+                }
+                Ok(None)
+            }
+            Inbound::Activity => self.frame_allowed(None).map(|_| None),
+            Inbound::Closed => Err(Exit::Gone("closed by client")),
+            refused @ (Inbound::TooLarge | Inbound::Invalid(..)) => Err(refused_frame(refused)),
+        }
+    }
+
     /// Handles one text frame; `Err` when the connection must close (too many
-    /// violations); `Ok(Some(_))` when a plugin chain must run first
-    /// ([`Session::finish_deferred`]).
-    pub(super) fn handle_text(&mut self, text: &str) -> Result<Option<Deferred>, Exit> {
+    /// violations); `Ok(Some(_))` when a plugin chain must run first.
+    fn handle_text(&mut self, text: &str) -> Result<Option<Deferred>, Exit> {
         let parsed = protocol::parse_request(text);
         let kind = parsed.as_ref().map_or("other", |r| r.body.kind());
         self.node.metrics.frame_received(kind);
@@ -56,21 +78,29 @@ impl Session {
             Ok(r) => r.id,
             Err(e) => e.id,
         };
-        let result = match &self.frames {
-            Some(limiter) => limiter.check().map_err(|e| {
-                self.node.metrics.rate_limited(e.limit);
-                e.to_reply()
-            }),
-            None => Ok(()),
+        if !self.frame_allowed(id)? {
+            return Ok(None);
         }
-        .and_then(|()| match parsed {
+        let result = match parsed {
             Ok(req) => self.handle(req),
             Err(e) => Err(ErrorReply::new(ErrorCode::BadRequest, e.message)),
-        });
+        };
         match result {
             Ok(deferred) => Ok(deferred),
             Err(err) => self.answer_error(id, err).map(|()| None),
         }
+    }
+
+    /// Checks the connection's frame limiter; over it, answers `rate_limited` and counts
+    /// a violation (`Ok(false)`: the frame is dropped).
+    fn frame_allowed(&mut self, id: Option<u64>) -> Result<bool, Exit> {
+        let Some(Err(e)) = self.frames.as_ref().map(|limiter| limiter.check()) else {
+            return Ok(true);
+        };
+        self.node.metrics.rate_limited(e.limit);
+        self.reply_error(id, e.to_reply());
+        self.count_violation()?;
+        Ok(false)
     }
 
     /// Replies with the error; `Err` when the connection must close (too many violations).

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::{Exit, Session};
 use crate::outbound::Next;
-use crate::protocol::{CloseCode, Disconnect, EncodedFrame, ErrorCode, ErrorReply};
-use crate::transport::{Inbound, Transport};
+use crate::protocol::{CloseCode, Disconnect, EncodedFrame};
+use crate::transport::Transport;
 
 /// A write batch whose buffer grew past this many frames is given back after the burst.
 const SHRINK_ABOVE: usize = 256;
@@ -53,30 +53,19 @@ impl Session {
                 },
                 inbound = transport.recv(), if !closing => {
                     self.awaiting_pong_since = None;
-                    match inbound {
-                        Inbound::Text(text) => {
-                            let handled = match self.handle_text(&text) {
-                                // A plugin chain runs first, on a plugin thread; boxed,
-                                // so only such requests pay for its state.
-                                Ok(Some(deferred)) => Box::pin(self.finish_deferred(deferred)).await,
-                                other => other.map(|_| ()),
-                            };
-                            match handled {
-                                Ok(()) => {}
-                                Err(Exit::Disconnect(d)) => {
-                                    closing = true;
-                                    self.handle.outbound.close(d);
-                                }
-                                Err(exit) => return exit,
-                            }
+                    let handled = match self.on_inbound(inbound) {
+                        // A plugin chain runs first, on a plugin thread; boxed, so only
+                        // such requests pay for its state.
+                        Ok(Some(deferred)) => Box::pin(self.finish_deferred(deferred)).await,
+                        other => other.map(|_| ()),
+                    };
+                    match handled {
+                        Ok(()) => {}
+                        Err(Exit::Disconnect(d)) => {
+                            closing = true;
+                            self.handle.outbound.close(d);
                         }
-                        Inbound::Binary => self.reply_error(None, ErrorReply::new(
-                            ErrorCode::BadRequest,
-                            "binary frames are not part of protocol v1; send each frame as a JSON text frame",
-                        )),
-                        Inbound::Activity => {}
-                        Inbound::TooLarge => return Exit::TooLarge,
-                        Inbound::Closed => return Exit::Gone("closed by client"),
+                        Err(exit) => return exit,
                     }
                 }
                 _ = &mut timer => {

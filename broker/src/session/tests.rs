@@ -90,6 +90,7 @@ async fn a_ping_that_cannot_be_written_ends_the_session() {
         bearer: None,
         refuse: None,
         opened: Instant::now(),
+        handshake: None,
     };
     let session = run(Arc::clone(&node), transport, conn);
     tokio::time::timeout(Duration::from_secs(5), session)

@@ -2,9 +2,15 @@
 //!
 //! Buffers are sized deliberately: a small read buffer (grows only for a larger frame), a
 //! write buffer that gathers a batch of frames into one socket write, and a bound on it.
+//!
+//! At accept, before any byte is read, a connection takes a handshake slot
+//! (`connections.max_handshakes`, `max_handshakes_per_ip`); a client that opens sockets and
+//! stalls its upgrade gets the rest closed at once. `upgrade` checks the HTTP request.
 
 // tungstenite's upgrade callback returns its `ErrorResponse` by value.
 #![allow(clippy::result_large_err)]
+
+mod upgrade;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -16,23 +22,23 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::{
     CloseFrame, WebSocketConfig, frame::coding::CloseCode as WsCloseCode,
 };
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError, http};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 
-use crate::channel::glob_match;
+use crate::limits::HandshakePermit;
 use crate::node::{Node, Settings};
-use crate::protocol::{CloseCode, Disconnect, EncodedFrame, SUBPROTOCOL};
+use crate::protocol::{CloseCode, Disconnect, EncodedFrame};
 use crate::session::{self, ConnInfo};
 use crate::transport::{Inbound, Transport, TransportKind, WriteError};
+use upgrade::{Upgrade, check_upgrade};
+
+pub use upgrade::origin_allowed;
 
 /// The path clients upgrade on.
 pub const PATH: &str = "/ws";
-
-/// Query parameters that look like a token; any of them refuses the connection with 4001.
-const TOKEN_PARAMS: &[&str] = &["token", "jwt", "access_token", "auth", "authorization"];
 
 /// Accepts connections until shutdown; each runs in its own task on the node's tracker.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
@@ -41,9 +47,17 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
         tokio::select! {
             _ = node.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => {
-                    node.tasks.spawn(connection(stream, remote, node.clone()));
-                }
+                Ok((stream, remote)) => match node.connections.begin_handshake(remote.ip()) {
+                    Ok(permit) => {
+                        node.tasks.spawn(connection(stream, remote, node.clone(), permit));
+                    }
+                    Err(e) => {
+                        // Closed at once: no task, no buffer, not a byte read.
+                        node.metrics.rate_limited(e.limit);
+                        tracing::debug!(remote = %remote, reason = %e, "Connection refused at accept");
+                        drop(stream);
+                    }
+                },
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning,
                     // and say so at most every 5 s.
@@ -68,97 +82,6 @@ pub fn ws_config(settings: &Settings) -> WebSocketConfig {
         .max_frame_size(Some(settings.max_frame_bytes))
 }
 
-#[derive(Default)]
-struct Upgrade {
-    bearer: Option<String>,
-    token_in_query: bool,
-}
-
-fn http_error(status: http::StatusCode, message: String) -> ErrorResponse {
-    let mut err = ErrorResponse::new(Some(message + "\n"));
-    *err.status_mut() = status;
-    err
-}
-
-/// Whether a browser `Origin` is allowed: exact, or a pattern with `*`.
-pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
-    allowed.is_empty() || allowed.iter().any(|pattern| glob_match(pattern, origin))
-}
-
-/// Checks the upgrade request: path, subprotocol, where the token is. (The error type is
-/// tungstenite's callback contract.)
-fn check_upgrade(
-    node: &Node,
-    remote: SocketAddr,
-    req: &Request,
-    mut resp: Response,
-    upgrade: &mut Upgrade,
-) -> Result<Response, ErrorResponse> {
-    if req.uri().path() != PATH {
-        return Err(http_error(
-            http::StatusCode::NOT_FOUND,
-            format!("not found: WebSocket clients connect to {PATH}"),
-        ));
-    }
-    let conns = &node.config.connections;
-    match req
-        .headers()
-        .get(http::header::ORIGIN)
-        .map(|o| o.to_str().unwrap_or(""))
-    {
-        Some(origin) if !origin_allowed(&conns.allowed_origins, origin) => {
-            tracing::info!(remote = %remote, origin, "Upgrade refused: origin not allowed");
-            return Err(http_error(
-                http::StatusCode::FORBIDDEN,
-                format!(
-                    "origin {origin:?} is not allowed to connect; add it to connections.allowed_origins"
-                ),
-            ));
-        }
-        None if !conns.allow_missing_origin => {
-            return Err(http_error(
-                http::StatusCode::FORBIDDEN,
-                "an Origin header is required (connections.allow_missing_origin = false)".into(),
-            ));
-        }
-        _ => {}
-    }
-    if let Err(e) = node.rate_limits.check_ip_connect(remote.ip()) {
-        node.metrics.rate_limited(e.limit);
-        return Err(http_error(http::StatusCode::TOO_MANY_REQUESTS, e.message));
-    }
-    if let Some(query) = req.uri().query() {
-        upgrade.token_in_query = query.split('&').any(|pair| {
-            let name = pair.split('=').next().unwrap_or("");
-            TOKEN_PARAMS.iter().any(|p| name.eq_ignore_ascii_case(p))
-        });
-    }
-    // The scheme is case-insensitive (RFC 9110, section 11.1).
-    if let Some((_, token)) = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
-    {
-        upgrade.bearer = Some(token.trim().to_string());
-    }
-    let offers_v1 = req
-        .headers()
-        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == SUBPROTOCOL);
-    if offers_v1 {
-        resp.headers_mut().insert(
-            http::header::SEC_WEBSOCKET_PROTOCOL,
-            http::HeaderValue::from_static(SUBPROTOCOL),
-        );
-    }
-    Ok(resp)
-}
-
 /// One connection: the upgrade, then the session. An async block, not an async fn, so the
 /// task's state does not keep the arguments twice (see `session::run`).
 // Deliberately not `async fn`: see the doc comment (the state's size).
@@ -167,6 +90,7 @@ fn connection(
     stream: TcpStream,
     remote: SocketAddr,
     node: Arc<Node>,
+    slot: HandshakePermit,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let opened = Instant::now();
@@ -212,6 +136,7 @@ fn connection(
             bearer: upgrade.bearer,
             refuse,
             opened,
+            handshake: Some(slot),
         };
         session::run(node, WsTransport { ws }, conn).await;
         drop(permit);
@@ -238,6 +163,15 @@ impl Transport for WsTransport {
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Inbound::Activity,
             Some(Ok(Message::Close(_))) | None => Inbound::Closed,
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => Inbound::TooLarge,
+            // A broken frame (unmasked, reserved bits, a fragmented or oversized control
+            // frame, a bad opcode): the socket still works, so the session closes with 1002.
+            Some(Err(WsError::Protocol(e))) => {
+                Inbound::Invalid(CloseCode::ProtocolError, e.to_string())
+            }
+            Some(Err(WsError::Utf8(_))) => Inbound::Invalid(
+                CloseCode::InvalidData,
+                "a text frame is not valid UTF-8".into(),
+            ),
             Some(Err(_)) => Inbound::Closed,
         }
     }
@@ -285,23 +219,6 @@ fn truncate_reason(reason: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn origins_match_exactly_or_by_pattern() {
-        let allowed = vec![
-            "https://app.example.com".to_string(),
-            "https://*.example.org".to_string(),
-        ];
-        assert!(origin_allowed(&allowed, "https://app.example.com"));
-        assert!(origin_allowed(&allowed, "https://chat.example.org"));
-        assert!(!origin_allowed(&allowed, "http://app.example.com"));
-        assert!(!origin_allowed(
-            &allowed,
-            "https://app.example.com.evil.net"
-        ));
-        assert!(!origin_allowed(&allowed, "https://example.org"));
-        assert!(origin_allowed(&[], "https://anything.test"));
-    }
 
     #[test]
     fn close_reasons_fit_a_control_frame() {

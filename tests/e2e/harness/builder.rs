@@ -24,6 +24,8 @@ pub struct Builder {
     secret: bool,
     /// How long `start` waits for the listeners (default [`WAIT`]).
     start_timeout: Duration,
+    /// `--log-format`: `json` (default) or `text`.
+    log_format: &'static str,
 }
 
 /// Variables every test broker gets unless a test overrides or unsets them. Rate limits
@@ -54,6 +56,7 @@ impl Builder {
             args: Vec::new(),
             secret: true,
             start_timeout: WAIT,
+            log_format: "json",
         }
     }
 
@@ -83,6 +86,12 @@ impl Builder {
     pub fn without_secret(mut self) -> Self {
         self.secret = false;
         self
+    }
+
+    /// Logs as the text output prints them for people (without colours) instead of JSON.
+    pub fn text_logs(mut self) -> Self {
+        self.log_format = "text";
+        self.env("NO_COLOR", "1")
     }
 
     /// Waits this long for the listeners instead of [`WAIT`] (a broker that compiles a
@@ -131,7 +140,7 @@ impl Builder {
             .arg("--config")
             .arg(config_path)
             .arg("--log-format")
-            .arg("json")
+            .arg(self.log_format)
             .args(&self.args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -169,7 +178,7 @@ fn capture_output(child: &mut Child, logs: &Logs) -> Receiver<String> {
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("\"Listening\"") {
+                if line.contains("\"Listening\"") || line.contains(" Listening ") {
                     let _ = tx.send(line.clone());
                 }
                 logs.lock().unwrap().push(line);
@@ -196,13 +205,30 @@ fn wait_listening(
                 logs.lock().unwrap().join("\n")
             ),
         };
-        let v: Value = serde_json::from_str(&line).unwrap();
-        let addr: SocketAddr = v["addr"].as_str().unwrap().parse().unwrap();
-        match v["listener"].as_str() {
-            Some("ws") => ws_addr = Some(addr),
-            Some("admin") => admin_addr = Some(addr),
+        let (listener, addr) = parse_listening(&line);
+        match listener.as_str() {
+            "ws" => ws_addr = Some(addr),
+            "admin" => admin_addr = Some(addr),
             _ => {}
         }
     }
     (ws_addr.unwrap(), admin_addr.unwrap())
+}
+
+/// (listener, address) of a `Listening` line, JSON or text
+/// (`… INFO Listening listener="ws" addr=127.0.0.1:4242 …`).
+fn parse_listening(line: &str) -> (String, SocketAddr) {
+    if line.starts_with('{') {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let addr = v["addr"].as_str().unwrap().parse().unwrap();
+        return (v["listener"].as_str().unwrap_or("").to_string(), addr);
+    }
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+            .trim_matches('"')
+            .to_string()
+    };
+    (field("listener="), field("addr=").parse().unwrap())
 }

@@ -81,6 +81,26 @@ impl RawClient {
         self.stream.write_all(&out).await.unwrap();
     }
 
+    /// Writes bytes as they are: a hand-built frame, right or wrong.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads until the server's close frame and returns its code (`None`: the connection
+    /// ended without one). Text frames and pings before it are skipped.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        let deadline = deadline();
+        while let Some((opcode, payload)) = self.next_frame(deadline).await {
+            if opcode == 0x8 {
+                return payload
+                    .get(..2)
+                    .map(|code| u16::from_be_bytes([code[0], code[1]]));
+            }
+        }
+        None
+    }
+
     /// The next server frame as (opcode, payload); `None` once the connection has ended.
     async fn next_frame(&mut self, deadline: Instant) -> Option<(u8, Vec<u8>)> {
         loop {

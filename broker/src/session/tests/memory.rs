@@ -138,6 +138,7 @@ impl MemoryClient {
             bearer,
             refuse,
             opened: Instant::now(),
+            handshake: None,
         };
         let session = tokio::spawn(run(Arc::clone(node), transport, conn));
         Self {
