@@ -108,7 +108,7 @@ impl Node {
         metrics: Arc<Metrics>,
         plugins: Arc<Plugins>,
     ) -> Arc<Self> {
-        let history: Arc<dyn HistoryStore> = Arc::new(MemoryHistory::new());
+        let history: Arc<dyn HistoryStore> = Arc::new(MemoryHistory::from_config(&config.history));
         let namespaces = Arc::new(Namespaces::new(
             &config.namespaces,
             &config.default_namespace,

@@ -8,6 +8,7 @@ mod auth;
 mod channels;
 mod cli;
 mod connect;
+mod hardening_history;
 mod limits;
 mod operations;
 mod plugins;

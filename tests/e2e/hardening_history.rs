@@ -1,0 +1,183 @@
+//! Hardening of history (issue 10), attacked through the real binary: reads of unknown
+//! channels store nothing and publications to new channels stay within the node's
+//! `[history]` caps. Each test asserts what the server kept (RSS, `/metrics`), not only
+//! the replies.
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::*;
+use crate::http::{API_KEY, parse_prometheus, request};
+
+const MIB: u64 = 1 << 20;
+
+/// The broker's resident set, from /proc/<pid>/status.
+fn rss_bytes(broker: &TestBroker) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.pid())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kib * 1024
+}
+
+/// A sample of `/metrics` (0 when absent).
+async fn metric(broker: &TestBroker, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let r = request(broker.admin_addr, "GET", "/metrics", None, None).await;
+    assert_eq!(r.status, 200);
+    let samples = parse_prometheus(&r.body).unwrap();
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .find(|s| label.is_none_or(|(k, v)| s.labels.get(k).is_some_and(|x| x == v)))
+        .map_or(0.0, |s| s.value)
+}
+
+/// Polls `/metrics` until `done` holds (bounded by the harness's wait).
+async fn wait_metrics<F: AsyncFnMut() -> bool>(what: &str, mut done: F) {
+    let deadline = deadline();
+    while !done().await {
+        assert!(Instant::now() < deadline, "metrics never showed {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn api_publish(broker: &TestBroker, channel: &str, data: &Value) -> Value {
+    let body = json!({"channel": channel, "data": data}).to_string();
+    let r = request(
+        broker.admin_addr,
+        "POST",
+        "/api/publish",
+        Some(API_KEY),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()
+}
+
+/// Sends `n` `history` requests on fresh random `news:` channels, pipelined in windows,
+/// and checks every reply: offset 0, no publications.
+async fn flood_history_reads(c: &mut Client, conn: usize, n: usize) {
+    const WINDOW: usize = 500;
+    let mut sent = 0;
+    while sent < n {
+        let batch = WINDOW.min(n - sent);
+        for i in 0..batch {
+            let channel = format!("news:r{conn}x{}x{}", sent + i, rand::random::<u32>());
+            let frame = json!({"id": sent + i + 1, "type": "history", "channel": channel});
+            c.ws.feed(Message::Text(frame.to_string().into()))
+                .await
+                .unwrap();
+        }
+        c.ws.flush().await.unwrap();
+        for _ in 0..batch {
+            let r = c.recv().await;
+            assert_eq!(r["type"], "history", "{r}");
+            assert_eq!(r["offset"], 0, "{r}");
+            assert_eq!(r["publications"], json!([]), "{r}");
+        }
+        sent += batch;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_publications_to_new_channels_stay_within_the_history_caps() {
+    const MAX_BYTES: u64 = 32 * MIB;
+    const MAX_STREAMS: u64 = 1_024;
+    const READS: usize = 50_000;
+    const CONNS: usize = 4;
+    const PUBLICATIONS: usize = 2_000;
+    let broker = TestBroker::builder()
+        .env("HOOKWIRE_API_KEY", API_KEY)
+        .env("HOOKWIRE_HISTORY_MAX_BYTES", &MAX_BYTES.to_string())
+        .env("HOOKWIRE_HISTORY_MAX_STREAMS", &MAX_STREAMS.to_string())
+        .env("HOOKWIRE_HISTORY_SWEEP_INTERVAL_MS", "100")
+        .env("HOOKWIRE_RATE_LIMITS_CONNECTION_FRAMES_PER_SEC", "0")
+        .start()
+        .await;
+    let mut clients = Vec::new();
+    for i in 0..CONNS {
+        clients.push(broker.client(&format!("reader{i}"), &[]).await);
+    }
+    let baseline = rss_bytes(&broker);
+
+    // 1. 50,000 reads of channels nobody published to.
+    let started = Instant::now();
+    let floods = clients
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| flood_history_reads(c, i, READS / CONNS));
+    futures_util::future::join_all(floods).await;
+    let reads_took = started.elapsed();
+    let after_reads = rss_bytes(&broker);
+    // A publication after the reads: once the sweeper counts it, it sampled after them.
+    api_publish(&broker, "chat:marker", &json!("m")).await;
+    wait_metrics("the marker stream", async || {
+        metric(&broker, "hookwire_history_streams", None).await == 1.0
+    })
+    .await;
+    for c in &mut clients {
+        c.ping().await;
+    }
+
+    // 2. 2,000 publications of 60 KiB, each to a new channel.
+    let data = json!("x".repeat(60 << 10));
+    let started = Instant::now();
+    for i in 0..PUBLICATIONS {
+        let r = api_publish(&broker, &format!("chat:flood{i}"), &data).await;
+        assert_eq!(r["offset"], 1, "{r}");
+    }
+    let publish_took = started.elapsed();
+    // At most MAX_BYTES of 60 KiB publications stay; the rest were evicted and counted.
+    let frame = 60 * 1024 + 100;
+    let must_evict = (PUBLICATIONS as u64 - MAX_BYTES / frame) as f64;
+    let evictions = async || {
+        metric(
+            &broker,
+            "hookwire_history_evictions_total",
+            Some(("reason", "bytes")),
+        )
+        .await
+            + metric(
+                &broker,
+                "hookwire_history_evictions_total",
+                Some(("reason", "streams")),
+            )
+            .await
+    };
+    wait_metrics("the evictions", async || evictions().await >= must_evict).await;
+    let streams = metric(&broker, "hookwire_history_streams", None).await;
+    let bytes = metric(&broker, "hookwire_history_bytes", None).await;
+    let after_publications = rss_bytes(&broker);
+    eprintln!(
+        "history caps: RSS baseline {} KiB, after {READS} reads {} KiB ({reads_took:?}), after {PUBLICATIONS} publications {} KiB ({publish_took:?}); streams {streams}, bytes {bytes}, evictions {}",
+        baseline / 1024,
+        after_reads / 1024,
+        after_publications / 1024,
+        evictions().await,
+    );
+    assert!(streams <= MAX_STREAMS as f64, "{streams} streams");
+    assert!(bytes <= MAX_BYTES as f64, "{bytes} bytes");
+    // Reads stored nothing: 50,000 streams would be well over 4 MiB.
+    assert!(
+        after_reads < baseline + 4 * MIB,
+        "reads grew RSS from {baseline} to {after_reads}"
+    );
+    // The history cap, the same again for what the allocator keeps of freed frames in its
+    // per-thread arenas, and 16 MiB for the HTTP connections: 80 MiB. Without the cap the
+    // 2,000 publications alone would hold 120 MiB. (Measured: 49 to 54 MiB.)
+    assert!(
+        after_publications < baseline + 2 * MAX_BYTES + 16 * MIB,
+        "RSS grew from {baseline} to {after_publications}"
+    );
+    // The readers are still connected and served.
+    for c in &mut clients {
+        c.ping().await;
+    }
+}
