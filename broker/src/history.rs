@@ -89,16 +89,18 @@ impl Position {
     }
 }
 
-/// What to read.
+/// What to read. `max_bytes` bounds the publications' bytes in one page (at least one
+/// publication is returned when any is due); a page cut by it says where to go on.
 #[derive(Clone, Copy, Debug)]
 pub enum Query<'a> {
     /// The newest `limit` publications, oldest first.
-    Latest { limit: usize },
+    Latest { limit: usize, max_bytes: usize },
     /// Up to `limit` publications after `since`, oldest first; an error unless every
     /// publication after `since` is still kept (so nothing is silently skipped).
     Since {
         since: &'a StreamPosition,
         limit: usize,
+        max_bytes: usize,
     },
 }
 
@@ -107,6 +109,9 @@ pub enum Query<'a> {
 pub struct Page {
     pub position: Position,
     pub publications: Vec<EncodedFrame>,
+    /// `Some(offset)` when `max_bytes` cut the page: the offset of its last publication,
+    /// to read on from with `since`.
+    pub next: Option<u64>,
 }
 
 /// Why a `since` read cannot be answered completely.

@@ -113,7 +113,7 @@ impl Node {
             &config.namespaces,
             &config.default_namespace,
         ));
-        let hub = Arc::new(Hub::new(history));
+        let hub = Arc::new(Hub::new(history).with_max_reply_bytes(config.limits.max_reply_bytes));
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limits, &config.namespaces));
         let pipeline = Pipeline::new(
             hub.clone(),

@@ -114,12 +114,16 @@ impl Stream {
 
     fn read(&self, query: Query<'_>) -> Result<Page, ReadError> {
         let position = self.position();
-        let publications = match query {
-            Query::Latest { limit } => {
+        let (publications, next) = match query {
+            Query::Latest { limit, max_bytes } => {
                 let skip = self.entries.len().saturating_sub(limit);
-                frames(self.entries.iter().skip(skip))
+                take_page(self.entries.iter().skip(skip), max_bytes)
             }
-            Query::Since { since, limit } => {
+            Query::Since {
+                since,
+                limit,
+                max_bytes,
+            } => {
                 if !position.matches_epoch(&since.epoch) {
                     return Err(ReadError::EpochChanged {
                         given: since.epoch.clone(),
@@ -142,18 +146,34 @@ impl Stream {
                     });
                 }
                 let after = self.entries.iter().skip_while(|e| e.offset <= since.offset);
-                frames(after.take(limit))
+                take_page(after.take(limit), max_bytes)
             }
         };
         Ok(Page {
             position,
             publications,
+            next,
         })
     }
 }
 
-fn frames<'a>(entries: impl Iterator<Item = &'a Entry>) -> Vec<EncodedFrame> {
-    entries.map(|e| e.frame.clone()).collect()
+/// Takes entries until `max_bytes` (at least one); `Some(last offset)` when cut.
+fn take_page<'a>(
+    entries: impl Iterator<Item = &'a Entry>,
+    max_bytes: usize,
+) -> (Vec<EncodedFrame>, Option<u64>) {
+    let mut out = Vec::new();
+    let mut used = 0usize;
+    let mut last = None;
+    for e in entries {
+        if !out.is_empty() && used.saturating_add(e.frame.len()) > max_bytes {
+            return (out, last);
+        }
+        used += e.frame.len();
+        last = Some(e.offset);
+        out.push(e.frame.clone());
+    }
+    (out, None)
 }
 
 /// A read of a channel without a stream: offset 0 and the epoch to come.
@@ -175,6 +195,7 @@ fn read_unknown(position: Position, query: Query<'_>) -> Result<Page, ReadError>
     Ok(Page {
         position,
         publications: Vec::new(),
+        next: None,
     })
 }
 

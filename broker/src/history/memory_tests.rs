@@ -16,13 +16,17 @@ fn push(h: &MemoryHistory, now: u64) -> Position {
 }
 
 fn latest(limit: usize) -> Query<'static> {
-    Query::Latest { limit }
+    Query::Latest {
+        limit,
+        max_bytes: ALL,
+    }
 }
 
 fn since(p: &StreamPosition) -> Query<'_> {
     Query::Since {
         since: p,
         limit: ALL,
+        max_bytes: ALL,
     }
 }
 
@@ -179,4 +183,31 @@ fn a_byte_cap_keeps_the_newest_publications_of_a_lone_stream() {
     let stats = h.sweep(2, 60_000);
     assert!(stats.bytes <= 16 << 10, "{stats:?}");
     assert_eq!(stats.evicted_for_bytes, 7);
+}
+
+#[test]
+fn pages_are_cut_at_max_bytes_and_say_where_to_go_on() {
+    let h = MemoryHistory::new();
+    let epoch = push(&h, 10).epoch.to_string();
+    push(&h, 10);
+    push(&h, 10);
+    let from = StreamPosition { offset: 0, epoch };
+    let q = Query::Since {
+        since: &from,
+        limit: ALL,
+        max_bytes: 2,
+    };
+    let page = h.read(&ch(), POLICY, 10, q).unwrap();
+    assert_eq!(
+        (offsets(&page), page.next),
+        (vec!["1".into(), "2".into()], Some(2))
+    );
+    let q = Query::Latest {
+        limit: 3,
+        max_bytes: 0,
+    };
+    let page = h.read(&ch(), POLICY, 10, q).unwrap();
+    assert_eq!((offsets(&page), page.next), (vec!["1".into()], Some(1)));
+    let page = h.read(&ch(), POLICY, 10, latest(2)).unwrap();
+    assert_eq!(page.next, None);
 }

@@ -1,4 +1,4 @@
-//! Property tests: any interleaving of publications, recoveries (`since` reads),
+//! Property tests: any interleaving of publications, recoveries (paged `since` reads),
 //! time passing, sweeps and cap evictions gives a recovering client either exactly the
 //! publications it missed, in order, or an explicit error; never a silent gap.
 
@@ -21,9 +21,10 @@ enum Op {
         channel: usize,
         size: usize,
     },
-    /// Client `client` recovers (if it has a position) or joins.
+    /// Client `client` recovers (if it has a position) or joins; pages `page_bytes` at a time.
     Recover {
         client: usize,
+        page_bytes: usize,
     },
     Advance {
         ms: u64,
@@ -34,7 +35,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..4usize, 1..6_000usize).prop_map(|(channel, size)| Op::Publish { channel, size }),
-        3 => (0..6usize).prop_map(|client| Op::Recover { client }),
+        3 => (0..6usize, 1..20_000usize)
+            .prop_map(|(client, page_bytes)| Op::Recover { client, page_bytes }),
         2 => (1..3_000u64).prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::Sweep),
     ]
@@ -67,28 +69,35 @@ struct Client {
     at: Option<StreamPosition>,
 }
 
-/// Reads everything after `from`; `None` if the store refused (explicitly).
+/// Reads every page after `from`; `None` if the store refused (explicitly).
 fn recover_all(
     h: &MemoryHistory,
     channel: &ChannelName,
     now: u64,
     from: &StreamPosition,
+    page_bytes: usize,
 ) -> Option<(Vec<u64>, StreamPosition)> {
-    let q = Query::Since {
-        since: from,
-        limit: usize::MAX,
-    };
-    let page = h.read(channel, POLICY, now, q).ok()?;
-    let got = page
-        .publications
-        .iter()
-        .map(|f| id_of(f.as_str()))
-        .collect();
-    let top = StreamPosition {
-        offset: page.position.offset,
-        epoch: page.position.epoch.to_string(),
-    };
-    Some((got, top))
+    let mut at = from.clone();
+    let mut got = Vec::new();
+    loop {
+        let q = Query::Since {
+            since: &at,
+            limit: usize::MAX,
+            max_bytes: page_bytes,
+        };
+        let page = h.read(channel, POLICY, now, q).ok()?;
+        got.extend(page.publications.iter().map(|f| id_of(f.as_str())));
+        match page.next {
+            Some(next) => at.offset = next,
+            None => {
+                let top = StreamPosition {
+                    offset: page.position.offset,
+                    epoch: page.position.epoch.to_string(),
+                };
+                return Some((got, top));
+            }
+        }
+    }
 }
 
 /// The id a publication frame was encoded from (`"<id>:<padding>"`).
@@ -123,7 +132,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let (pos, _) = h.append(&chans[channel], POLICY, now, &mut |_| encode(&body));
                 log.push((channel, pos.epoch.to_string(), pos.offset, next_id));
             }
-            Op::Recover { client } => {
+            Op::Recover { client, page_bytes } => {
                 let c = &mut clients[client];
                 let name = &chans[c.channel];
                 let Some(from) = c.at.clone() else {
@@ -134,7 +143,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     });
                     continue;
                 };
-                match recover_all(&h, name, now, &from) {
+                match recover_all(&h, name, now, &from, page_bytes) {
                     Some((got, top)) => {
                         let missed: Vec<u64> = log
                             .iter()
