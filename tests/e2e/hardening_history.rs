@@ -1,7 +1,7 @@
 //! Hardening of history and large replies (issue 10), attacked through the real binary:
 //! reads of unknown channels store nothing, publications to new channels stay within the
-//! node's `[history]` caps, and large recoveries are paged and leave no per-connection
-//! buffer behind. Each test asserts what the server kept (RSS, `/metrics`), not only the
+//! node's `[history]` caps, large recoveries are paged and leave no per-connection
+//! buffer behind, and a large presence is cut. Each test asserts what the server kept (RSS, `/metrics`), not only the
 //! replies.
 
 use std::time::Duration;
@@ -273,4 +273,52 @@ async fn large_recoveries_are_paged_and_leave_no_buffer_behind() {
         after < idle + 16 * MIB,
         "RSS grew from {idle} to {after} after the recoveries"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presence_reply_is_cut_at_max_reply_bytes() {
+    const CONNS: usize = 100;
+    let broker = TestBroker::builder()
+        .env("HOOKWIRE_API_KEY", API_KEY)
+        .env("HOOKWIRE_LIMITS_MAX_REPLY_BYTES", "4096")
+        .env("HOOKWIRE_NAMESPACES_CHAT_JOIN_LEAVE", "false")
+        .start()
+        .await;
+    let mut clients = Vec::new();
+    for i in 0..CONNS {
+        let mut c = broker.client(&format!("member{i}"), &["chat:*"]).await;
+        c.subscribe("chat:crowd").await;
+        clients.push(c);
+    }
+    let r = clients[0]
+        .request(json!({"type": "presence", "channel": "chat:crowd"}))
+        .await;
+    assert_eq!(
+        (&r["type"], &r["more"]),
+        (&json!("presence"), &json!(true)),
+        "{r}"
+    );
+    let listed = r["clients"].as_array().unwrap().len();
+    assert!(listed > 0 && listed < CONNS, "{listed} of {CONNS} listed");
+    assert!(
+        r.to_string().len() < 4_096 + 200,
+        "{} bytes",
+        r.to_string().len()
+    );
+    // The server API answers alike.
+    let api = request(
+        broker.admin_addr,
+        "GET",
+        "/api/presence?channel=chat:crowd",
+        Some(API_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(api.status, 200, "{api:?}");
+    assert_eq!(api.json()["more"], true, "{api:?}");
+    // Everyone is still subscribed and served.
+    api_publish(&broker, "chat:crowd", &json!("hello")).await;
+    for c in &mut clients {
+        assert_eq!(c.messages("chat:crowd", 1).await[0]["data"], "hello");
+    }
 }
