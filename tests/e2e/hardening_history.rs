@@ -171,10 +171,11 @@ async fn reads_and_publications_to_new_channels_stay_within_the_history_caps() {
         "reads grew RSS from {baseline} to {after_reads}"
     );
     // The history cap, the same again for what the allocator keeps of freed frames in its
-    // per-thread arenas, and 16 MiB for the HTTP connections: 80 MiB. Without the cap the
-    // 2,000 publications alone would hold 120 MiB. (Measured: 49 to 54 MiB.)
+    // per-thread arenas, and 32 MiB for the HTTP connections and the tests running beside
+    // this one: 96 MiB. Without the cap the 2,000 publications alone would hold 120 MiB.
+    // (Measured: 49 to 66 MiB.)
     assert!(
-        after_publications < baseline + 2 * MAX_BYTES + 16 * MIB,
+        after_publications < baseline + 2 * MAX_BYTES + 32 * MIB,
         "RSS grew from {baseline} to {after_publications}"
     );
     // The readers are still connected and served.
