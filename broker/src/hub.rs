@@ -106,6 +106,9 @@ pub struct Joined {
     pub recovered: bool,
     /// The missed publications (`message` frames), oldest first.
     pub publications: Vec<EncodedFrame>,
+    /// `Some(offset)` when a paged recovery was cut at `limits.max_reply_bytes`: the
+    /// offset of the last publication given, to read on from with `history` `since`.
+    pub next: Option<u64>,
 }
 
 pub fn policy(ns: &Namespace) -> HistoryPolicy {
@@ -118,6 +121,7 @@ pub fn policy(ns: &Namespace) -> HistoryPolicy {
 pub struct Hub {
     shards: Box<[Mutex<Shard>]>,
     history: Arc<dyn HistoryStore>,
+    max_reply_bytes: usize,
 }
 
 impl Hub {
@@ -125,7 +129,18 @@ impl Hub {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             history,
+            max_reply_bytes: 1 << 20,
         }
+    }
+
+    /// Bounds the publications (or presence entries) of one reply (`limits.max_reply_bytes`).
+    pub fn with_max_reply_bytes(mut self, max_reply_bytes: usize) -> Self {
+        self.max_reply_bytes = max_reply_bytes;
+        self
+    }
+
+    pub fn max_reply_bytes(&self) -> usize {
+        self.max_reply_bytes
     }
 
     pub fn history(&self) -> &Arc<dyn HistoryStore> {
@@ -138,13 +153,16 @@ impl Hub {
 
     /// Subscribes `peer`. `on_joined` runs under the channel's lock with where the stream
     /// stands (and what `recover` asked for), so what it queues (the session's
-    /// `subscribed` reply) comes before any later publication of the channel.
+    /// `subscribed` reply) comes before any later publication of the channel. `paged`:
+    /// the recovered publications go into one reply, so they are cut at
+    /// `limits.max_reply_bytes` (otherwise they are queued as separate pushes, all of them).
     pub fn subscribe(
         &self,
         ns: &Namespace,
         channel: &ChannelName,
         peer: &Arc<ConnHandle>,
         recover: Option<&StreamPosition>,
+        paged: bool,
         on_joined: impl FnOnce(Joined),
     ) -> Result<(), SubscribeError> {
         let mut shard = self.shard(channel).lock();
@@ -152,34 +170,12 @@ impl Hub {
         if subs.contains_key(&peer.key) {
             return Err(SubscribeError::AlreadySubscribed(channel.clone()));
         }
-        let (position, recovered, publications) = if ns.keeps_history() {
-            let now = protocol::now_ms();
-            match recover {
-                Some(since) => match self.history.read(
-                    channel,
-                    policy(ns),
-                    now,
-                    Query::Since {
-                        since,
-                        limit: usize::MAX,
-                    },
-                ) {
-                    Ok(Page {
-                        position,
-                        publications,
-                    }) => (Some(position), true, publications),
-                    Err(_) => (Some(self.history.position(channel)), false, Vec::new()),
-                },
-                None => (Some(self.history.position(channel)), false, Vec::new()),
-            }
+        let max_bytes = if paged {
+            self.max_reply_bytes
         } else {
-            (None, false, Vec::new())
+            usize::MAX
         };
-        on_joined(Joined {
-            position,
-            recovered,
-            publications,
-        });
+        on_joined(self.join_position(ns, channel, recover, max_bytes));
         if ns.config.join_leave && !subs.is_empty() {
             let join = protocol::encode_join(
                 channel.as_str(),
@@ -193,6 +189,49 @@ impl Hub {
         }
         subs.insert(peer.key, peer.clone());
         Ok(())
+    }
+
+    /// Where a subscriber joins the stream, with its recovery read (under the channel's lock).
+    fn join_position(
+        &self,
+        ns: &Namespace,
+        channel: &ChannelName,
+        recover: Option<&StreamPosition>,
+        max_bytes: usize,
+    ) -> Joined {
+        let not_recovered = |position| Joined {
+            position,
+            recovered: false,
+            publications: Vec::new(),
+            next: None,
+        };
+        if !ns.keeps_history() {
+            return not_recovered(None);
+        }
+        let Some(since) = recover else {
+            return not_recovered(Some(self.history.position(channel)));
+        };
+        let query = Query::Since {
+            since,
+            limit: usize::MAX,
+            max_bytes,
+        };
+        match self
+            .history
+            .read(channel, policy(ns), protocol::now_ms(), query)
+        {
+            Ok(Page {
+                position,
+                publications,
+                next,
+            }) => Joined {
+                position: Some(position),
+                recovered: true,
+                publications,
+                next,
+            },
+            Err(_) => not_recovered(Some(self.history.position(channel))),
+        }
     }
 
     /// Removes `peer` from the channel; returns whether it was subscribed.
@@ -285,18 +324,30 @@ impl Hub {
         ns.keeps_history().then(|| self.history.position(channel))
     }
 
-    /// Who is subscribed to the channel on this node.
-    pub fn presence(&self, channel: &ChannelName) -> Vec<PresenceEntry> {
+    /// Who is subscribed to the channel on this node, cut at `limits.max_reply_bytes`
+    /// (the flag says whether it was).
+    pub fn presence(&self, channel: &ChannelName) -> (Vec<PresenceEntry>, bool) {
         let shard = self.shard(channel).lock();
-        shard.channels.get(channel).map_or_else(Vec::new, |subs| {
-            subs.values()
-                .map(|p| PresenceEntry {
-                    client: p.client.to_string(),
-                    user: p.user.to_string(),
-                    info: p.info_or_empty().to_owned(),
-                })
-                .collect()
-        })
+        let Some(subs) = shard.channels.get(channel) else {
+            return (Vec::new(), false);
+        };
+        let mut entries = Vec::new();
+        let mut used = 0usize;
+        for p in subs.values() {
+            let info = p.info_or_empty();
+            // The entry's JSON: its strings and about 40 bytes of keys and punctuation.
+            let bytes = p.client.len() + p.user.len() + info.get().len() + 40;
+            if !entries.is_empty() && used + bytes > self.max_reply_bytes {
+                return (entries, true);
+            }
+            used += bytes;
+            entries.push(PresenceEntry {
+                client: p.client.to_string(),
+                user: p.user.to_string(),
+                info: info.to_owned(),
+            });
+        }
+        (entries, false)
     }
 
     /// The channels a peer is subscribed to (an operator view: scans every shard).
@@ -364,12 +415,13 @@ mod tests {
         ch: &ChannelName,
         p: &Arc<ConnHandle>,
     ) -> Result<(), SubscribeError> {
-        hub.subscribe(ns, ch, p, None, |j| {
+        hub.subscribe(ns, ch, p, None, true, |j| {
             let r = protocol::Recovery {
                 offset: j.position.as_ref().map_or(0, |p| p.offset),
                 epoch: j.position.as_ref().map_or("", |p| &p.epoch),
                 recovered: j.recovered,
                 publications: &j.publications,
+                next: j.next,
             };
             p.outbound
                 .push(protocol::subscribed_reply(Some(1), ch.as_str(), &r));
@@ -460,14 +512,57 @@ mod tests {
         drain(&a).await;
         join(&hub, &ns, &ch, &b).unwrap();
         assert_eq!(drain(&a).await[0]["type"], "join");
-        assert_eq!(hub.presence(&ch).len(), 2);
+        assert_eq!(hub.presence(&ch).0.len(), 2);
         assert!(hub.unsubscribe(&ns, &ch, &b));
         let leave = &drain(&a).await[0];
         assert_eq!(leave["type"], "leave");
         assert_eq!(leave["user"], "u2");
         assert!(matches!(
-            hub.subscribe(&ns, &ch, &a, None, |_| {}),
+            hub.subscribe(&ns, &ch, &a, None, true, |_| {}),
             Err(SubscribeError::AlreadySubscribed(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn large_answers_are_cut_and_say_more() {
+        let hub = Hub::new(Arc::new(MemoryHistory::new())).with_max_reply_bytes(4_096);
+        let ns = ns(100, false);
+        let ch = ChannelName::parse("chat:a").unwrap();
+        let peers: Vec<_> = (1..=100).map(peer).collect();
+        for p in &peers {
+            join(&hub, &ns, &ch, p).unwrap();
+        }
+        let (clients, more) = hub.presence(&ch);
+        assert!(more && clients.len() < 100 && !clients.is_empty());
+        let d = serde_json::value::to_raw_value(&"z".repeat(1_000)).unwrap();
+        for _ in 0..10 {
+            let publication = NewPublication {
+                channel: &ch,
+                user: None,
+                data: &d,
+                meta: None,
+                accepted_at: std::time::Instant::now(),
+            };
+            hub.publish(&ns, publication);
+        }
+        let epoch = hub.position(&ns, &ch).unwrap().epoch.to_string();
+        let from = StreamPosition { offset: 0, epoch };
+        let late = peer(500);
+        hub.subscribe(&ns, &ch, &late, Some(&from), true, |j| {
+            assert!(j.recovered);
+            assert_eq!(
+                j.publications.len(),
+                3,
+                "4 KiB holds three 1 KiB publications"
+            );
+            assert_eq!(j.next, Some(3));
+        })
+        .unwrap();
+        // Without a reply to page into, every recovered publication is queued.
+        let quiet = peer(501);
+        hub.subscribe(&ns, &ch, &quiet, Some(&from), false, |j| {
+            assert_eq!((j.publications.len(), j.next), (10, None));
+        })
+        .unwrap();
     }
 }

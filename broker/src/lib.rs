@@ -10,7 +10,7 @@
 //!     publish        pipeline: name → namespace → permission → limits → plugins → idempotency
 //!       plugins      the namespace's Wasm plugin chain (refuse, edit, reroute, emit)
 //!       hub          sharded subscribers; offset + encode once; push to each queue
-//!         history    per-channel streams (offset, epoch), bounded by size and TTL
+//!         history    per-channel streams (offset, epoch), bounded by size and TTL; node caps
 //!         outbound   per-connection bounded queue, drained by the session's writer
 //! ```
 //!

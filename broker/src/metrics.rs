@@ -64,6 +64,10 @@ pub enum PublicationSource {
     Plugin = 2,
 }
 
+/// Why a history stream was evicted: the `reason` label of
+/// `hookwire_history_evictions_total` (`history.max_streams` or `history.max_bytes`).
+pub const EVICTION_REASONS: [&str; 2] = ["streams", "bytes"];
+
 impl PublicationSource {
     pub const ALL: [Self; 3] = [Self::Client, Self::Api, Self::Plugin];
 
@@ -99,6 +103,8 @@ pub struct Metrics {
     pub history_streams: IntGauge,
     pub history_publications: IntGauge,
     pub history_bytes: IntGauge,
+    /// Children of `hookwire_history_evictions_total`, in `EVICTION_REASONS` order.
+    history_evictions: [IntCounter; 2],
     pub outbound_queue_frames: IntGauge,
     pub outbound_queue_frames_max: IntGauge,
     pub api_requests: IntCounterVec,
@@ -152,6 +158,14 @@ impl Metrics {
         let published_by_source =
             PublicationSource::ALL.map(|s| publications.with_label_values(&[s.label()]));
         let messages_sent = frames_sent.with_label_values(&["message"]);
+        let history_evictions = IntCounterVec::new(
+            opts(
+                "history_evictions_total",
+                "History streams evicted by a node cap, by reason (streams, bytes).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         let m = Self {
             connections: IntGaugeVec::new(opts("connections", "Client connections open now."), &["transport"])
                 .expect("valid metric"),
@@ -225,6 +239,7 @@ impl Metrics {
             .expect("valid metric"),
             history_bytes: IntGauge::with_opts(opts("history_bytes", "Bytes of publications kept in history."))
                 .expect("valid metric"),
+            history_evictions: EVICTION_REASONS.map(|r| history_evictions.with_label_values(&[r])),
             outbound_queue_frames: IntGauge::with_opts(opts(
                 "outbound_queue_frames",
                 "Frames waiting in all outbound queues (sampled).",
@@ -305,6 +320,7 @@ impl Metrics {
         register(Box::new(m.history_streams.clone()));
         register(Box::new(m.history_publications.clone()));
         register(Box::new(m.history_bytes.clone()));
+        register(Box::new(history_evictions));
         register(Box::new(m.outbound_queue_frames.clone()));
         register(Box::new(m.outbound_queue_frames_max.clone()));
         register(Box::new(m.api_requests.clone()));
@@ -355,6 +371,15 @@ impl Metrics {
         self.published_by_source[source as usize].inc();
         self.deliveries.inc_by(delivered);
         self.messages_sent.inc_by(delivered);
+    }
+
+    /// Samples the history gauges and counts the evictions a sweep reports.
+    pub fn history_swept(&self, stats: &crate::history::SweepStats) {
+        self.history_streams.set(stats.streams as i64);
+        self.history_publications.set(stats.publications as i64);
+        self.history_bytes.set(stats.bytes as i64);
+        self.history_evictions[0].inc_by(stats.evicted_for_streams);
+        self.history_evictions[1].inc_by(stats.evicted_for_bytes);
     }
 
     pub fn frame_received(&self, kind: &str) {

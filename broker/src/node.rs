@@ -116,12 +116,12 @@ impl Node {
         plugins: Arc<Plugins>,
         revocations: Revocations,
     ) -> Arc<Self> {
-        let history: Arc<dyn HistoryStore> = Arc::new(MemoryHistory::new());
+        let history: Arc<dyn HistoryStore> = Arc::new(MemoryHistory::from_config(&config.history));
         let namespaces = Arc::new(Namespaces::new(
             &config.namespaces,
             &config.default_namespace,
         ));
-        let hub = Arc::new(Hub::new(history));
+        let hub = Arc::new(Hub::new(history).with_max_reply_bytes(config.limits.max_reply_bytes));
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limits, &config.namespaces));
         let shutdown = CancellationToken::new();
         let pipeline = Pipeline::new(

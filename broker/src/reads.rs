@@ -11,7 +11,8 @@ use crate::protocol::{self, EncodedFrame, ErrorCode, ErrorReply, Recovery, Strea
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 
 /// Reads a channel's history and encodes the `history` reply (`id` `None`: the API's
-/// object). A namespace without history answers offset 0 and an empty epoch.
+/// object). A namespace without history answers offset 0 and an empty epoch. The
+/// publications are cut at `limits.max_reply_bytes` (the reply then says where to go on).
 pub fn history(
     hub: &Hub,
     ns: &Namespace,
@@ -21,9 +22,14 @@ pub fn history(
     since: Option<&StreamPosition>,
 ) -> Result<EncodedFrame, ErrorReply> {
     let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    let max_bytes = hub.max_reply_bytes();
     let query = match since {
-        Some(since) => Query::Since { since, limit },
-        None => Query::Latest { limit },
+        Some(since) => Query::Since {
+            since,
+            limit,
+            max_bytes,
+        },
+        None => Query::Latest { limit, max_bytes },
     };
     let page = hub
         .history_read(ns, channel, query)
@@ -34,19 +40,22 @@ pub fn history(
             epoch: &p.position.epoch,
             recovered: false,
             publications: &p.publications,
+            next: p.next,
         },
         None => Recovery {
             offset: 0,
             epoch: "",
             recovered: false,
             publications: &[],
+            next: None,
         },
     };
     Ok(protocol::history_reply(id, channel.as_str(), &recovery))
 }
 
-/// Lists who is in a channel and encodes the `presence` reply; `not_found` when the
-/// namespace does not keep presence.
+/// Lists who is in a channel and encodes the `presence` reply (cut at
+/// `limits.max_reply_bytes`, then with `"more": true`); `not_found` when the namespace
+/// does not keep presence.
 pub fn presence(
     hub: &Hub,
     ns: &Namespace,
@@ -59,6 +68,11 @@ pub fn presence(
             format!("presence is not enabled in namespace {:?}", ns.name),
         ));
     }
-    let clients = hub.presence(channel);
-    Ok(protocol::presence_reply(id, channel.as_str(), &clients))
+    let (clients, more) = hub.presence(channel);
+    Ok(protocol::presence_reply(
+        id,
+        channel.as_str(),
+        &clients,
+        more,
+    ))
 }

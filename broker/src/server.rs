@@ -169,7 +169,7 @@ async fn sweep(node: Arc<Node>) {
     loop {
         every.tick().await;
         let now = now_ms();
-        let (streams, publications, bytes) = node
+        let history = node
             .hub
             .history()
             .sweep(now, cfg.stream_idle_ttl_secs * 1000);
@@ -180,9 +180,7 @@ async fn sweep(node: Arc<Node>) {
         }
         let (queued, longest) = node.registry.queue_depths();
         let m = &node.metrics;
-        m.history_streams.set(streams as i64);
-        m.history_publications.set(publications as i64);
-        m.history_bytes.set(bytes as i64);
+        m.history_swept(&history);
         m.outbound_queue_frames.set(queued as i64);
         m.outbound_queue_frames_max.set(longest as i64);
     }

@@ -10,6 +10,7 @@ mod cli;
 mod connect;
 mod hardening;
 mod hardening_edge;
+mod hardening_history;
 mod hardening_plugins;
 mod limits;
 mod operations;

@@ -26,6 +26,9 @@ pub struct LimitsConfig {
     pub write_buffer_bytes: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions: usize,
+    /// Bytes of publications (or presence entries) in one `history`, `subscribed` or
+    /// `presence` reply; a longer answer is cut and says `"more": true`.
+    pub max_reply_bytes: usize,
     /// A publish repeating an idempotency `key` within this window is not delivered again.
     pub dedup_window_ms: u64,
     /// Idempotency keys remembered at once, node-wide; past it the oldest are forgotten
@@ -88,6 +91,7 @@ impl Default for LimitsConfig {
             read_buffer_bytes: 1_024,
             write_buffer_bytes: 16_384,
             max_subscriptions: 1_024,
+            max_reply_bytes: 1 << 20,
             dedup_window_ms: 120_000,
             dedup_max_keys: 100_000,
         }
@@ -174,6 +178,13 @@ impl LimitsConfig {
             self.max_subscriptions as u64,
             1,
             1 << 20,
+        );
+        // At most the 8 MiB the WebSocket write buffer may hold beyond write_buffer_bytes.
+        p.range(
+            "limits.max_reply_bytes",
+            self.max_reply_bytes as u64,
+            4_096,
+            8 << 20,
         );
         p.range(
             "limits.dedup_window_ms",

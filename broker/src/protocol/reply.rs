@@ -131,6 +131,28 @@ pub struct Recovery<'a> {
     pub recovered: bool,
     /// Stored `message` frames, spliced in without re-encoding.
     pub publications: &'a [EncodedFrame],
+    /// `Some(offset)`: the publications were cut at `limits.max_reply_bytes`; the reply
+    /// says `"more": true` and `"next_offset"`, where a `history` `since` goes on.
+    pub next: Option<u64>,
+}
+
+/// `"more": true, "next_offset": N` in a cut reply; nothing in a whole one (so replies
+/// that fit look as protocol v1 has them).
+#[derive(Serialize)]
+struct Continuation {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    more: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_offset: Option<u64>,
+}
+
+impl Continuation {
+    fn of(next: Option<u64>) -> Self {
+        Self {
+            more: next.map(|_| true),
+            next_offset: next,
+        }
+    }
 }
 
 /// The `subscribed` reply.
@@ -141,12 +163,15 @@ pub fn subscribed_reply(id: Option<u64>, channel: &str, r: &Recovery<'_>) -> Enc
         offset: u64,
         epoch: &'a str,
         recovered: bool,
+        #[serde(flatten)]
+        more: Continuation,
     }
     let head = Subscribed {
         channel,
         offset: r.offset,
         epoch: r.epoch,
         recovered: r.recovered,
+        more: Continuation::of(r.next),
     };
     reply_with_publications(id, "subscribed", head, r.publications)
 }
@@ -158,11 +183,14 @@ pub fn history_reply(id: Option<u64>, channel: &str, r: &Recovery<'_>) -> Encode
         channel: &'a str,
         offset: u64,
         epoch: &'a str,
+        #[serde(flatten)]
+        more: Continuation,
     }
     let head = Head {
         channel,
         offset: r.offset,
         epoch: r.epoch,
+        more: Continuation::of(r.next),
     };
     reply_with_publications(id, "history", head, r.publications)
 }
@@ -175,14 +203,30 @@ pub struct PresenceEntry {
     pub info: Box<RawValue>,
 }
 
-/// The `presence` reply (the server API sends the same object without `id`).
-pub fn presence_reply(id: Option<u64>, channel: &str, clients: &[PresenceEntry]) -> EncodedFrame {
+/// The `presence` reply (the server API sends the same object without `id`); `more`:
+/// the list was cut at `limits.max_reply_bytes` (`"more": true`, omitted otherwise).
+pub fn presence_reply(
+    id: Option<u64>,
+    channel: &str,
+    clients: &[PresenceEntry],
+    more: bool,
+) -> EncodedFrame {
     #[derive(Serialize)]
     struct Presence<'a> {
         channel: &'a str,
         clients: &'a [PresenceEntry],
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     }
-    reply(id, "presence", Presence { channel, clients })
+    reply(
+        id,
+        "presence",
+        Presence {
+            channel,
+            clients,
+            more,
+        },
+    )
 }
 
 /// The `join` push other subscribers get when a client subscribes.

@@ -16,6 +16,7 @@ use crate::access;
 use crate::auth;
 use crate::channel::ChannelName;
 use crate::channel::Namespace;
+use crate::hub::{ConnHandle, Joined};
 use crate::plugins::{Hook, PluginConn};
 use crate::protocol::{
     self, CloseCode, Disconnect, ErrorCode, ErrorReply, Recovery, Request, RequestBody,
@@ -43,6 +44,27 @@ pub(super) enum Deferred {
 #[derive(Serialize)]
 struct Channel<'a> {
     channel: &'a str,
+}
+
+/// Queues what a subscribe answers (under the channel's lock): the `subscribed` reply, or
+/// without an id no success reply (protocol v1) but still the recovered publications, all
+/// of them, as the `message` pushes they are stored as.
+fn queue_joined(handle: &ConnHandle, id: Option<u64>, channel: &ChannelName, joined: Joined) {
+    if id.is_none() {
+        for publication in joined.publications {
+            handle.outbound.push(publication);
+        }
+        return;
+    }
+    let recovery = Recovery {
+        offset: joined.position.as_ref().map_or(0, |p| p.offset),
+        epoch: joined.position.as_ref().map_or("", |p| &p.epoch),
+        recovered: joined.recovered,
+        publications: &joined.publications,
+        next: joined.next,
+    };
+    let reply = protocol::subscribed_reply(id, channel.as_str(), &recovery);
+    handle.outbound.push(reply);
 }
 
 impl Session {
@@ -254,26 +276,12 @@ impl Session {
             ));
         }
         let handle = &self.handle;
+        // With an id the recovery goes into one reply, so it is paged.
+        let paged = id.is_some();
         self.node
             .hub
-            .subscribe(&ns, &channel, handle, recover, |joined| match id {
-                Some(_) => {
-                    let recovery = Recovery {
-                        offset: joined.position.as_ref().map_or(0, |p| p.offset),
-                        epoch: joined.position.as_ref().map_or("", |p| &p.epoch),
-                        recovered: joined.recovered,
-                        publications: &joined.publications,
-                    };
-                    let reply = protocol::subscribed_reply(id, channel.as_str(), &recovery);
-                    handle.outbound.push(reply);
-                }
-                // No id, no success reply (protocol v1); recovered publications still
-                // arrive, as the `message` pushes they are stored as.
-                None => {
-                    for publication in joined.publications {
-                        handle.outbound.push(publication);
-                    }
-                }
+            .subscribe(&ns, &channel, handle, recover, paged, |joined| {
+                queue_joined(handle, id, &channel, joined)
             })
             .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
         self.subscriptions.insert(channel, ns);

@@ -6,6 +6,13 @@
 //! At accept, before any byte is read, a connection takes a handshake slot
 //! (`connections.max_handshakes`, `max_handshakes_per_ip`); a client that opens sockets and
 //! stalls its upgrade gets the rest closed at once. `upgrade` checks the HTTP request.
+//!
+//! tungstenite keeps its write buffer's capacity for the connection's life (a `Vec` it
+//! drains, with no way to shrink it from outside), and copies a whole message into it
+//! before writing. So a message larger than [`FRAGMENT_BYTES`] is sent as WebSocket
+//! fragments of that size (RFC 6455, section 5.4; clients reassemble them into the same
+//! message): the buffer never holds more than `write_buffer_bytes` plus one fragment,
+//! however large a reply is, and a large reply leaves no large buffer behind.
 
 // tungstenite's upgrade callback returns its `ErrorResponse` by value.
 #![allow(clippy::result_large_err)]
@@ -23,9 +30,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::protocol::{
-    CloseFrame, WebSocketConfig, frame::coding::CloseCode as WsCloseCode,
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{
+    CloseCode as WsCloseCode, Data as OpData, OpCode,
 };
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 
 use crate::limits::HandshakePermit;
@@ -39,6 +48,10 @@ pub use upgrade::origin_allowed;
 
 /// The path clients upgrade on.
 pub const PATH: &str = "/ws";
+
+/// Messages longer than this go out as fragments of this size (see the module doc).
+/// Publications up to the default `limits.max_frame_bytes` are never fragmented.
+pub const FRAGMENT_BYTES: usize = 64 << 10;
 
 /// Accepts connections until shutdown; each runs in its own task on the node's tracker.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
@@ -180,6 +193,10 @@ impl Transport for WsTransport {
         // `feed` queues into tungstenite's write buffer (written when it passes
         // write_buffer_size); one flush per batch.
         while let Some(frame) = batch.pop_front() {
+            if frame.len() > FRAGMENT_BYTES {
+                self.feed_fragments(&frame).await?;
+                continue;
+            }
             self.ws
                 .feed(Message::Text(frame.utf8()))
                 .await
@@ -208,6 +225,34 @@ impl Transport for WsTransport {
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;
+    }
+}
+
+impl WsTransport {
+    /// Queues a large message as fragments of at most [`FRAGMENT_BYTES`], cut at UTF-8
+    /// character boundaries (a text message's fragments need not be, but it costs nothing).
+    async fn feed_fragments(&mut self, frame: &EncodedFrame) -> Result<(), WriteError> {
+        let text = frame.as_str();
+        let bytes = frame.bytes();
+        let mut start = 0;
+        while start < text.len() {
+            let mut end = (start + FRAGMENT_BYTES).min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let opcode = if start == 0 {
+                OpCode::Data(OpData::Text)
+            } else {
+                OpCode::Data(OpData::Continue)
+            };
+            let fragment = Frame::message(bytes.slice(start..end), opcode, end == text.len());
+            self.ws
+                .feed(Message::Frame(fragment))
+                .await
+                .map_err(write_err)?;
+            start = end;
+        }
+        Ok(())
     }
 }
 

@@ -205,3 +205,46 @@ async fn recover_with_another_epoch_is_not_recovered() {
     );
     assert_eq!(r["publications"], json!([]), "{r}");
 }
+
+#[tokio::test]
+async fn a_large_recovery_is_paged_and_small_replies_are_unchanged() {
+    let mut config = Config::default();
+    config.limits.max_reply_bytes = 4_096;
+    let node = node_with(config);
+    let mut alice = MemoryClient::connect(&node, &token("alice", &["chat:*"])).await;
+    let epoch = alice.subscribe("chat:big").await["epoch"].clone();
+    for _ in 0..10 {
+        alice.publish("chat:big", json!("z".repeat(1_000))).await;
+    }
+    let small = alice
+        .request(json!({"type": "history", "channel": "chat:big", "limit": 2}))
+        .await;
+    assert!(
+        small.get("more").is_none() && small.get("next_offset").is_none(),
+        "{small}"
+    );
+
+    let mut carol = MemoryClient::connect(&node, &token("carol", &["chat:*"])).await;
+    let r = carol
+        .request(json!({
+            "type": "subscribe", "channel": "chat:big",
+            "recover": {"offset": 0, "epoch": epoch},
+        }))
+        .await;
+    assert_eq!(
+        (&r["recovered"], &r["more"]),
+        (&json!(true), &json!(true)),
+        "{r}"
+    );
+    let mut got = offsets(&r["publications"]);
+    assert_eq!(r["next_offset"], json!(got.last().unwrap()), "{r}");
+    let mut next = r["next_offset"].clone();
+    while !next.is_null() {
+        let page = carol
+            .request(json!({"type": "history", "channel": "chat:big", "since": {"offset": next, "epoch": epoch}}))
+            .await;
+        got.extend(offsets(&page["publications"]));
+        next = page["next_offset"].clone();
+    }
+    assert_eq!(got, (1..=10).collect::<Vec<u64>>());
+}
