@@ -236,10 +236,7 @@ impl WsTransport {
         let bytes = frame.bytes();
         let mut start = 0;
         while start < text.len() {
-            let mut end = (start + FRAGMENT_BYTES).min(text.len());
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
+            let end = start + crate::protocol::truncate_utf8(&text[start..], FRAGMENT_BYTES).len();
             let opcode = if start == 0 {
                 OpCode::Data(OpData::Text)
             } else {
