@@ -401,7 +401,7 @@ mod tests {
             client: format!("c-{key}").into(),
             user: format!("u{key}").into(),
             info: None,
-            outbound: Outbound::new(4),
+            outbound: Outbound::new(4, 1 << 20),
             transport: crate::transport::TransportKind::Memory,
             remote: ([127, 0, 0, 1], 1).into(),
             connected_at_ms: 0,

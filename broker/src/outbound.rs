@@ -3,8 +3,11 @@
 //! Producers never wait: `push` is a short lock, a `VecDeque` push and, only when the
 //! queue was empty, one wake-up of the writer. The writer swaps the whole queue out in one
 //! lock ([`Outbound::next_batch`]) and writes the batch with one flush. A queue that passes
-//! its bound marks the connection a slow consumer: queued frames are dropped and the
-//! writer is told to close with 4009, and nobody else waits for it.
+//! its bound, in frames or in bytes, marks the connection a slow consumer: queued frames
+//! are dropped and the writer is told to close with 4009, and nobody else waits for it.
+//! The byte bound counts what waits behind the batch being written, so one connection
+//! holds at most that batch plus the bound (a frame larger than the bound is still queued
+//! when nothing else is, so a large reply reaches a client that reads).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,12 +22,15 @@ pub struct Outbound {
     state: Mutex<State>,
     wake: Notify,
     limit: usize,
+    limit_bytes: usize,
     /// Frames queued now (for metrics and the admin view; updated under the lock).
     depth: AtomicUsize,
 }
 
 struct State {
     frames: VecDeque<EncodedFrame>,
+    /// Bytes of `frames`.
+    bytes: usize,
     closing: Option<Disconnect>,
     /// When the newest probed publication among `frames` was accepted (see `push_probed`).
     probe: Option<Instant>,
@@ -51,15 +57,17 @@ pub enum Next {
 }
 
 impl Outbound {
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, limit_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
+                bytes: 0,
                 closing: None,
                 probe: None,
             }),
             wake: Notify::new(),
             limit,
+            limit_bytes,
             depth: AtomicUsize::new(0),
         }
     }
@@ -80,13 +88,19 @@ impl Outbound {
         if state.closing.is_some() {
             return Push::Closed;
         }
-        if state.frames.len() >= self.limit {
+        let over_bytes = !state.frames.is_empty() && state.bytes + frame.len() > self.limit_bytes;
+        if state.frames.len() >= self.limit || over_bytes {
+            let what = if over_bytes {
+                format!("{} bytes", self.limit_bytes)
+            } else {
+                format!("{} frames", self.limit)
+            };
             state.frames = VecDeque::new();
+            state.bytes = 0;
             state.closing = Some(Disconnect::new(
                 CloseCode::SlowConsumer,
                 format!(
-                    "slow consumer: more than {} frames were waiting to be sent; read faster, then reconnect and recover",
-                    self.limit
+                    "slow consumer: more than {what} were waiting to be sent; read faster, then reconnect and recover"
                 ),
             ));
             self.depth.store(0, Ordering::Relaxed);
@@ -95,6 +109,7 @@ impl Outbound {
             return Push::Overflow;
         }
         let was_empty = state.frames.is_empty();
+        state.bytes += frame.len();
         state.frames.push_back(frame);
         if probe.is_some() {
             state.probe = probe;
@@ -136,6 +151,7 @@ impl Outbound {
                 let mut state = self.state.lock();
                 if !state.frames.is_empty() {
                     std::mem::swap(&mut state.frames, batch);
+                    state.bytes = 0;
                     self.depth.store(0, Ordering::Relaxed);
                     return Next::Frames {
                         probe: state.probe.take(),
@@ -181,7 +197,7 @@ mod tests {
 
     #[tokio::test]
     async fn batches_in_order() {
-        let q = Outbound::new(8);
+        let q = Outbound::new(8, 1 << 20);
         for i in 0..3 {
             assert_eq!(q.push(frame(&i.to_string())), Push::Queued);
         }
@@ -196,7 +212,7 @@ mod tests {
 
     #[tokio::test]
     async fn overflow_closes_with_4009_and_drops_the_queue() {
-        let q = Outbound::new(2);
+        let q = Outbound::new(2, 1 << 20);
         q.push(frame("a"));
         q.push(frame("b"));
         assert_eq!(q.push(frame("c")), Push::Overflow);
@@ -210,8 +226,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn overflow_by_bytes_but_one_large_frame_still_goes() {
+        let q = Outbound::new(100, 10);
+        // Larger than the bound, but alone: a client that reads gets it.
+        assert_eq!(q.push(frame("a large reply")), Push::Queued);
+        let mut batch = VecDeque::new();
+        q.next_batch(&mut batch).await;
+        batch.clear();
+        assert_eq!(q.push(frame("abc")), Push::Queued);
+        assert_eq!(q.push(frame("defg")), Push::Overflow);
+        match q.next_batch(&mut batch).await {
+            Next::Close(d) => {
+                assert_eq!(d.code, CloseCode::SlowConsumer);
+                assert!(d.reason.contains("10 bytes"), "{}", d.reason);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn close_flushes_what_was_queued_first() {
-        let q = Outbound::new(8);
+        let q = Outbound::new(8, 1 << 20);
         q.push(frame("a"));
         q.close(Disconnect::new(CloseCode::Restart, "bye"));
         let mut batch = VecDeque::new();
@@ -225,7 +260,7 @@ mod tests {
 
     #[tokio::test]
     async fn wakes_a_waiting_writer() {
-        let q = std::sync::Arc::new(Outbound::new(8));
+        let q = std::sync::Arc::new(Outbound::new(8, 1 << 20));
         let q2 = q.clone();
         let waiter = tokio::spawn(async move {
             let mut batch = VecDeque::new();

@@ -329,3 +329,57 @@ async fn a_draining_node_refuses_publishes_and_stops_on_time() {
     );
     drop(slow_admin);
 }
+
+/// The slow-consumer bound is in bytes as well as frames: a subscriber that never reads,
+/// in a channel of 30 KB publications, is cut off with 4009 after about
+/// `limits.outbound_queue_bytes` (plus what the kernel's socket buffers took), not after
+/// 4,096 frames (120 MB); a subscriber that reads gets every publication.
+#[tokio::test]
+async fn a_reader_that_stalls_is_cut_off_by_bytes_while_others_get_everything() {
+    const PUBLICATIONS: usize = 400;
+    let b = api_broker().await;
+    let mut stalled = Client::open_small_buffer(&b.ws_url(), b.ws_addr).await;
+    let r = stalled
+        .request(json!({"type": "connect", "token": token("stalled", &["chat:*"])}))
+        .await;
+    assert_eq!(r["type"], "connected", "{r}");
+    stalled.subscribe("chat:big").await;
+    let mut fast = b.client("fast", &["chat:*"]).await;
+    fast.subscribe("chat:big").await;
+    let reader = tokio::spawn(async move { fast.messages("chat:big", PUBLICATIONS).await });
+
+    let pad = "y".repeat(30_000);
+    let mut cut_after = None;
+    for n in 0..PUBLICATIONS {
+        let r = api_publish(
+            &b,
+            json!({"channel": "chat:big", "data": {"n": n, "pad": pad}}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        if cut_after.is_none() && n % 10 == 9 {
+            let (_, metrics) = b.admin_get("/metrics").await;
+            if metrics.contains("hookwire_slow_consumer_disconnects_total 1") {
+                cut_after = Some(n + 1);
+            }
+        }
+    }
+    let got = reader.await.unwrap();
+    let ns: Vec<u64> = got
+        .iter()
+        .map(|m| m["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ns,
+        (0..PUBLICATIONS as u64).collect::<Vec<_>>(),
+        "the reader missed some"
+    );
+    // 1 MiB of queue plus up to a few MiB of socket buffers: well under 4,096 frames.
+    let cut_after = cut_after.expect("the stalled reader was never cut off");
+    assert!(
+        cut_after <= 250,
+        "cut off only after {cut_after} publications of 30 KB"
+    );
+    let closed = stalled.closed().await;
+    assert_eq!(closed.code, Some(4009), "{closed:?}");
+}

@@ -20,6 +20,9 @@ pub struct LimitsConfig {
     pub pong_timeout_ms: u64,
     /// Frames queued for one connection before it counts as a slow consumer (4009).
     pub outbound_queue_frames: usize,
+    /// Bytes queued for one connection (behind the batch being written) before it counts
+    /// as a slow consumer (4009).
+    pub outbound_queue_bytes: usize,
     /// Per-connection read buffer; grows only for a larger frame.
     pub read_buffer_bytes: usize,
     /// Bytes gathered before a write to the socket (frames are batched up to this).
@@ -88,10 +91,11 @@ impl Default for LimitsConfig {
             ping_interval_ms: 25_000,
             pong_timeout_ms: 10_000,
             outbound_queue_frames: 4_096,
+            outbound_queue_bytes: 1 << 20,
             read_buffer_bytes: 1_024,
             write_buffer_bytes: 16_384,
             max_subscriptions: 1_024,
-            max_reply_bytes: 1 << 20,
+            max_reply_bytes: 256 << 10,
             dedup_window_ms: 120_000,
             dedup_max_keys: 100_000,
         }
@@ -162,6 +166,12 @@ impl LimitsConfig {
             1 << 20,
         );
         p.range(
+            "limits.outbound_queue_bytes",
+            self.outbound_queue_bytes as u64,
+            4_096,
+            1 << 30,
+        );
+        p.range(
             "limits.read_buffer_bytes",
             self.read_buffer_bytes as u64,
             256,
@@ -186,6 +196,12 @@ impl LimitsConfig {
             4_096,
             8 << 20,
         );
+        if self.max_reply_bytes > self.outbound_queue_bytes / 2 {
+            p.push(format!(
+                "limits.max_reply_bytes = {}: must be at most half of limits.outbound_queue_bytes ({}), so a reply fits beside a reader's live traffic",
+                self.max_reply_bytes, self.outbound_queue_bytes
+            ));
+        }
         p.range(
             "limits.dedup_window_ms",
             self.dedup_window_ms,

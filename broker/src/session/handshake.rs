@@ -69,7 +69,10 @@ pub(super) async fn handshake<T: Transport>(
         client: Box::from(&*client),
         user: user.clone(),
         info: claims.info.clone(),
-        outbound: Outbound::new(node.settings.outbound_queue_frames),
+        outbound: Outbound::new(
+            node.settings.outbound_queue_frames,
+            node.settings.outbound_queue_bytes,
+        ),
         transport: transport.kind(),
         remote: conn.remote,
         connected_at_ms: protocol::now_ms(),
