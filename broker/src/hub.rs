@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::channel::{ChannelName, Namespace};
 use crate::history::{HistoryPolicy, HistoryStore, Page, Position, Query, ReadError};
+use crate::limits::RateLimits;
 use crate::outbound::{Outbound, Push};
 use crate::protocol::{self, EncodedFrame, PresenceEntry, PublicationFields, StreamPosition};
 
@@ -122,6 +123,14 @@ pub struct Hub {
     shards: Box<[Mutex<Shard>]>,
     history: Arc<dyn HistoryStore>,
     max_reply_bytes: usize,
+    /// Caps the `join`/`leave` pushes of each channel (`rate_limits.channel_join_leave_*`).
+    join_leave: Option<JoinLeaveCap>,
+}
+
+/// The per-channel cap on `join`/`leave` pushes, and where skipped ones are counted.
+pub struct JoinLeaveCap {
+    pub limits: Arc<RateLimits>,
+    pub skipped: prometheus::IntCounter,
 }
 
 impl Hub {
@@ -130,7 +139,27 @@ impl Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             history,
             max_reply_bytes: 1 << 20,
+            join_leave: None,
         }
+    }
+
+    /// Caps each channel's `join`/`leave` pushes: past the rate they are skipped (and
+    /// counted), so a few clients toggling a subscription cannot flood a big channel.
+    pub fn with_join_leave_cap(mut self, cap: JoinLeaveCap) -> Self {
+        self.join_leave = Some(cap);
+        self
+    }
+
+    /// Whether a `join`/`leave` push for `channel` may go out now (else it is counted).
+    fn join_leave_allowed(&self, channel: &ChannelName) -> bool {
+        let Some(cap) = &self.join_leave else {
+            return true;
+        };
+        let allowed = cap.limits.join_leave_allowed(channel);
+        if !allowed {
+            cap.skipped.inc();
+        }
+        allowed
     }
 
     /// Bounds the publications (or presence entries) of one reply (`limits.max_reply_bytes`).
@@ -176,7 +205,7 @@ impl Hub {
             usize::MAX
         };
         on_joined(self.join_position(ns, channel, recover, max_bytes));
-        if ns.config.join_leave && !subs.is_empty() {
+        if ns.config.join_leave && !subs.is_empty() && self.join_leave_allowed(channel) {
             let join = protocol::encode_join(
                 channel.as_str(),
                 &peer.client,
@@ -247,7 +276,7 @@ impl Hub {
             shard.channels.remove(channel);
             return true;
         }
-        if ns.config.join_leave {
+        if ns.config.join_leave && self.join_leave_allowed(channel) {
             let leave = protocol::encode_leave(channel.as_str(), &peer.client, &peer.user);
             for other in subs.values() {
                 other.outbound.push(leave.clone());

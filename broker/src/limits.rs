@@ -65,6 +65,8 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
 /// The rate limits of the node.
 pub struct RateLimits {
     frames: Option<(Quota, u32, u32)>,
+    subscribes: Option<(Quota, u32, u32)>,
+    join_leave: Option<Keyed<ChannelName>>,
     user_publishes: Option<Keyed<Arc<str>>>,
     channel_publishes: Option<Keyed<ChannelName>>,
     /// Namespaces with their own channel publish rate.
@@ -77,10 +79,16 @@ pub struct RateLimits {
 impl RateLimits {
     /// The node's limiters; `namespaces` may set their own channel publish rates.
     pub fn new(r: &RateLimitsConfig, namespaces: &BTreeMap<String, NamespaceConfig>) -> Self {
-        let frame_rate = r.connection_frames_per_sec.raw();
+        let direct = |rate: Rate, burst: u32| {
+            quota(rate, burst).map(|q| (q, rate.raw(), burst.max(rate.raw())))
+        };
         Self {
-            frames: quota(r.connection_frames_per_sec, r.connection_frames_burst)
-                .map(|q| (q, frame_rate, r.connection_frames_burst.max(frame_rate))),
+            frames: direct(r.connection_frames_per_sec, r.connection_frames_burst),
+            subscribes: direct(
+                r.connection_subscribes_per_sec,
+                r.connection_subscribes_burst,
+            ),
+            join_leave: Keyed::new(r.channel_join_leave_per_sec, r.channel_join_leave_burst),
             user_publishes: Keyed::new(r.user_publishes_per_sec, r.user_publishes_burst),
             channel_publishes: Keyed::new(r.channel_publishes_per_sec, r.channel_publishes_burst),
             namespace_publishes: namespaces
@@ -97,12 +105,32 @@ impl RateLimits {
     }
 
     /// A new connection's own frame limiter (`None`: unlimited).
-    pub fn connection_frames(&self) -> Option<FrameLimiter> {
-        self.frames.map(|(q, rate, burst)| FrameLimiter {
+    pub fn connection_frames(&self) -> Option<ConnectionLimiter> {
+        self.frames.map(|(q, rate, burst)| ConnectionLimiter {
             limiter: RateLimiter::direct(q),
+            limit: Limit::ConnectionFrames,
+            what: "frames",
             rate,
             burst,
         })
+    }
+
+    /// A new connection's own subscribe/unsubscribe limiter (`None`: unlimited).
+    pub fn connection_subscribes(&self) -> Option<ConnectionLimiter> {
+        self.subscribes.map(|(q, rate, burst)| ConnectionLimiter {
+            limiter: RateLimiter::direct(q),
+            limit: Limit::ConnectionSubscribes,
+            what: "subscribe and unsubscribe requests",
+            rate,
+            burst,
+        })
+    }
+
+    /// Whether `channel` may send its members one more `join` or `leave` push now.
+    pub fn join_leave_allowed(&self, channel: &ChannelName) -> bool {
+        self.join_leave
+            .as_ref()
+            .is_none_or(|k| k.limiter.check_key(channel).is_ok())
     }
 
     pub fn check_user_publish(&self, user: &Arc<str>) -> Result<(), Exceeded> {
@@ -166,23 +194,29 @@ impl RateLimits {
         if let Some(k) = &self.ip_connects {
             k.limiter.retain_recent();
         }
+        if let Some(k) = &self.join_leave {
+            k.limiter.retain_recent();
+        }
     }
 }
 
-/// One connection's frame limiter.
-pub struct FrameLimiter {
+/// One of a connection's own limiters (frames; subscribe and unsubscribe requests).
+pub struct ConnectionLimiter {
     limiter: DefaultDirectRateLimiter,
+    limit: Limit,
+    /// What is counted, for the message.
+    what: &'static str,
     rate: u32,
     burst: u32,
 }
 
-impl FrameLimiter {
+impl ConnectionLimiter {
     pub fn check(&self) -> Result<(), Exceeded> {
         self.limiter.check().map_err(|_| Exceeded {
-            limit: Limit::ConnectionFrames,
+            limit: self.limit,
             message: format!(
-                "this connection sent more than {} frames per second (burst {}); slow down",
-                self.rate, self.burst
+                "this connection sent more than {} {} per second (burst {}); slow down",
+                self.rate, self.what, self.burst
             ),
         })
     }

@@ -26,6 +26,8 @@ pub const FRAME_TYPES: &[&str] = &[
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {
     ConnectionFrames,
+    /// A connection's subscribe and unsubscribe requests.
+    ConnectionSubscribes,
     UserPublishes,
     ChannelPublishes,
     IpConnects,
@@ -42,6 +44,7 @@ impl Limit {
     pub fn label(self) -> &'static str {
         match self {
             Self::ConnectionFrames => "connection_frames",
+            Self::ConnectionSubscribes => "connection_subscribes",
             Self::UserPublishes => "user_publishes",
             Self::ChannelPublishes => "channel_publishes",
             Self::IpConnects => "ip_connects",
@@ -98,6 +101,7 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     auth_failures: IntCounterVec,
     pub slow_consumers: IntCounter,
+    pub join_leave_skipped: IntCounter,
     dedup_evictions: IntCounter,
     pub plugin_audit_dropped: IntCounter,
     pub history_streams: IntGauge,
@@ -215,6 +219,11 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            join_leave_skipped: IntCounter::with_opts(opts(
+                "join_leave_skipped_total",
+                "join and leave pushes skipped because a channel passed rate_limits.channel_join_leave_per_sec.",
+            ))
+            .expect("valid metric"),
             slow_consumers: IntCounter::with_opts(opts(
                 "slow_consumer_disconnects_total",
                 "Connections cut off because their outbound queue overflowed.",
@@ -315,6 +324,7 @@ impl Metrics {
         register(Box::new(m.rate_limited.clone()));
         register(Box::new(m.auth_failures.clone()));
         register(Box::new(m.slow_consumers.clone()));
+        register(Box::new(m.join_leave_skipped.clone()));
         register(Box::new(m.dedup_evictions.clone()));
         register(Box::new(m.plugin_audit_dropped.clone()));
         register(Box::new(m.history_streams.clone()));

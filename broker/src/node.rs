@@ -11,7 +11,7 @@ use crate::auth::{self, Claims, Revocations, Verifier};
 use crate::channel::Namespaces;
 use crate::config::Config;
 use crate::history::{HistoryStore, MemoryHistory};
-use crate::hub::Hub;
+use crate::hub::{Hub, JoinLeaveCap};
 use crate::limits::{ConnectionLimits, RateLimits};
 use crate::metrics::Metrics;
 use crate::plugins::Plugins;
@@ -123,8 +123,15 @@ impl Node {
             &config.namespaces,
             &config.default_namespace,
         ));
-        let hub = Arc::new(Hub::new(history).with_max_reply_bytes(config.limits.max_reply_bytes));
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limits, &config.namespaces));
+        let hub = Arc::new(
+            Hub::new(history)
+                .with_max_reply_bytes(config.limits.max_reply_bytes)
+                .with_join_leave_cap(JoinLeaveCap {
+                    limits: rate_limits.clone(),
+                    skipped: metrics.join_leave_skipped.clone(),
+                }),
+        );
         let shutdown = CancellationToken::new();
         let pipeline = Pipeline::new(
             hub.clone(),

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use crate::auth::Claims;
 use crate::channel::{ChannelName, Namespace};
 use crate::hub::ConnHandle;
-use crate::limits::{FrameLimiter, HandshakePermit, UserPermit};
+use crate::limits::{ConnectionLimiter, HandshakePermit, UserPermit};
 use crate::node::Node;
 use crate::plugins::{Hook, PluginConn};
 use crate::protocol::{self, CloseCode, Disconnect, EncodedFrame, ErrorReply};
@@ -215,7 +215,9 @@ struct Session {
     /// Holds this connection's slot in the per-user count.
     _user_permit: UserPermit,
     /// This connection's frame rate limiter.
-    frames: Option<FrameLimiter>,
+    frames: Option<ConnectionLimiter>,
+    /// This connection's subscribe/unsubscribe limiter.
+    subscribes: Option<ConnectionLimiter>,
     /// `rate_limited` errors in the current window, and when the window began.
     violations: u32,
     violations_since: Instant,

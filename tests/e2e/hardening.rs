@@ -384,3 +384,85 @@ async fn a_reader_that_stalls_is_cut_off_by_bytes_while_others_get_everything() 
     let closed = stalled.closed().await;
     assert_eq!(closed.code, Some(4009), "{closed:?}");
 }
+
+/// A few clients toggling a subscription cannot flood a big channel: their subscribe and
+/// unsubscribe requests are rate-limited per connection (then 4008), and each channel's
+/// `join`/`leave` pushes are capped; the well-behaved members keep up (no 4009) and
+/// their publications still arrive.
+#[tokio::test]
+async fn subscription_toggling_does_not_knock_a_big_channel_off() {
+    const MEMBERS: usize = 1_000;
+    const TOGGLERS: usize = 5;
+    // 5 × 2,000 toggles would send each member 10,000 pushes: past the 4,096-frame queue.
+    const TOGGLES: usize = 2_000;
+    let b = TestBroker::builder()
+        .unset_env("HOOKWIRE_RATE_LIMITS_CONNECTION_SUBSCRIBES_PER_SEC")
+        .unset_env("HOOKWIRE_RATE_LIMITS_CHANNEL_JOIN_LEAVE_PER_SEC")
+        .env("HOOKWIRE_CONNECTIONS_MAX_PER_USER", "0")
+        .start()
+        .await;
+    let mut members = Vec::with_capacity(MEMBERS);
+    for i in 0..MEMBERS {
+        let mut m = b.client(&format!("member{i}"), &["chat:*"]).await;
+        m.subscribe("chat:crowd").await;
+        members.push(m);
+    }
+    let readers: Vec<_> = members
+        .into_iter()
+        .map(|mut m| tokio::spawn(async move { m.messages("chat:crowd", 1).await.remove(0) }))
+        .collect();
+
+    // Each toggler pipelines subscribe/unsubscribe as fast as it can.
+    let mut togglers = Vec::new();
+    for t in 0..TOGGLERS {
+        let mut c = b.client(&format!("toggler{t}"), &["chat:*"]).await;
+        togglers.push(tokio::spawn(async move {
+            for n in 0..TOGGLES {
+                let kind = if n % 2 == 0 {
+                    "subscribe"
+                } else {
+                    "unsubscribe"
+                };
+                c.send_text(
+                    &json!({"type": kind, "channel": "chat:crowd", "id": n + 1}).to_string(),
+                )
+                .await;
+            }
+            c.closed().await
+        }));
+    }
+    for t in togglers {
+        let closed = t.await.unwrap();
+        assert_eq!(
+            closed.code,
+            Some(4008),
+            "a toggler was not cut off: {closed:?}"
+        );
+    }
+
+    let mut publisher = b.client("publisher", &["chat:*"]).await;
+    publisher
+        .publish("chat:crowd", json!({"text": "still here"}))
+        .await;
+    for r in readers {
+        let got = r
+            .await
+            .expect("a member was cut off or missed the publication");
+        assert_eq!(got["data"]["text"], "still here");
+    }
+    let (_, metrics) = b.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("hookwire_slow_consumer_disconnects_total 0"),
+        "members were cut off as slow consumers"
+    );
+    assert!(
+        metrics.contains("hookwire_rate_limited_total{limit=\"connection_subscribes\"}"),
+        "{metrics}"
+    );
+    let skipped = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hookwire_join_leave_skipped_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(skipped > 0, "no join/leave push was skipped");
+}

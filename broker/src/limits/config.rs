@@ -46,6 +46,14 @@ pub struct RateLimitsConfig {
     /// Frames one connection may send.
     pub connection_frames_per_sec: Rate,
     pub connection_frames_burst: u32,
+    /// `subscribe` and `unsubscribe` requests one connection may send (each one can make
+    /// every member of a channel receive a `join` or `leave`).
+    pub connection_subscribes_per_sec: Rate,
+    pub connection_subscribes_burst: u32,
+    /// `join` and `leave` pushes one channel sends its members; past it they are skipped
+    /// (`presence` stays exact) and counted.
+    pub channel_join_leave_per_sec: Rate,
+    pub channel_join_leave_burst: u32,
     /// Publishes one user may make, across all of that user's connections.
     pub user_publishes_per_sec: Rate,
     pub user_publishes_burst: u32,
@@ -107,6 +115,10 @@ impl Default for RateLimitsConfig {
         Self {
             connection_frames_per_sec: Rate::new(200),
             connection_frames_burst: 400,
+            connection_subscribes_per_sec: Rate::new(20),
+            connection_subscribes_burst: 50,
+            channel_join_leave_per_sec: Rate::new(20),
+            channel_join_leave_burst: 40,
             user_publishes_per_sec: Rate::new(100),
             user_publishes_burst: 200,
             ip_connects_per_sec: Rate::new(50),
@@ -234,6 +246,16 @@ impl RateLimitsConfig {
                 "ip_connects",
                 self.ip_connects_per_sec,
                 self.ip_connects_burst,
+            ),
+            (
+                "connection_subscribes",
+                self.connection_subscribes_per_sec,
+                self.connection_subscribes_burst,
+            ),
+            (
+                "channel_join_leave",
+                self.channel_join_leave_per_sec,
+                self.channel_join_leave_burst,
             ),
             (
                 "channel_publishes",

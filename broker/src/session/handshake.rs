@@ -250,6 +250,7 @@ fn new_session(
         claims,
         _user_permit: user_permit,
         frames: node.rate_limits.connection_frames(),
+        subscribes: node.rate_limits.connection_subscribes(),
         violations: 0,
         violations_since: now,
         handle,

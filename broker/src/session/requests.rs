@@ -236,6 +236,7 @@ impl Session {
         channel: &str,
         recover: Option<StreamPosition>,
     ) -> Result<Option<Deferred>, ErrorReply> {
+        self.check_subscribe_rate()?;
         let (channel, ns) = access::resolve(&self.node.namespaces, channel)?;
         access::can_subscribe(&ns, &channel, &self.claims)?;
         if let Some(conn) = &self.plugin_conn
@@ -289,6 +290,7 @@ impl Session {
     }
 
     fn unsubscribe(&mut self, id: Option<u64>, channel: &str) -> Result<(), ErrorReply> {
+        self.check_subscribe_rate()?;
         let (channel, ns) = access::resolve(&self.node.namespaces, channel)?;
         if self.subscriptions.remove(&channel).is_some() {
             self.node.hub.unsubscribe(&ns, &channel, &self.handle);
@@ -427,6 +429,18 @@ impl Session {
                 channel: channel.as_str(),
                 reason: format!("the refreshed token no longer allows this channel: {why}"),
             }));
+        }
+    }
+
+    /// Subscribes and unsubscribes are limited per connection: each one can send every
+    /// member of a channel a `join` or `leave`.
+    fn check_subscribe_rate(&self) -> Result<(), ErrorReply> {
+        match &self.subscribes {
+            Some(limiter) => limiter.check().map_err(|e| {
+                self.node.metrics.rate_limited(e.limit);
+                e.to_reply()
+            }),
+            None => Ok(()),
         }
     }
 
