@@ -237,25 +237,23 @@ impl Plugins {
 
     /// Whether a namespace has a publish chain (the pipeline skips all plugin work when not).
     pub fn publishes_through(&self, namespace: &str) -> bool {
-        self.engine.is_some()
-            && self
-                .current
-                .load()
-                .chain(namespace)
-                .iter()
-                .any(|p| p.has(Hook::Publish))
+        self.chain_has(namespace, Hook::Publish)
     }
 
     /// Whether a namespace has a subscribe chain (a subscribe skips the plugin threads
     /// when not).
     pub fn subscribes_through(&self, namespace: &str) -> bool {
+        self.chain_has(namespace, Hook::Subscribe)
+    }
+
+    fn chain_has(&self, namespace: &str, hook: Hook) -> bool {
         self.engine.is_some()
             && self
                 .current
                 .load()
                 .chain(namespace)
                 .iter()
-                .any(|p| p.has(Hook::Subscribe))
+                .any(|p| p.has(hook))
     }
 
     /// Whether a connection plugin has this hook (`Connect` or `Disconnect`).
