@@ -166,17 +166,52 @@ pub fn test(
     config: Option<&str>,
     out: &mut impl Write,
 ) -> Result<usize, TestError> {
-    let config_json = match config {
-        Some(text) => {
-            let v: Value =
-                serde_json::from_str(text).map_err(|e| TestError::Config(e.to_string()))?;
-            if !v.is_object() {
-                return Err(TestError::Config(format!("got {v}")));
-            }
-            v.to_string()
-        }
-        None => "{}".to_string(),
+    let config_json = config_object(config)?;
+    let parsed = read_events(events)?;
+    let info = inspect(plugin)?;
+    let Some(name) = info.name else {
+        return Err(TestError::Load(
+            info.refused
+                .unwrap_or_else(|| "the plugin cannot be loaded".into()),
+        ));
     };
+    let plugins = replay_plugins(plugin, &name, config_json, &parsed)?;
+    let mut unmet = 0;
+    for (line, event) in parsed {
+        let mut outcome = run(&plugins, &event);
+        if let Some(expect) = &event.expect {
+            match check(expect, &outcome) {
+                Ok(()) => outcome["expect"] = json!("met"),
+                Err(why) => {
+                    unmet += 1;
+                    outcome["expect"] = json!(format!("NOT MET: {why}"));
+                }
+            }
+        }
+        let mut record = json!({"line": line});
+        if let (Some(r), Value::Object(o)) = (record.as_object_mut(), outcome) {
+            r.extend(o);
+        }
+        let _ = writeln!(out, "{record}");
+    }
+    Ok(unmet)
+}
+
+/// `--config`, checked to be a JSON object (`{}` without one).
+fn config_object(config: Option<&str>) -> Result<String, TestError> {
+    let Some(text) = config else {
+        return Ok("{}".to_string());
+    };
+    let v: Value = serde_json::from_str(text).map_err(|e| TestError::Config(e.to_string()))?;
+    if !v.is_object() {
+        return Err(TestError::Config(format!("got {v}")));
+    }
+    Ok(v.to_string())
+}
+
+/// The events file: one JSON event per line (blank lines and `//` comments skipped),
+/// each with its line number.
+fn read_events(events: &Path) -> Result<Vec<(usize, Event)>, TestError> {
     let file = std::fs::File::open(events).map_err(|e| TestError::Events {
         path: events.display().to_string(),
         message: e.to_string(),
@@ -205,21 +240,24 @@ pub fn test(
         }
         parsed.push((i + 1, event));
     }
-    let info = inspect(plugin)?;
-    let Some(name) = info.name else {
-        return Err(TestError::Load(
-            info.refused
-                .unwrap_or_else(|| "the plugin cannot be loaded".into()),
-        ));
-    };
-    // Bind the plugin to every namespace the events name, and to connections.
+    Ok(parsed)
+}
+
+/// A plugin runtime with only this plugin, bound to connections and to every namespace
+/// the events name.
+fn replay_plugins(
+    plugin: &Path,
+    name: &str,
+    config_json: String,
+    parsed: &[(usize, Event)],
+) -> Result<Arc<Plugins>, TestError> {
     let namespaces: BTreeMap<String, Vec<String>> = parsed
         .iter()
         .filter_map(|(_, e)| e.channel.as_deref())
-        .map(|c| (namespace_of(c).to_string(), vec![name.clone()]))
+        .map(|c| (namespace_of(c).to_string(), vec![name.to_string()]))
         .collect();
     let module = ModuleSettings {
-        name: name.clone(),
+        name: name.to_string(),
         file: plugin.to_path_buf(),
         hooks: None,
         limits: default_limits(),
@@ -234,31 +272,12 @@ pub fn test(
         engine: engine_settings(),
         threads: 1,
         queue: 16,
-        modules: BTreeMap::from([(name.clone(), module)]),
-        connection: vec![name.clone()],
+        modules: BTreeMap::from([(name.to_string(), module)]),
+        connection: vec![name.to_string()],
         namespaces,
     };
-    let plugins = Plugins::with_settings(settings, Arc::new(Metrics::new()))
-        .map_err(|e| TestError::Load(e.to_string()))?;
-    let mut unmet = 0;
-    for (line, event) in parsed {
-        let mut outcome = run(&plugins, &event);
-        if let Some(expect) = &event.expect {
-            match check(expect, &outcome) {
-                Ok(()) => outcome["expect"] = json!("met"),
-                Err(why) => {
-                    unmet += 1;
-                    outcome["expect"] = json!(format!("NOT MET: {why}"));
-                }
-            }
-        }
-        let mut record = json!({"line": line});
-        if let (Some(r), Value::Object(o)) = (record.as_object_mut(), outcome) {
-            r.extend(o);
-        }
-        let _ = writeln!(out, "{record}");
-    }
-    Ok(unmet)
+    Plugins::with_settings(settings, Arc::new(Metrics::new()))
+        .map_err(|e| TestError::Load(e.to_string()))
 }
 
 fn namespace_of(channel: &str) -> &str {

@@ -180,37 +180,42 @@ pub fn check_depth(json: &str) -> Result<(), String> {
 
 /// Parses one client text frame.
 pub fn parse_request(text: &str) -> Result<Request, ParseError> {
-    let wire: WireFrame<'_> = match serde_json::from_str(text) {
-        Ok(wire) => wire,
-        Err(err) => {
-            // Keep the id if only another field was wrong, so the client can match the error.
-            let id = serde_json::from_str::<IdOnly<'_>>(text)
-                .ok()
-                .and_then(|f| parse_id(f.id).ok().flatten());
-            let message = if err.is_syntax() || err.is_eof() {
-                format!("the frame is not valid JSON ({err}); send one JSON object per text frame")
-            } else {
-                format!("the frame does not match protocol v1: {err}")
-            };
-            return Err(ParseError { id, message });
-        }
-    };
+    let wire: WireFrame<'_> = serde_json::from_str(text).map_err(|err| not_a_frame(text, &err))?;
     let id = parse_id(wire.id).map_err(|message| ParseError { id: None, message })?;
-    let fail = |message: String| ParseError { id, message };
+    let body = parse_body(wire).map_err(|message| ParseError { id, message })?;
+    Ok(Request { id, body })
+}
+
+/// The error for text that is not a frame; keeps the id if only another field was wrong,
+/// so the client can match the error.
+fn not_a_frame(text: &str, err: &serde_json::Error) -> ParseError {
+    let id = serde_json::from_str::<IdOnly<'_>>(text)
+        .ok()
+        .and_then(|f| parse_id(f.id).ok().flatten());
+    let message = if err.is_syntax() || err.is_eof() {
+        format!("the frame is not valid JSON ({err}); send one JSON object per text frame")
+    } else {
+        format!("the frame does not match protocol v1: {err}")
+    };
+    ParseError { id, message }
+}
+
+/// The request a well-formed frame asks for, checked for its required fields.
+fn parse_body(wire: WireFrame<'_>) -> Result<RequestBody, String> {
     let kind = wire.kind.ok_or_else(|| {
-        fail("the frame has no `type`; see broker/docs/protocol.md for the frame types".into())
+        "the frame has no `type`; see broker/docs/protocol.md for the frame types".to_string()
     })?;
     let channel =
-        |ch: Option<String>| ch.ok_or_else(|| fail(format!("a `{kind}` frame needs a `channel`")));
-    let body = match kind.as_ref() {
+        |ch: Option<String>| ch.ok_or_else(|| format!("a `{kind}` frame needs a `channel`"));
+    Ok(match kind.as_ref() {
         "connect" => {
             if let Some(name) = &wire.name
                 && name.len() > MAX_NAME_BYTES
             {
-                return Err(fail(format!(
+                return Err(format!(
                     "`name` must be at most {MAX_NAME_BYTES} bytes, got {}",
                     name.len()
-                )));
+                ));
             }
             RequestBody::Connect {
                 token: wire.token,
@@ -224,48 +229,47 @@ pub fn parse_request(text: &str) -> Result<Request, ParseError> {
         "unsubscribe" => RequestBody::Unsubscribe {
             channel: channel(wire.channel)?,
         },
-        "publish" => {
-            let channel = channel(wire.channel)?;
-            let data = wire
-                .data
-                .ok_or_else(|| fail("a `publish` frame needs `data` (any JSON value)".into()))?;
-            check_depth(data.get()).map_err(fail)?;
-            if let Some(key) = &wire.key {
-                check_key(key).map_err(fail)?;
-            }
-            RequestBody::Publish {
-                channel,
-                data,
-                key: wire.key,
-            }
-        }
-        "history" => {
-            let limit = match wire.limit {
-                None => None,
-                Some(n) if n >= 0 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-                Some(n) => return Err(fail(format!("`limit` must be zero or more, got {n}"))),
-            };
-            RequestBody::History {
-                channel: channel(wire.channel)?,
-                limit,
-                since: wire.since,
-            }
-        }
+        "publish" => parse_publish(channel(wire.channel)?, wire.data, wire.key)?,
+        "history" => RequestBody::History {
+            channel: channel(wire.channel)?,
+            limit: parse_limit(wire.limit)?,
+            since: wire.since,
+        },
         "presence" => RequestBody::Presence {
             channel: channel(wire.channel)?,
         },
         "refresh" => RequestBody::Refresh {
             token: wire
                 .token
-                .ok_or_else(|| fail("a `refresh` frame needs a `token`".into()))?,
+                .ok_or_else(|| "a `refresh` frame needs a `token`".to_string())?,
         },
         "ping" => RequestBody::Ping,
         other => {
-            return Err(fail(format!(
+            return Err(format!(
                 "unknown frame type `{}`; expected one of connect, subscribe, unsubscribe, publish, history, presence, refresh, ping",
                 truncate_utf8(other, 40)
-            )));
+            ));
         }
-    };
-    Ok(Request { id, body })
+    })
+}
+
+fn parse_publish(
+    channel: String,
+    data: Option<Box<RawValue>>,
+    key: Option<String>,
+) -> Result<RequestBody, String> {
+    let data = data.ok_or_else(|| "a `publish` frame needs `data` (any JSON value)".to_string())?;
+    check_depth(data.get())?;
+    if let Some(key) = &key {
+        check_key(key)?;
+    }
+    Ok(RequestBody::Publish { channel, data, key })
+}
+
+fn parse_limit(limit: Option<i64>) -> Result<Option<usize>, String> {
+    match limit {
+        None => Ok(None),
+        Some(n) if n >= 0 => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+        Some(n) => Err(format!("`limit` must be zero or more, got {n}")),
+    }
 }
