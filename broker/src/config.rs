@@ -165,30 +165,33 @@ impl Config {
         path_is_default: bool,
         env: &EnvOverrides,
     ) -> Result<LoadedConfig, Error> {
-        let (table, used_path) = match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let table: toml::Table = toml::from_str(&text).map_err(|e| Error::Parse {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })?;
-                (table, Some(path.to_path_buf()))
-            }
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml_str(&text, Some(path), env),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && path_is_default => {
-                (toml::Table::new(), None)
+                Self::from_toml_str("", None, env)
             }
-            Err(source) => {
-                return Err(Error::Read {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
-        };
+            Err(source) => Err(Error::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// [`Config::load`] of text already read: `path` is where it came from (`None`: the
+    /// embedded defaults, with `text` empty), for messages and [`LoadedConfig::path`].
+    pub fn from_toml_str(
+        text: &str,
+        path: Option<&Path>,
+        env: &EnvOverrides,
+    ) -> Result<LoadedConfig, Error> {
+        let used_path = path.map(Path::to_path_buf);
         let parse_err = |message: String| Error::Parse {
             path: used_path
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("<embedded defaults>")),
             message,
         };
+        let table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
         // Parse once with every default filled in, and override that whole table: an
         // override changes exactly the key it names (with or without a file), and the
         // namespaces and plugins of the result are known so their keys can be overridden.

@@ -27,6 +27,8 @@ pub mod admin;
 pub mod auth;
 pub mod channel;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 pub mod hub;
 pub mod limits;

@@ -31,7 +31,7 @@
 //! watcher, SIGHUP, `POST /admin/plugins/reload`) goes through
 //! [`Plugins::reload_and_log`].
 
-mod answer;
+pub(crate) mod answer;
 mod audit;
 mod cache;
 pub mod config;

@@ -126,21 +126,25 @@ fn check_edit(
 ) -> Result<CheckedEdit, Error> {
     let data = edit.data.map(json_bytes).transpose()?;
     let meta = meta_fields(edit.add_meta)?;
-    let mut channels = edit.set_channels;
-    if let Some(set) = &channels
+    if let Some(set) = &edit.set_channels
         && set.is_empty()
     {
         return Err(Error::BadOutput("set-channels is empty".into()));
     }
-    if !edit.add_channels.is_empty() {
-        let mut all = channels.unwrap_or_else(|| publication.channels.clone());
-        for c in edit.add_channels {
+    // Each target once, in the order first named: a channel named twice would get the
+    // publication twice.
+    let channels = (edit.set_channels.is_some() || !edit.add_channels.is_empty()).then(|| {
+        let mut all: Vec<String> = Vec::new();
+        let set = edit
+            .set_channels
+            .unwrap_or_else(|| publication.channels.clone());
+        for c in set.into_iter().chain(edit.add_channels) {
             if !all.contains(&c) {
                 all.push(c);
             }
         }
-        channels = Some(all);
-    }
+        all
+    });
     for c in channels.iter().flatten() {
         valid_channel(c).map_err(|e| Error::BadOutput(format!("channel {c:?}: {e}")))?;
     }
@@ -380,6 +384,25 @@ mod tests {
         });
         let (_, state, _) = run(answer, MAX);
         assert_eq!(state.channels, ["chat:room", "chat:log"]);
+    }
+
+    #[test]
+    fn a_channel_named_twice_in_set_channels_is_a_target_once() {
+        // Found by the `plugin_answer` fuzz target (fuzz/corpus/plugin_answer/reroute_duplicate).
+        let answer = PublishDecision::Modify(PublishEdit {
+            set_channels: Some(vec!["chat:a".into(), "chat:b".into(), "chat:a".into()]),
+            ..edit()
+        });
+        let (outcome, state, _) = run(answer, MAX);
+        let rerouted = vec!["chat:a".to_string(), "chat:b".to_string()];
+        assert_eq!(
+            outcome.unwrap(),
+            PublishOutcome::Modified(Changes {
+                rerouted: Some(rerouted.clone()),
+                ..Changes::default()
+            })
+        );
+        assert_eq!(state.channels, rerouted);
     }
 
     #[test]

@@ -1,0 +1,4 @@
+//! `frame`: see `hookwire::fuzzing::frame` for the input format and the properties checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hookwire::fuzzing::frame(data));

@@ -1,0 +1,4 @@
+//! `token`: see `hookwire::fuzzing::token` for the input format and the properties checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hookwire::fuzzing::token(data));
