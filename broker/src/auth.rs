@@ -326,6 +326,13 @@ impl Verifier {
             });
         };
         let validation = &self.validations[&header.alg];
+        // JWT claims are UTF-8 JSON (RFC 7519). serde skips the bytes of claims it does
+        // not read, so check it here: plugins see the claims as text.
+        if claims_text(token).is_none() {
+            return Err(Error::Malformed(
+                "the claims are not a UTF-8 JSON object".into(),
+            ));
+        }
         let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map(|data| data.claims)
             .map_err(|e| map_error(&e))?;
@@ -348,6 +355,11 @@ impl Verifier {
 /// The claims of a token the verifier accepted, as the JSON object text it carries
 /// (every claim, not only those the broker reads), for plugins.
 pub fn claims_json(token: &str) -> String {
+    claims_text(token).unwrap_or_else(|| "{}".to_string())
+}
+
+/// A token's payload, when it is a UTF-8 JSON object.
+fn claims_text(token: &str) -> Option<String> {
     use base64::Engine;
     token
         .split('.')
@@ -361,7 +373,6 @@ pub fn claims_json(token: &str) -> String {
         .filter(|text| {
             serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).is_ok()
         })
-        .unwrap_or_else(|| "{}".to_string())
 }
 
 fn raw_alg(token: &str) -> Option<String> {
