@@ -98,6 +98,31 @@ pub async fn open(
     channel: &str,
     subscribe: bool,
 ) -> Result<Ws, ConnectError> {
+    let frame = subscribe.then(|| subscribe_frame(channel, None));
+    open_with(dial, source, sub, channel, frame)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// A `subscribe` frame with id 2, recovering from `(offset, epoch)` when given.
+pub fn subscribe_frame(channel: &str, recover: Option<(u64, &str)>) -> String {
+    match recover {
+        None => format!(r#"{{"type":"subscribe","id":2,"channel":"{channel}"}}"#),
+        Some((offset, epoch)) => format!(
+            r#"{{"type":"subscribe","id":2,"channel":"{channel}","recover":{{"offset":{offset},"epoch":"{epoch}"}}}}"#
+        ),
+    }
+}
+
+/// Like [`open`], with the `subscribe` frame given (or none); answers the connection and
+/// the text of the `subscribed` reply.
+pub async fn open_with(
+    dial: &Dial,
+    source: Ipv4Addr,
+    sub: &str,
+    channel: &str,
+    subscribe: Option<String>,
+) -> Result<(Ws, Option<String>), ConnectError> {
     match tokio::time::timeout(
         dial.timeout,
         open_inner(dial, source, sub, channel, subscribe),
@@ -120,8 +145,8 @@ async fn open_inner(
     source: Ipv4Addr,
     sub: &str,
     channel: &str,
-    subscribe: bool,
-) -> Result<Ws, ConnectError> {
+    subscribe: Option<String>,
+) -> Result<(Ws, Option<String>), ConnectError> {
     let socket = TcpSocket::new_v4().map_err(|e| io_error("socket", &e))?;
     socket
         .bind(SocketAddr::new(source.into(), 0))
@@ -145,15 +170,16 @@ async fn open_inner(
     ws.feed(Message::text(connect))
         .await
         .map_err(|e| ws_error("send connect", &e))?;
-    if subscribe {
-        let frame = format!(r#"{{"type":"subscribe","id":2,"channel":"{channel}"}}"#);
+    let subscribing = subscribe.is_some();
+    if let Some(frame) = subscribe {
         ws.feed(Message::text(frame))
             .await
             .map_err(|e| ws_error("send subscribe", &e))?;
     }
     ws.flush().await.map_err(|e| ws_error("send", &e))?;
 
-    let mut waiting = if subscribe { 2 } else { 1 };
+    let mut waiting = if subscribing { 2 } else { 1 };
+    let mut subscribed = None;
     // Bounded: a handful of replies are expected; the caller's timeout bounds the time.
     for _ in 0..64 {
         match ws.next().await {
@@ -162,10 +188,14 @@ async fn open_inner(
                 if contains(b, br#""type":"error""#) {
                     return Err(ConnectError::new("rejected", text.as_str()));
                 }
-                if contains(b, br#""type":"connected""#) || contains(b, br#""type":"subscribed""#) {
+                let is_subscribed = contains(b, br#""type":"subscribed""#);
+                if is_subscribed || contains(b, br#""type":"connected""#) {
+                    if is_subscribed {
+                        subscribed = Some(text.as_str().to_string());
+                    }
                     waiting -= 1;
                     if waiting == 0 {
-                        return Ok(ws);
+                        return Ok((ws, subscribed));
                     }
                 }
             }

@@ -131,6 +131,7 @@ impl Ctx {
                     connect_timeout_ms: self.common.connect_timeout * 1000,
                     read_buffer: self.common.read_buffer,
                     first_client,
+                    soak: None,
                 };
                 first_client += clients;
                 spec

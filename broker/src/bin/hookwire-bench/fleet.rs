@@ -75,7 +75,7 @@ impl Fleet {
         self.workers.iter().map(|w| w.pid).collect()
     }
 
-    async fn send(&mut self, index: usize, command: &Command) -> anyhow::Result<()> {
+    pub async fn send(&mut self, index: usize, command: &Command) -> anyhow::Result<()> {
         let mut line = serde_json::to_string(command)?;
         line.push('\n');
         let write = self.workers[index].stdin.write_all(line.as_bytes());

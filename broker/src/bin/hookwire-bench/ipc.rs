@@ -34,6 +34,25 @@ pub struct WorkerSpec {
     pub read_buffer: usize,
     /// Global number of this worker's first client: spreads source addresses evenly.
     pub first_client: usize,
+    /// `soak`: this worker runs the soak loop (see `soak_worker`) instead of the usual one.
+    #[serde(default)]
+    pub soak: Option<SoakRole>,
+}
+
+/// What a `soak` worker does.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum SoakRole {
+    /// Holds its subscribers, tracks their offsets, and churns them on command.
+    Subscribers,
+    /// One publisher connection per entry of `channels`, each publishing round robin
+    /// over its list at `rate` publications/s with a `{"t":…,"text":"…"}` payload.
+    Publisher {
+        channels: Vec<Vec<String>>,
+        rate: f64,
+        window: usize,
+        payload: usize,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,6 +81,17 @@ pub enum Command {
     PublishOnce,
     /// Subscriber counters so far; `reset` zeroes them afterwards.
     Report { reset: bool },
+    /// `soak`: the subscribers `[(cycle * n + k) % len]` (n = `fraction` of them)
+    /// disconnect, stay away `offline_ms`, reconnect and resubscribe with `recover`.
+    Churn {
+        fraction: f64,
+        cycle: u64,
+        #[serde(default)]
+        offline_ms: u64,
+    },
+    /// `soak`: final offset check against each channel's top (the publisher's last
+    /// acknowledged offset), then the counters.
+    SoakFinal { tops: BTreeMap<String, u64> },
     /// Close everything and exit.
     Exit,
 }
@@ -171,9 +201,86 @@ pub enum Event {
     },
     Published(PublishTotals),
     Report(RecvReport),
+    /// `soak` publisher: totals and the highest acknowledged offset per channel.
+    SoakPublished {
+        totals: PublishTotals,
+        tops: BTreeMap<String, u64>,
+    },
+    Churned(ChurnReport),
+    SoakReport(SoakReport),
     /// The worker cannot go on (bad spec, runtime failure).
     Fatal {
         message: String,
     },
     Bye,
+}
+
+/// What one `Churn` did on one worker.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ChurnReport {
+    /// Clients told to disconnect and reconnect.
+    pub churned: u64,
+    /// Reconnected and resubscribed (`subscribed` received).
+    pub reconnected: u64,
+    /// Could not reconnect or resubscribe, by class.
+    pub failed: Failures,
+    /// `recovered: true` / `false` in the `subscribed` reply.
+    pub recovered: u64,
+    pub not_recovered: u64,
+    /// Replies that said `more: true` (recovery paged with `history since`).
+    pub paged: u64,
+    /// Slowest disconnect-to-resubscribed time, ms.
+    pub max_ms: u64,
+}
+
+impl ChurnReport {
+    pub fn merge(&mut self, o: &ChurnReport) {
+        self.churned += o.churned;
+        self.reconnected += o.reconnected;
+        self.failed.merge(&o.failed);
+        self.recovered += o.recovered;
+        self.not_recovered += o.not_recovered;
+        self.paged += o.paged;
+        self.max_ms = self.max_ms.max(o.max_ms);
+    }
+}
+
+/// A `soak` worker's subscribers at the end of the run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SoakReport {
+    /// Subscribers still connected at the end.
+    pub alive: u64,
+    /// Publications that should have reached the live subscribers: for each,
+    /// its channel's top minus the offset it first subscribed at.
+    pub expected: u64,
+    /// Publications received in sequence (live and recovered), duplicates excluded.
+    pub received: u64,
+    pub duplicates: u64,
+    /// Offsets never received (gaps, plus the tail below the channel's top).
+    pub missing: u64,
+    /// Recoveries: attempted, and at the end of their episode (the next churn or the end
+    /// of the run) exact (no gap, no duplicate, `recovered: true`) or not.
+    pub recoveries: u64,
+    pub recoveries_exact: u64,
+    pub recoveries_not_exact: u64,
+    /// Connections that ended without being churned, by close code or cause.
+    pub unexpected_closes: BTreeMap<String, u64>,
+    /// Live (not recovered) message latency.
+    pub latency: SparseHistogram,
+}
+
+impl SoakReport {
+    pub fn merge(&mut self, o: &SoakReport) {
+        self.alive += o.alive;
+        self.expected += o.expected;
+        self.received += o.received;
+        self.duplicates += o.duplicates;
+        self.missing += o.missing;
+        self.recoveries += o.recoveries;
+        self.recoveries_exact += o.recoveries_exact;
+        self.recoveries_not_exact += o.recoveries_not_exact;
+        for (k, v) in &o.unexpected_closes {
+            *self.unexpected_closes.entry(k.clone()).or_default() += v;
+        }
+    }
 }

@@ -10,7 +10,8 @@
 //! `worker` (a worker's main loop), `client` (dial, connect, subscribe, receive),
 //! `publisher` (stamped publishes at a rate or in a window), `stats` (histogram and the
 //! cheap receive path), `procfs` (RSS and CPU),
-//! `swap` (plugin hot reload during `pairs`).
+//! `swap` (plugin hot reload during `pairs`), `soak` (the long run with churn and
+//! recovery checks), `soak_worker` and `soak_track` (its worker side and bookkeeping).
 
 mod client;
 mod common;
@@ -20,6 +21,9 @@ mod ipc;
 mod procfs;
 mod publisher;
 mod scenarios;
+mod soak;
+mod soak_track;
+mod soak_worker;
 mod stats;
 mod swap;
 mod worker;
@@ -34,7 +38,7 @@ use crate::scenarios::{BroadcastArgs, FanoutArgs, IdleArgs, PairsArgs};
 #[derive(Parser)]
 #[command(
     name = "hookwire-bench",
-    about = "Benchmarks a local Hookwire broker: connection memory, fanout, broadcast latency, pairs.",
+    about = "Benchmarks a local Hookwire broker: connection memory, fanout, broadcast latency, pairs, soak.",
     long_about = "Benchmarks a local Hookwire broker (127.0.0.0/8 only).\n\n\
 Clients are spread over --workers processes (each raises its soft open-files limit to the \
 hard one) and over --source-ips local addresses. Messages carry their send time (µs since \
@@ -86,6 +90,15 @@ enum Scenario {
         #[command(flatten)]
         args: PairsArgs,
     },
+    /// Hold N connections for minutes while publishing to many channels; every
+    /// --churn-every-secs a fraction reconnect and recover. Checks every recovery is
+    /// exact and the broker's RSS returns to its level after the first churn cycle.
+    Soak {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: soak::SoakArgs,
+    },
     /// In process, no clients: the time a namespace's plugin chain adds to each
     /// publication (p50/p99 per call), with the plugins of a broker config.
     Hook {
@@ -113,7 +126,8 @@ fn main() -> ExitCode {
         Scenario::Idle { common, .. }
         | Scenario::Fanout { common, .. }
         | Scenario::Broadcast { common, .. }
-        | Scenario::Pairs { common, .. } => common.clone(),
+        | Scenario::Pairs { common, .. }
+        | Scenario::Soak { common, .. } => common.clone(),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -132,6 +146,7 @@ fn main() -> ExitCode {
             Scenario::Fanout { args, .. } => scenarios::fanout(ctx, args).await,
             Scenario::Broadcast { args, .. } => scenarios::broadcast(ctx, args).await,
             Scenario::Pairs { args, .. } => scenarios::pairs(ctx, args).await,
+            Scenario::Soak { args, .. } => soak::soak(ctx, args).await,
             Scenario::Worker | Scenario::Hook { .. } => Ok(()),
         }
     });

@@ -56,7 +56,7 @@ pub fn main() -> ExitCode {
 }
 
 /// One event line on stdout (the coordinator reads them; diagnostics go to stderr).
-fn emit(event: &Event) {
+pub fn emit(event: &Event) {
     let mut out = std::io::stdout().lock();
     let line = serde_json::to_string(event).expect("events serialize");
     let _ = writeln!(out, "{line}");
@@ -127,6 +127,9 @@ async fn run() -> anyhow::Result<()> {
             .max_frame_size(Some(1 << 20)),
         timeout: Duration::from_millis(spec.connect_timeout_ms),
     };
+    if spec.soak.is_some() {
+        return crate::soak_worker::run(spec, stdin, dial, deadline).await;
+    }
     let sub_count: usize = spec.subscribers.iter().map(|g| g.count).sum();
     let stats = Rc::new(RefCell::new(RecvStats::new(sub_count)));
     let closed = Rc::new(RefCell::new(BTreeMap::<String, u64>::new()));
@@ -211,6 +214,7 @@ async fn run() -> anyhow::Result<()> {
                 emit(&Event::Bye);
                 return Ok(());
             }
+            other => bail!("only a soak worker can {other:?}"),
         }
     }
 }
