@@ -265,7 +265,9 @@ pub fn plugin_answer(input: &[u8]) {
             serde_json::from_str::<serde::de::IgnoredAny>(state.data.get()).expect("data is JSON");
             if !state.meta.is_empty() {
                 let meta = state.meta_json().expect("meta is a JSON object");
-                let object: serde_json::Map<String, serde_json::Value> =
+                // JSON text, as `data` is: numbers past f64's range (`1e999`) are valid JSON
+                // that serde_json's `Value` refuses, so read the values raw.
+                let object: std::collections::HashMap<String, Box<serde_json::value::RawValue>> =
                     serde_json::from_str(meta.get()).expect("meta is a JSON object");
                 assert_eq!(object.len(), state.meta.len(), "meta keys repeat");
             }
