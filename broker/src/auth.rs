@@ -371,7 +371,8 @@ fn claims_text(token: &str) -> Option<String> {
         })
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .filter(|text| {
-            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).is_ok()
+            // Raw values: any JSON number is a valid claim, even past f64's range.
+            serde_json::from_str::<HashMap<String, Box<RawValue>>>(text).is_ok()
         })
 }
 

@@ -133,12 +133,15 @@ fn sign(header: &[u8], claims: &[u8]) -> String {
 
 fn check_token(token: &str) {
     let claims_text = crate::auth::claims_json(token);
-    let claims_object: serde_json::Map<String, serde_json::Value> =
+    let claims_object: std::collections::HashMap<String, Box<serde_json::value::RawValue>> =
         serde_json::from_str(&claims_text).expect("claims_json is a JSON object");
     match verifier().verify(token) {
         Ok(claims) => {
+            let sub = claims_object
+                .get("sub")
+                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
             assert_eq!(
-                claims_object.get("sub").and_then(|s| s.as_str()),
+                sub.as_deref(),
                 Some(claims.sub.as_str()),
                 "claims_json disagrees with the verified claims"
             );
@@ -286,8 +289,10 @@ pub fn plugin_answer(input: &[u8]) {
             for e in &emits {
                 assert_eq!(valid_channel(&e.channel), Ok(()));
                 if let Some(meta) = &e.meta {
-                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(meta.get())
-                        .expect("emit meta is a JSON object");
+                    serde_json::from_str::<
+                        std::collections::HashMap<String, Box<serde_json::value::RawValue>>,
+                    >(meta.get())
+                    .expect("emit meta is a JSON object");
                 }
             }
         }
