@@ -738,3 +738,28 @@ plugins = ["schema-guard", "enrich"]
         assert!(metrics.contains(&line), "{plugin} ran again:\n{metrics}");
     }
 }
+
+/// A plugin's log line is the plugin's text, not the log's: a newline in it is escaped,
+/// so a publisher who gets a plugin to echo its text cannot forge log lines.
+#[tokio::test]
+async fn a_newline_in_a_plugin_log_line_is_escaped() {
+    let dir = plugin_dir(&[(&test_plugins(), "misbehave")]);
+    let b = broker(dir.path(), &misbehave_toml(""))
+        .text_logs()
+        .start()
+        .await;
+    let (mut c, _) = b.connect(&token_with("alice", json!({}))).await;
+    c.publish(
+        "chat:room",
+        json!({"do": "echo", "text": "hello\nERROR forged line"}),
+    )
+    .await;
+    let line = b.wait_log("echo: hello").await;
+    assert!(line.contains(r"hello\nERROR forged line"), "{line}");
+    let forged: Vec<String> = b
+        .logs()
+        .into_iter()
+        .filter(|l| l.trim_start().starts_with("ERROR forged"))
+        .collect();
+    assert!(forged.is_empty(), "a forged log line: {forged:#?}");
+}

@@ -11,6 +11,7 @@
 //! | `"big"`    | replaces the payload with a 1 MiB JSON string            |
 //! | `"refuse"` | refuses with "asked to refuse"                           |
 //! | `"log"`    | logs "asked to log" at info level, then as below         |
+//! | `"echo"`   | logs the payload's `"text"` at info level, then as below |
 //! | other      | allows, adding `meta.calls` and `meta.tag`               |
 //!
 //! `meta.calls` counts the publications this instance has handled, so it starts
@@ -72,6 +73,14 @@ impl Plugin for Misbehave {
         match action {
             "big" => publication.set_data(json!("x".repeat(1 << 20))),
             "log" => hookwire_plugin::log::info!("asked to log"),
+            "echo" => {
+                let text = publication
+                    .data()
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                hookwire_plugin::log::info!("echo: {}", text.unwrap_or_default());
+            }
             _ => {}
         }
         publication.add_meta("calls", json!(self.calls));
