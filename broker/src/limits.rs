@@ -109,7 +109,6 @@ impl RateLimits {
         self.frames.map(|(q, rate, burst)| ConnectionLimiter {
             limiter: RateLimiter::direct(q),
             limit: Limit::ConnectionFrames,
-            what: "frames",
             rate,
             burst,
         })
@@ -120,7 +119,6 @@ impl RateLimits {
         self.subscribes.map(|(q, rate, burst)| ConnectionLimiter {
             limiter: RateLimiter::direct(q),
             limit: Limit::ConnectionSubscribes,
-            what: "subscribe and unsubscribe requests",
             rate,
             burst,
         })
@@ -204,8 +202,6 @@ impl RateLimits {
 pub struct ConnectionLimiter {
     limiter: DefaultDirectRateLimiter,
     limit: Limit,
-    /// What is counted, for the message.
-    what: &'static str,
     rate: u32,
     burst: u32,
 }
@@ -216,7 +212,12 @@ impl ConnectionLimiter {
             limit: self.limit,
             message: format!(
                 "this connection sent more than {} {} per second (burst {}); slow down",
-                self.rate, self.what, self.burst
+                self.rate,
+                match self.limit {
+                    Limit::ConnectionSubscribes => "subscribe and unsubscribe requests",
+                    _ => "frames",
+                },
+                self.burst
             ),
         })
     }
