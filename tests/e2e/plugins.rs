@@ -9,6 +9,9 @@ use serde_json::{Value, json};
 use crate::harness::{TestBroker, deadline, now_s, run_hookwire, sign_claims};
 use crate::http::request;
 
+mod failures;
+mod reload;
+
 const ADMIN_KEY: &str = "admin-key-for-plugin-tests";
 
 pub(crate) fn examples() -> PathBuf {
@@ -99,6 +102,30 @@ async fn admin(b: &TestBroker, method: &str, path: &str) -> Value {
     let r = request(b.admin_addr, method, path, Some(ADMIN_KEY), None).await;
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()
+}
+
+/// The `misbehave` test plugin on `chat`, one warm instance.
+fn misbehave_toml(extra: &str) -> String {
+    format!(
+        r#"
+[plugins]
+instances = 1
+[plugins.modules.misbehave]
+{extra}
+[plugins.modules.misbehave.config]
+tag = "v1"
+[namespaces.chat]
+plugins = ["misbehave"]
+"#
+    )
+}
+
+async fn calls_meta(c: &mut crate::harness::Client, sub: &mut crate::harness::Client) -> u64 {
+    c.publish("chat:room", json!({"do": "nothing"})).await;
+    let m = sub.messages("chat:room", 1).await.remove(0);
+    m["meta"]["calls"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no meta.calls: {m}"))
 }
 
 const EXAMPLES: &str = r#"
@@ -252,224 +279,6 @@ async fn the_example_plugins_refuse_redact_enrich_notify_and_guard() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn misbehave_toml(extra: &str) -> String {
-    format!(
-        r#"
-[plugins]
-instances = 1
-[plugins.modules.misbehave]
-{extra}
-[plugins.modules.misbehave.config]
-tag = "v1"
-[namespaces.chat]
-plugins = ["misbehave"]
-"#
-    )
-}
-
-async fn calls_meta(c: &mut crate::harness::Client, sub: &mut crate::harness::Client) -> u64 {
-    c.publish("chat:room", json!({"do": "nothing"})).await;
-    let m = sub.messages("chat:room", 1).await.remove(0);
-    m["meta"]["calls"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no meta.calls: {m}"))
-}
-
-#[tokio::test]
-async fn a_failing_plugin_is_contained_replaced_and_its_policy_applies() {
-    let dir = plugin_dir(&[(&test_plugins(), "misbehave")]);
-    // A deadline long enough for the memory bomb to reach the cap first.
-    let b = start(dir.path(), &misbehave_toml("timeout_ms = 300")).await;
-    let (mut c, _) = b.connect(&token_with("alice", json!({}))).await;
-    let (mut sub, _) = b.connect(&token_with("bob", json!({}))).await;
-    sub.subscribe("chat:room").await;
-
-    assert_eq!(calls_meta(&mut c, &mut sub).await, 1);
-    assert_eq!(
-        calls_meta(&mut c, &mut sub).await,
-        2,
-        "one warm instance keeps its state"
-    );
-
-    for (what, words) in [("loop", "deadline"), ("oom", "memory"), ("trap", "trapped")] {
-        let e = c
-            .expect_error(
-                json!({"type": "publish", "channel": "chat:room", "data": {"do": what}}),
-                "rejected",
-            )
-            .await;
-        let message = e["message"].as_str().unwrap();
-        assert!(
-            message.contains(words) && message.contains("on_error"),
-            "{what}: {e}"
-        );
-        // The instance was replaced: the next call starts a fresh count, and traffic flows.
-        assert_eq!(calls_meta(&mut c, &mut sub).await, 1, "after {what}");
-    }
-    let (_, metrics) = b.admin_get("/metrics").await;
-    for kind in ["timeout", "memory", "trap"] {
-        assert!(
-            metrics.contains(&format!(
-                "hookwire_plugin_errors_total{{kind=\"{kind}\",plugin=\"misbehave\"}} 1"
-            )),
-            "{kind} not counted:\n{}",
-            metrics
-                .lines()
-                .filter(|l| l.contains("plugin"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-    }
-    let view = admin(&b, "GET", "/admin/plugins").await;
-    assert_eq!(view["plugins"][0]["errors"], 3, "{view}");
-    assert_eq!(view["plugins"][0]["timeouts"], 1, "{view}");
-    assert!(b.count_logs("Plugin call failed") >= 3);
-}
-
-#[tokio::test]
-async fn a_fail_open_plugin_lets_the_event_through() {
-    let dir = plugin_dir(&[(&test_plugins(), "misbehave")]);
-    let b = start(
-        dir.path(),
-        &misbehave_toml("on_error = \"allow\"\ntimeout_ms = 5"),
-    )
-    .await;
-    let (mut c, _) = b.connect(&token_with("alice", json!({}))).await;
-    let (mut sub, _) = b.connect(&token_with("bob", json!({}))).await;
-    sub.subscribe("chat:room").await;
-    c.publish("chat:room", json!({"do": "loop"})).await;
-    let m = sub.messages("chat:room", 1).await.remove(0);
-    assert_eq!(m["data"]["do"], "loop");
-    assert!(m.get("meta").is_none(), "{m}");
-}
-
-#[tokio::test]
-async fn a_plugin_that_imports_the_network_is_refused_at_load() {
-    let dir = plugin_dir(&[(&test_plugins(), "net-import")]);
-    let config = dir.path().join("hookwire.toml");
-    std::fs::write(
-        &config,
-        "[plugins.modules.net-import]\n[namespaces.chat]\nplugins = [\"net-import\"]\n",
-    )
-    .unwrap();
-    let (code, out) = run_hookwire(
-        &["serve", "--config", config.to_str().unwrap()],
-        &[
-            ("HOOKWIRE_PLUGINS_DIR", dir.path().to_str().unwrap()),
-            (
-                "HOOKWIRE_JWT_SECRET",
-                "a-test-secret-that-is-long-enough-0123456789",
-            ),
-        ],
-    );
-    assert_ne!(code, 0, "{out}");
-    assert!(
-        out.contains("net-import")
-            && out.contains("wasi:sockets/")
-            && out.contains("no network access"),
-        "{out}"
-    );
-}
-
-#[tokio::test]
-async fn hot_reload_under_load_loses_nothing_and_switches_behaviour() {
-    let dir = plugin_dir(&[(&test_plugins(), "misbehave")]);
-    let b = start(dir.path(), &misbehave_toml("")).await;
-    let (mut c, _) = b.connect(&token_with("alice", json!({}))).await;
-    let (mut sub, _) = b.connect(&token_with("bob", json!({}))).await;
-    sub.subscribe("chat:room").await;
-    const N: usize = 300;
-    let config_path = b.config_path();
-    let publisher = tokio::spawn(async move {
-        for i in 0..N {
-            c.publish("chat:room", json!({"i": i})).await;
-        }
-        c
-    });
-    // Let some go through v1, then switch the config to v2 and reload.
-    let first = sub.messages("chat:room", 20).await;
-    let text = std::fs::read_to_string(&config_path)
-        .unwrap()
-        .replace("tag = \"v1\"", "tag = \"v2\"");
-    std::fs::write(&config_path, text).unwrap();
-    b.signal("HUP");
-    let rest = sub.messages("chat:room", N - 20).await;
-    let _ = tokio::time::timeout(Duration::from_secs(30), publisher)
-        .await
-        .unwrap()
-        .unwrap();
-    let all: Vec<Value> = first.into_iter().chain(rest).collect();
-    let seen: Vec<u64> = all
-        .iter()
-        .map(|m| m["data"]["i"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        seen,
-        (0..N as u64).collect::<Vec<_>>(),
-        "every publication once, in order"
-    );
-    let tags: Vec<&str> = all
-        .iter()
-        .map(|m| m["meta"]["tag"].as_str().unwrap())
-        .collect();
-    let switch = tags
-        .iter()
-        .position(|t| *t == "v2")
-        .expect("the new version took over");
-    assert!(switch >= 20);
-    assert!(
-        tags[switch..].iter().all(|t| *t == "v2"),
-        "each event ran on one version: {tags:?}"
-    );
-    assert!(tags[..switch].iter().all(|t| *t == "v1"));
-    let view = admin(&b, "GET", "/admin/plugins").await;
-    assert!(view["generation"].as_u64().unwrap() >= 2, "{view}");
-}
-
-#[tokio::test]
-async fn a_broken_module_on_reload_keeps_the_old_version() {
-    let dir = plugin_dir(&[(&test_plugins(), "misbehave")]);
-    let b = start(dir.path(), &misbehave_toml("")).await;
-    let (mut c, _) = b.connect(&token_with("alice", json!({}))).await;
-    let (mut sub, _) = b.connect(&token_with("bob", json!({}))).await;
-    sub.subscribe("chat:room").await;
-    let before = admin(&b, "GET", "/admin/plugins").await;
-    // The watcher sees the file change and reloads; the module does not compile.
-    std::fs::write(dir.path().join("misbehave.wasm"), b"\0asm not really").unwrap();
-    let deadline = deadline();
-    let view = loop {
-        let view = admin(&b, "GET", "/admin/plugins").await;
-        if !view["failures"].as_array().unwrap().is_empty() {
-            break view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the watcher did not reload: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(
-        view["plugins"][0]["sha256"], before["plugins"][0]["sha256"],
-        "{view}"
-    );
-    assert!(
-        view["last_failed_load"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("compile"),
-        "{view}"
-    );
-    assert_eq!(
-        calls_meta(&mut c, &mut sub).await,
-        1,
-        "the old version still runs"
-    );
-    // The admin endpoint says the same.
-    let report = admin(&b, "POST", "/admin/plugins/reload").await;
-    assert_eq!(report["failed"][0]["name"], "misbehave", "{report}");
-    assert!(b.count_logs("previous version keeps running") >= 1);
 }
 
 #[tokio::test]
@@ -675,34 +484,6 @@ plugins = ["short", "typed"]
     );
 }
 
-#[tokio::test]
-async fn a_chatty_plugin_is_rate_limited_in_the_log() {
-    let dir = plugin_dir(&[(&test_plugins(), "misbehave")]);
-    let b = start(dir.path(), &misbehave_toml("")).await;
-    let (mut c, _) = b.connect(&token_with("alice", json!({}))).await;
-    // One line per publication, far over 100 lines/s (burst 200): most are dropped, and
-    // every publication still goes through.
-    const FLOOD: usize = 600;
-    for _ in 0..FLOOD {
-        c.publish("chat:room", json!({"do": "log"})).await;
-    }
-    // Then, once the rate allows a line again, it says how many were dropped.
-    let deadline = crate::harness::deadline();
-    while b.count_logs("earlier line(s) dropped: over 100 lines/s") == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no dropped-lines note"
-        );
-        c.publish("chat:room", json!({"do": "log"})).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let written = b.count_logs("asked to log");
-    assert!(
-        (200..FLOOD).contains(&written),
-        "{written} of {FLOOD}+ lines written"
-    );
-}
-
 /// A repeated idempotency key is answered with the first offset before the chain runs:
 /// the plugins see the publication once, and subscribers get it once.
 #[tokio::test]
@@ -737,29 +518,4 @@ plugins = ["schema-guard", "enrich"]
         let line = format!("hookwire_plugin_calls_total{{hook=\"publish\",plugin=\"{plugin}\"}} 1");
         assert!(metrics.contains(&line), "{plugin} ran again:\n{metrics}");
     }
-}
-
-/// A plugin's log line is the plugin's text, not the log's: a newline in it is escaped,
-/// so a publisher who gets a plugin to echo its text cannot forge log lines.
-#[tokio::test]
-async fn a_newline_in_a_plugin_log_line_is_escaped() {
-    let dir = plugin_dir(&[(&test_plugins(), "misbehave")]);
-    let b = broker(dir.path(), &misbehave_toml(""))
-        .text_logs()
-        .start()
-        .await;
-    let (mut c, _) = b.connect(&token_with("alice", json!({}))).await;
-    c.publish(
-        "chat:room",
-        json!({"do": "echo", "text": "hello\nERROR forged line"}),
-    )
-    .await;
-    let line = b.wait_log("echo: hello").await;
-    assert!(line.contains(r"hello\nERROR forged line"), "{line}");
-    let forged: Vec<String> = b
-        .logs()
-        .into_iter()
-        .filter(|l| l.trim_start().starts_with("ERROR forged"))
-        .collect();
-    assert!(forged.is_empty(), "a forged log line: {forged:#?}");
 }
