@@ -1,9 +1,10 @@
 //! Per-channel publication streams: offsets, epochs, bounded history and recovery.
 //!
 //! [`HistoryStore`] is the seam: [`MemoryHistory`] keeps streams in this process (the
-//! epoch changes when it restarts); a NATS JetStream store replaces it in a cluster. The hub
-//! calls `append` and the reads with the channel's shard lock held, so implementations must
-//! not block: a remote store keeps a local window of its stream, fed by its consumer.
+//! epoch changes when it restarts). In a cluster the log is a JetStream stream and this
+//! node keeps a replica ([`MemoryHistory::replica`]) of the channels it has subscribers
+//! for, fed by `insert` and `restore` (see `cluster`). The hub calls these and the reads
+//! with the channel's shard lock held, so implementations must not block.
 //!
 //! Only a publication creates a stream. A read of a channel that has none (`history`,
 //! `subscribe`) answers offset 0 and the epoch the channel's first publication will get,
@@ -129,6 +130,28 @@ pub enum ReadError {
     Ahead { given: u64, top: u64 },
 }
 
+/// A publication whose offset and epoch were given by a cluster's log.
+#[derive(Clone, Debug)]
+pub struct Sequenced {
+    pub epoch: Arc<str>,
+    pub offset: u64,
+    pub ts_ms: u64,
+    pub frame: EncodedFrame,
+}
+
+/// A channel's stream as read from a cluster's log.
+#[derive(Debug)]
+pub struct Restored {
+    pub epoch: Arc<str>,
+    /// Recovery from an offset below this may have missed something.
+    pub floor: u64,
+    /// The stream's top: at least the last publication's offset (offsets skip numbers,
+    /// so it may be higher: everything up to it is known).
+    pub top: u64,
+    /// Oldest first.
+    pub publications: Vec<Sequenced>,
+}
+
 /// What a sweep kept, and what the caps evicted since the last sweep.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SweepStats {
@@ -153,6 +176,17 @@ pub trait HistoryStore: Send + Sync + 'static {
         now_ms: u64,
         encode: &mut dyn FnMut(u64) -> EncodedFrame,
     ) -> (Position, EncodedFrame);
+
+    /// Stores a publication sequenced elsewhere (a cluster's log: offset, epoch and time
+    /// given). One at or below the stream's top is ignored (already stored); one with
+    /// another epoch starts the stream over.
+    fn insert(&self, channel: &ChannelName, policy: HistoryPolicy, now_ms: u64, s: Sequenced);
+
+    /// Replaces the channel's stream with one read from a cluster's log.
+    fn restore(&self, channel: &ChannelName, policy: HistoryPolicy, now_ms: u64, r: Restored);
+
+    /// Drops the channel's stream (its epoch ends here).
+    fn forget(&self, channel: &ChannelName);
 
     /// The stream's current top; for a channel without a stream, offset 0 and the epoch
     /// its first publication will get (nothing is stored).

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
 use crate::channel::{ChannelName, Namespace};
-use crate::history::{HistoryPolicy, HistoryStore, Page, Position, Query, ReadError};
+use crate::history::{HistoryPolicy, HistoryStore, Page, Position, Query, ReadError, Sequenced};
 use crate::limits::RateLimits;
 use crate::outbound::{Outbound, Push};
 use crate::protocol::{self, EncodedFrame, PresenceEntry, PublicationFields, StreamPosition};
@@ -125,6 +125,26 @@ pub struct Hub {
     max_reply_bytes: usize,
     /// Caps the `join`/`leave` pushes of each channel (`rate_limits.channel_join_leave_*`).
     join_leave: Option<JoinLeaveCap>,
+    /// Where this node's `join`/`leave` pushes also go (a cluster's other nodes).
+    announce: Option<Arc<dyn Announce>>,
+}
+
+/// Hands this node's `join`/`leave` pushes to other nodes. Called under the channel's
+/// lock: it must not block (a cluster link queues the frame for its writer).
+pub trait Announce: Send + Sync + 'static {
+    fn announce(&self, channel: &ChannelName, frame: &EncodedFrame);
+}
+
+/// A publication already sequenced by the channel's log (a cluster's JetStream stream, or
+/// a namespace without history on another node): the hub only stores it in its replica
+/// and delivers it. Plugins, limits and idempotency ran once, where it was accepted.
+pub struct Delivery {
+    /// `None` in a namespace without history.
+    pub epoch: Option<Arc<str>>,
+    pub offset: u64,
+    pub ts_ms: u64,
+    /// The `message` push, encoded once on this node.
+    pub frame: EncodedFrame,
 }
 
 /// The per-channel cap on `join`/`leave` pushes, and where skipped ones are counted.
@@ -140,7 +160,14 @@ impl Hub {
             history,
             max_reply_bytes: 1 << 20,
             join_leave: None,
+            announce: None,
         }
+    }
+
+    /// Sends this node's `join`/`leave` pushes to `announce` too (a cluster link).
+    pub fn with_announce(mut self, announce: Arc<dyn Announce>) -> Self {
+        self.announce = Some(announce);
+        self
     }
 
     /// Caps each channel's `join`/`leave` pushes: past the rate they are skipped (and
@@ -205,7 +232,8 @@ impl Hub {
             usize::MAX
         };
         on_joined(self.join_position(ns, channel, recover, max_bytes));
-        if ns.config.join_leave && !subs.is_empty() && self.join_leave_allowed(channel) {
+        let others = !subs.is_empty() || self.announce.is_some();
+        if ns.config.join_leave && others && self.join_leave_allowed(channel) {
             let join = protocol::encode_join(
                 channel.as_str(),
                 &peer.client,
@@ -214,6 +242,9 @@ impl Hub {
             );
             for other in subs.values() {
                 other.outbound.push(join.clone());
+            }
+            if let Some(announce) = &self.announce {
+                announce.announce(channel, &join);
             }
         }
         subs.insert(peer.key, peer.clone());
@@ -272,17 +303,77 @@ impl Hub {
         if subs.swap_remove(&peer.key).is_none() {
             return false;
         }
-        if subs.is_empty() {
+        let alone = subs.is_empty();
+        if alone {
             shard.channels.remove(channel);
-            return true;
+            if self.announce.is_none() {
+                return true;
+            }
         }
         if ns.config.join_leave && self.join_leave_allowed(channel) {
             let leave = protocol::encode_leave(channel.as_str(), &peer.client, &peer.user);
-            for other in subs.values() {
-                other.outbound.push(leave.clone());
+            if let Some(subs) = shard.channels.get(channel) {
+                for other in subs.values() {
+                    other.outbound.push(leave.clone());
+                }
+            }
+            if let Some(announce) = &self.announce {
+                announce.announce(channel, &leave);
             }
         }
         true
+    }
+
+    /// Whether the channel has subscribers on this node.
+    pub fn has_subscribers(&self, channel: &ChannelName) -> bool {
+        self.shard(channel).lock().channels.contains_key(channel)
+    }
+
+    /// The deliver-only entry: stores a publication sequenced elsewhere in this node's
+    /// replica of the channel's stream and queues it for the channel's subscribers here,
+    /// under the channel's lock (so a subscribe's recovery and the live stream meet
+    /// without a gap or a repeat). Returns the subscribers it was queued for.
+    pub fn deliver(&self, ns: &Namespace, channel: &ChannelName, delivery: Delivery) -> usize {
+        let shard = self.shard(channel).lock();
+        if let Some(epoch) = delivery.epoch
+            && ns.keeps_history()
+        {
+            let sequenced = Sequenced {
+                epoch,
+                offset: delivery.offset,
+                ts_ms: delivery.ts_ms,
+                frame: delivery.frame.clone(),
+            };
+            self.history
+                .insert(channel, policy(ns), protocol::now_ms(), sequenced);
+        }
+        let Some(subs) = shard.channels.get(channel) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for peer in subs.values() {
+            if let Push::Queued = peer.outbound.push(delivery.frame.clone()) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Queues a frame for the channel's subscribers here (another node's `join`/`leave`).
+    pub fn push(&self, channel: &ChannelName, frame: &EncodedFrame) {
+        let shard = self.shard(channel).lock();
+        if let Some(subs) = shard.channels.get(channel) {
+            for peer in subs.values() {
+                peer.outbound.push(frame.clone());
+            }
+        }
+    }
+
+    /// Runs `f` under the channel's lock (a cluster link restores its replica so, atomic
+    /// with deliveries and subscribes).
+    pub fn with_channel_locked<T>(&self, channel: &ChannelName, f: impl FnOnce() -> T) -> T {
+        let _order = self.shard(channel).lock();
+        f()
     }
 
     /// Publishes: assigns the offset, encodes the `message` push once and queues the same

@@ -42,6 +42,7 @@ pub mod publish;
 pub mod rate;
 pub mod reads;
 pub mod registry;
+pub mod sequencer;
 pub mod server;
 pub mod session;
 pub mod transport;

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::plugins::Plugins;
 use crate::publish::Pipeline;
 use crate::registry::Registry;
+use crate::sequencer::{Local, LocalPresence, Presence, Sequencer};
 
 /// Per-connection settings, resolved from `[limits]`.
 #[derive(Debug, Clone)]
@@ -76,6 +77,10 @@ pub struct Node {
     pub verifier: Verifier,
     pub namespaces: Arc<Namespaces>,
     pub hub: Arc<Hub>,
+    /// The channels' log: this node's memory, or the cluster's (see `sequencer`).
+    pub log: Arc<dyn Sequencer>,
+    /// Who is in a channel: this node's subscribers, or every node's.
+    pub presence: Arc<dyn Presence>,
     pub pipeline: Pipeline,
     /// WebAssembly plugins (an empty set when none is configured).
     pub plugins: Arc<Plugins>,
@@ -133,8 +138,10 @@ impl Node {
                 }),
         );
         let shutdown = CancellationToken::new();
+        let log: Arc<dyn Sequencer> = Arc::new(Local::new(hub.clone()));
+        let presence: Arc<dyn Presence> = Arc::new(LocalPresence::new(hub.clone()));
         let pipeline = Pipeline::new(
-            hub.clone(),
+            log.clone(),
             namespaces.clone(),
             rate_limits.clone(),
             metrics.clone(),
@@ -153,6 +160,8 @@ impl Node {
             verifier,
             namespaces,
             hub,
+            log,
+            presence,
             pipeline,
             plugins,
             shutdown,

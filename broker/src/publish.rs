@@ -14,12 +14,14 @@ use serde_json::value::RawValue;
 use crate::access;
 use crate::auth::Claims;
 use crate::channel::{ChannelName, Namespace, Namespaces};
-use crate::hub::{Hub, NewPublication, Published};
+use crate::hub::{NewPublication, Published};
 use crate::limits::{Exceeded, LimitsConfig, RateLimits};
 use crate::metrics::{Metrics, PublicationSource};
 use crate::plugins::{Emit, Hook, PluginConn, Plugins, PublicationState, PublishSource};
 use crate::protocol::{ErrorCode, ErrorReply, now_ms};
+use crate::sequencer::{Acked, Sequencer, Sequencing};
 use dedup::{Dedup, Once, Publisher};
+use futures_util::future::BoxFuture;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -73,8 +75,8 @@ pub struct PublishRequest<'a> {
 
 /// What [`Pipeline::start`] did.
 pub enum Step {
-    /// Published (no publish chain in the namespace).
-    Done(Accepted),
+    /// Published (no publish chain in the namespace), or sent to the log.
+    Done(Outcome),
     /// Checked; the namespace's publish chain is to run: await [`Pipeline::finish`].
     Plugins(Box<Pending>),
 }
@@ -113,6 +115,23 @@ pub fn overloaded() -> ErrorReply {
     )
 }
 
+/// A publish handed to the channel's log: accepted now, or once the log stored it (a
+/// cluster's JetStream acknowledgement).
+pub enum Outcome {
+    Now(Accepted),
+    Later(BoxFuture<'static, Result<Accepted, ErrorReply>>),
+}
+
+impl Outcome {
+    /// Waits for the log, when it has not answered yet.
+    pub async fn wait(self) -> Result<Accepted, ErrorReply> {
+        match self {
+            Self::Now(accepted) => Ok(accepted),
+            Self::Later(later) => later.await,
+        }
+    }
+}
+
 /// A successful publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -124,7 +143,7 @@ pub struct Accepted {
 }
 
 pub struct Pipeline {
-    hub: Arc<Hub>,
+    log: Arc<dyn Sequencer>,
     namespaces: Arc<Namespaces>,
     limits: Arc<RateLimits>,
     metrics: Arc<Metrics>,
@@ -137,7 +156,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(
-        hub: Arc<Hub>,
+        log: Arc<dyn Sequencer>,
         namespaces: Arc<Namespaces>,
         limits: Arc<RateLimits>,
         metrics: Arc<Metrics>,
@@ -146,7 +165,7 @@ impl Pipeline {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            hub,
+            log,
             namespaces,
             limits,
             metrics,
@@ -160,9 +179,9 @@ impl Pipeline {
     /// thread: for tools and tests. Connections and the HTTP API use
     /// [`Pipeline::start`] and [`Pipeline::finish`], which run plugins on the plugin
     /// threads.
-    pub fn publish(&self, req: PublishRequest<'_>) -> Result<Accepted, ErrorReply> {
+    pub fn publish(&self, req: PublishRequest<'_>) -> Result<Outcome, ErrorReply> {
         match self.start(req)? {
-            Step::Done(accepted) => Ok(accepted),
+            Step::Done(outcome) => Ok(outcome),
             Step::Plugins(pending) => {
                 let valid = |c: &str| self.valid_channel(c);
                 let answer = self
@@ -174,11 +193,11 @@ impl Pipeline {
     }
 
     /// [`Pipeline::start`] then, for a namespace with a publish chain,
-    /// [`Pipeline::finish`].
+    /// [`Pipeline::finish`], then the log's acknowledgement.
     pub async fn publish_async(&self, req: PublishRequest<'_>) -> Result<Accepted, ErrorReply> {
         match self.start(req)? {
-            Step::Done(accepted) => Ok(accepted),
-            Step::Plugins(pending) => self.finish(*pending).await,
+            Step::Done(outcome) => outcome.wait().await,
+            Step::Plugins(pending) => self.finish(*pending).await?.wait().await,
         }
     }
 
@@ -202,13 +221,13 @@ impl Pipeline {
             .map_err(|e| self.limited(&e))?;
         if self.plugins.publishes_through(&ns.name) {
             // A repeat is answered before the chain: the plugins see a publication once.
-            if let Some(offset) = self.repeat_of(&req, &channel) {
-                return Ok(Step::Done(Accepted {
+            if let Some(offset) = self.repeat_of(&req, &ns, &channel) {
+                return Ok(Step::Done(Outcome::Now(Accepted {
                     channel,
                     offset,
                     duplicate: true,
                     delivered: 0,
-                }));
+                })));
             }
             return Ok(Step::Plugins(Box::new(Pending {
                 state: plugin_state(&req, &channel),
@@ -223,37 +242,87 @@ impl Pipeline {
                 },
             })));
         }
-        let publish = || {
-            self.hub.publish(
-                &ns,
-                NewPublication {
-                    channel: &channel,
-                    user: req.source.user(),
-                    data: req.data,
-                    meta: None,
-                    accepted_at,
-                },
-            )
+        let publication = NewPublication {
+            channel: &channel,
+            user: req.source.user(),
+            data: req.data,
+            meta: None,
+            accepted_at,
         };
-        let (published, duplicate) = self.once(
-            req.key,
-            req.source.metric(),
-            &req.source.publisher(),
-            &channel,
-            publish,
-        );
-        Ok(Step::Done(Accepted {
-            channel,
-            offset: published.offset,
-            duplicate,
-            delivered: published.delivered,
-        }))
+        let publisher = req.source.publisher();
+        let sequenced = self.sequence(&ns, publication, req.key, req.source.metric(), &publisher);
+        Ok(Step::Done(sequenced.accepted(channel)))
+    }
+
+    /// Hands one publication to the log, through the idempotency window unless the log
+    /// keeps keys itself, and counts it.
+    fn sequence(
+        &self,
+        ns: &Arc<Namespace>,
+        publication: NewPublication<'_>,
+        key: Option<&str>,
+        source: PublicationSource,
+        publisher: &Publisher,
+    ) -> Sequenced {
+        let channel = publication.channel;
+        if let Some(key) = key
+            && self.log.keeps_keys(ns)
+        {
+            let id = dedup::message_id(publisher, channel, key);
+            return self.counted(self.log.publish(ns, publication, Some(&id)), source);
+        }
+        let mut later = None;
+        let (published, duplicate) = self.once(key, source, publisher, channel, || {
+            match self.log.publish(ns, publication, None) {
+                Sequencing::Done(published) => published,
+                // A log that does not keep keys answers at once (`Sequencer::keeps_keys`);
+                // should one not, its answer is still given, only without the window.
+                Sequencing::Later(f) => {
+                    later = Some(f);
+                    Published::repeat(0)
+                }
+            }
+        });
+        match later {
+            // Counted by `once` already.
+            Some(f) => Sequenced::Later(f),
+            None => Sequenced::Now {
+                offset: published.offset,
+                duplicate,
+                delivered: published.delivered,
+            },
+        }
+    }
+
+    /// Counts a publication the log answers later once it answers.
+    fn counted(&self, sequencing: Sequencing, source: PublicationSource) -> Sequenced {
+        match sequencing {
+            Sequencing::Done(published) => {
+                self.metrics.publication(source, published.delivered as u64);
+                Sequenced::Now {
+                    offset: published.offset,
+                    duplicate: false,
+                    delivered: published.delivered,
+                }
+            }
+            Sequencing::Later(f) => {
+                let metrics = self.metrics.clone();
+                Sequenced::Later(Box::pin(async move {
+                    let acked = f.await?;
+                    if !acked.duplicate {
+                        // Deliveries are counted where they happen, on each node.
+                        metrics.publication(source, 0);
+                    }
+                    Ok(acked)
+                }))
+            }
+        }
     }
 
     /// Runs the publish chain on a plugin thread (the caller's thread is free meanwhile;
     /// no lock is held), then publishes what it answered. A full plugin queue answers
     /// `unavailable`.
-    pub async fn finish(&self, pending: Pending) -> Result<Accepted, ErrorReply> {
+    pub async fn finish(&self, pending: Pending) -> Result<Outcome, ErrorReply> {
         let Pending { state, ns, rest } = pending;
         let namespaces = self.namespaces.clone();
         let answer = self
@@ -283,7 +352,7 @@ impl Pipeline {
         &self,
         rest: Rest,
         (state, emits): (PublicationState, Vec<Emit>),
-    ) -> Result<Accepted, ErrorReply> {
+    ) -> Result<Outcome, ErrorReply> {
         let Rest {
             user,
             key,
@@ -303,50 +372,46 @@ impl Pipeline {
             .map(|e| access::resolve(&self.namespaces, &e.channel).map(|t| (t, e)))
             .collect::<Result<Vec<_>, _>>()?;
         let user = user.as_deref();
-        let publish = || {
-            let mut first: Option<Published> = None;
-            let mut delivered = 0;
-            for (target, target_ns) in &targets {
-                let p = self.hub.publish(
-                    target_ns,
-                    NewPublication {
-                        channel: target,
-                        user,
-                        data: &state.data,
-                        meta: meta.as_deref(),
-                        accepted_at,
-                    },
-                );
-                delivered += p.delivered;
-                first.get_or_insert(p);
+        // The key covers the first target; the others and the emitted publications are
+        // published once with it (a repeat of the key was answered before the chain).
+        let mut results = Vec::with_capacity(targets.len());
+        for (i, (target, target_ns)) in targets.iter().enumerate() {
+            let publication = NewPublication {
+                channel: target,
+                user,
+                data: &state.data,
+                meta: meta.as_deref(),
+                accepted_at,
+            };
+            let key = if i == 0 { key.as_deref() } else { None };
+            let result = self.sequence(target_ns, publication, key, source, &publisher);
+            if let Sequenced::Now {
+                duplicate: true, ..
+            } = result
+            {
+                // The same key raced this publish past the check before the chain.
+                return Ok(result.accepted(channel));
             }
-            for ((target, target_ns), emit) in &extra {
-                let p = self.hub.publish(
-                    target_ns,
-                    NewPublication {
-                        channel: target,
-                        user: None,
-                        data: &emit.data,
-                        meta: emit.meta.as_deref(),
-                        accepted_at,
-                    },
-                );
-                self.metrics
-                    .publication(PublicationSource::Plugin, p.delivered as u64);
-            }
-            let mut first = first.expect("a publish chain leaves at least one channel");
-            first.delivered = delivered;
-            first
-        };
-        let (published, duplicate) =
-            self.once(key.as_deref(), source, &publisher, &channel, publish);
+            results.push(result);
+        }
+        for ((target, target_ns), emit) in &extra {
+            let publication = NewPublication {
+                channel: target,
+                user: None,
+                data: &emit.data,
+                meta: emit.meta.as_deref(),
+                accepted_at,
+            };
+            results.push(self.sequence(
+                target_ns,
+                publication,
+                None,
+                PublicationSource::Plugin,
+                &publisher,
+            ));
+        }
         let first = targets.into_iter().next().map_or(channel, |(c, _)| c);
-        Ok(Accepted {
-            channel: first,
-            offset: published.offset,
-            duplicate,
-            delivered: published.delivered,
-        })
+        Ok(Sequenced::all(results, first))
     }
 
     /// Runs `publish` unless the idempotency key was seen from this publisher on
@@ -379,9 +444,18 @@ impl Pipeline {
         (published, duplicate)
     }
 
-    /// The first offset of a repeated key, checked before the plugins run.
-    fn repeat_of(&self, req: &PublishRequest<'_>, channel: &ChannelName) -> Option<u64> {
+    /// The first offset of a repeated key, checked before the plugins run (a log that
+    /// keeps keys itself answers repeats when they reach it).
+    fn repeat_of(
+        &self,
+        req: &PublishRequest<'_>,
+        ns: &Namespace,
+        channel: &ChannelName,
+    ) -> Option<u64> {
         let key = req.key?;
+        if self.log.keeps_keys(ns) {
+            return None;
+        }
         self.dedup
             .seen(&req.source.publisher(), channel, key, now_ms())
     }
@@ -394,6 +468,64 @@ impl Pipeline {
     /// Forgets idempotency keys older than the window.
     pub fn sweep(&self, now_ms: u64) {
         self.dedup.sweep(now_ms);
+    }
+}
+
+/// One publication handed to the log (see [`Outcome`], which carries the channel).
+enum Sequenced {
+    Now {
+        offset: u64,
+        duplicate: bool,
+        delivered: usize,
+    },
+    Later(BoxFuture<'static, Result<Acked, ErrorReply>>),
+}
+
+impl Sequenced {
+    fn accepted(self, channel: ChannelName) -> Outcome {
+        Self::all(vec![self], channel)
+    }
+
+    /// The answer to a publish that became these publications: the first one's offset,
+    /// every delivery counted, once every one of them is stored.
+    fn all(results: Vec<Sequenced>, channel: ChannelName) -> Outcome {
+        let mut now = Accepted {
+            channel,
+            offset: 0,
+            duplicate: false,
+            delivered: 0,
+        };
+        let mut later = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Sequenced::Now {
+                    offset,
+                    duplicate,
+                    delivered,
+                } => {
+                    if i == 0 {
+                        now.offset = offset;
+                        now.duplicate = duplicate;
+                    }
+                    now.delivered += delivered;
+                }
+                Sequenced::Later(f) => later.push((i, f)),
+            }
+        }
+        if later.is_empty() {
+            return Outcome::Now(now);
+        }
+        Outcome::Later(Box::pin(async move {
+            let mut accepted = now;
+            for (i, f) in later {
+                let acked = f.await?;
+                if i == 0 {
+                    accepted.offset = acked.offset;
+                    accepted.duplicate = acked.duplicate;
+                }
+            }
+            Ok(accepted)
+        }))
     }
 }
 
@@ -428,12 +560,13 @@ mod tests {
             &config.namespaces,
             &config.default_namespace,
         ));
-        let hub = Arc::new(Hub::new(Arc::new(MemoryHistory::new())));
+        let hub = Arc::new(crate::hub::Hub::new(Arc::new(MemoryHistory::new())));
+        let log = Arc::new(crate::sequencer::Local::new(hub));
         let limits = Arc::new(RateLimits::new(&config.rate_limits, &config.namespaces));
         let metrics = Arc::new(Metrics::new());
         let plugins = Plugins::disabled(metrics.clone());
         Pipeline::new(
-            hub,
+            log,
             namespaces,
             limits,
             metrics,
@@ -457,13 +590,17 @@ mod tests {
             data: &data,
             key,
         };
-        let first = p.publish(req(Some("k1"))).unwrap();
-        let again = p.publish(req(Some("k1"))).unwrap();
+        let publish = |r| match p.publish(r).unwrap() {
+            Outcome::Now(accepted) => accepted,
+            Outcome::Later(_) => panic!("the memory log answers at once"),
+        };
+        let first = publish(req(Some("k1")));
+        let again = publish(req(Some("k1")));
         assert_eq!(first.offset, again.offset);
         assert!(again.duplicate);
-        let other = p.publish(req(Some("k2"))).unwrap();
+        let other = publish(req(Some("k2")));
         assert_eq!(other.offset, first.offset + 1);
         p.sweep(now_ms() + 120_000);
-        assert!(!p.publish(req(Some("k1"))).unwrap().duplicate);
+        assert!(!publish(req(Some("k1"))).duplicate);
     }
 }

@@ -6,6 +6,7 @@ use crate::channel::{ChannelName, Namespace};
 use crate::history::Query;
 use crate::hub::Hub;
 use crate::protocol::{self, EncodedFrame, ErrorCode, ErrorReply, Recovery, StreamPosition};
+use crate::sequencer::Members;
 
 /// Publications a `history` read returns when it names no `limit`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
@@ -53,26 +54,19 @@ pub fn history(
     Ok(protocol::history_reply(id, channel.as_str(), &recovery))
 }
 
-/// Lists who is in a channel and encodes the `presence` reply (cut at
-/// `limits.max_reply_bytes`, then with `"more": true`); `not_found` when the namespace
-/// does not keep presence.
-pub fn presence(
-    hub: &Hub,
-    ns: &Namespace,
-    channel: &ChannelName,
-    id: Option<u64>,
-) -> Result<EncodedFrame, ErrorReply> {
+/// `not_found` when the namespace does not keep presence.
+pub fn presence_enabled(ns: &Namespace) -> Result<(), ErrorReply> {
     if !ns.config.presence {
         return Err(ErrorReply::new(
             ErrorCode::NotFound,
             format!("presence is not enabled in namespace {:?}", ns.name),
         ));
     }
-    let (clients, more) = hub.presence(channel);
-    Ok(protocol::presence_reply(
-        id,
-        channel.as_str(),
-        &clients,
-        more,
-    ))
+    Ok(())
+}
+
+/// Encodes the `presence` reply (cut at `limits.max_reply_bytes`, then with
+/// `"more": true`; `id` `None`: the API's object).
+pub fn presence_reply(channel: &ChannelName, id: Option<u64>, members: &Members) -> EncodedFrame {
+    protocol::presence_reply(id, channel.as_str(), &members.0, members.1)
 }

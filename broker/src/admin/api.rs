@@ -21,6 +21,7 @@ use crate::node::Node;
 use crate::protocol::{self, CloseCode, Disconnect, EncodedFrame, ErrorCode, now_ms};
 use crate::publish::{PublishRequest, Source};
 use crate::reads;
+use crate::sequencer::PresenceList;
 
 /// Most channels one broadcast may name.
 pub const MAX_BROADCAST_CHANNELS: usize = 1_000;
@@ -272,8 +273,14 @@ pub(super) async fn presence(
     ApiQuery(q): ApiQuery<ChannelQuery>,
 ) -> Result<Response, ApiError> {
     let (channel, ns) = channel_param(&node, &q)?;
-    let frame = reads::presence(&node.hub, &ns, &channel, None)?;
-    Ok(frame_response(frame))
+    reads::presence_enabled(&ns)?;
+    let members = match node.presence.list(&channel) {
+        PresenceList::Now(members) => members,
+        PresenceList::Later(later) => later.await,
+    };
+    Ok(frame_response(reads::presence_reply(
+        &channel, None, &members,
+    )))
 }
 
 /// `GET /api/history?channel=…&limit=N`
@@ -282,6 +289,9 @@ pub(super) async fn history(
     ApiQuery(q): ApiQuery<ChannelQuery>,
 ) -> Result<Response, ApiError> {
     let (channel, ns) = channel_param(&node, &q)?;
+    if let Some(wait) = node.log.prepare(&ns, &channel) {
+        wait.await?;
+    }
     let frame = reads::history(&node.hub, &ns, &channel, None, q.limit, None)?;
     Ok(frame_response(frame))
 }

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::{
-    HistoryConfig, HistoryPolicy, HistoryStore, Page, Position, Query, ReadError, SweepStats,
-    new_epoch,
+    HistoryConfig, HistoryPolicy, HistoryStore, Page, Position, Query, ReadError, Restored,
+    Sequenced, SweepStats, new_epoch,
 };
 use crate::channel::ChannelName;
 use crate::protocol::EncodedFrame;
@@ -32,6 +32,9 @@ const SLOTS_PER_SHARD: usize = 256;
 
 /// History in this process's memory. See the module doc.
 pub struct MemoryHistory {
+    /// A replica of a cluster's log ([`MemoryHistory::replica`]): streams are made by
+    /// `restore` and ended by `forget`, never by the sweeper or the caps.
+    replica: bool,
     boot: Arc<str>,
     shards: Box<[Mutex<Shard>]>,
     caps: Caps,
@@ -56,6 +59,10 @@ struct Stream {
     epoch: Arc<str>,
     slot: usize,
     top: u64,
+    /// The offset of the last publication dropped (0: none): a recovery from an older
+    /// offset may have missed something. Offsets may skip numbers (a cluster's log), so
+    /// this, not the oldest kept offset, decides.
+    floor: u64,
     entries: VecDeque<Entry>,
     bytes: usize,
     last_publish_ms: u64,
@@ -94,9 +101,25 @@ impl Stream {
 
     /// Drops the oldest publication; returns its bytes.
     fn pop_front(&mut self) -> usize {
-        let freed = self.entries.pop_front().map_or(0, |e| e.frame.len());
-        self.bytes -= freed;
-        freed
+        let Some(e) = self.entries.pop_front() else {
+            return 0;
+        };
+        self.floor = e.offset;
+        self.bytes -= e.frame.len();
+        e.frame.len()
+    }
+
+    fn new(epoch: Arc<str>, slot: usize, now_ms: u64, policy: HistoryPolicy) -> Self {
+        Self {
+            epoch,
+            slot,
+            top: 0,
+            floor: 0,
+            entries: VecDeque::new(),
+            bytes: 0,
+            last_publish_ms: now_ms,
+            policy,
+        }
     }
 
     /// Applies the size and TTL bounds; returns the bytes freed.
@@ -137,12 +160,10 @@ impl Stream {
                     });
                 }
                 // Every publication after `since` must still be here.
-                let oldest_needed = since.offset + 1;
-                let oldest_kept = self.entries.front().map_or(self.top + 1, |e| e.offset);
-                if oldest_needed <= self.top && oldest_kept > oldest_needed {
+                if since.offset < self.floor {
                     return Err(ReadError::Gone {
                         given: since.offset,
-                        oldest: oldest_kept,
+                        oldest: self.entries.front().map_or(self.top + 1, |e| e.offset),
                     });
                 }
                 let after = self.entries.iter().skip_while(|e| e.offset <= since.offset);
@@ -249,6 +270,7 @@ impl MemoryHistory {
     pub fn from_config(config: &HistoryConfig) -> Self {
         let share = |total: u64| usize::try_from(total / SHARDS as u64).unwrap_or(usize::MAX);
         Self {
+            replica: false,
             boot: new_epoch(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
             caps: Caps {
@@ -257,6 +279,16 @@ impl MemoryHistory {
             },
             evicted_for_streams: AtomicU64::new(0),
             evicted_for_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// A replica of a cluster's log: offsets and epochs come from `insert` and `restore`
+    /// (the cluster link keeps a stream here while the channel has local subscribers);
+    /// `append` is not used. `history.max_bytes` drops a stream's oldest publications.
+    pub fn replica(config: &HistoryConfig) -> Self {
+        Self {
+            replica: true,
+            ..Self::from_config(config)
         }
     }
 
@@ -270,7 +302,7 @@ impl MemoryHistory {
     /// Brings a shard under its byte share after an append to `name`.
     fn enforce_bytes(&self, shard: &mut Shard, name: &str) {
         while shard.bytes > self.caps.bytes {
-            if !shard.evict_oldest(Some(name)) {
+            if self.replica || !shard.evict_oldest(Some(name)) {
                 let Some(stream) = shard.streams.get_mut(name) else {
                     return;
                 };
@@ -299,16 +331,10 @@ impl HistoryStore for MemoryHistory {
         let shard = &mut *guard;
         if !shard.streams.contains_key(&**name) {
             self.make_room(shard);
-            let stream = Stream {
-                epoch: epoch_at(&self.boot, shard.generations[slot]),
-                slot,
-                top: 0,
-                entries: VecDeque::new(),
-                bytes: 0,
-                last_publish_ms: now_ms,
-                policy,
-            };
-            shard.streams.insert(name.clone(), stream);
+            let epoch = epoch_at(&self.boot, shard.generations[slot]);
+            shard
+                .streams
+                .insert(name.clone(), Stream::new(epoch, slot, now_ms, policy));
         }
         let stream = shard.streams.get_mut(&**name).expect("inserted above");
         stream.top += 1;
@@ -326,6 +352,71 @@ impl HistoryStore for MemoryHistory {
         shard.bytes = shard.bytes + frame.len() - freed;
         self.enforce_bytes(shard, name);
         (position, frame)
+    }
+
+    fn insert(&self, channel: &ChannelName, policy: HistoryPolicy, now_ms: u64, s: Sequenced) {
+        let (index, slot) = locate(channel);
+        let name = channel.shared();
+        let mut guard = self.shards[index].lock();
+        let shard = &mut *guard;
+        let stream = shard.streams.entry(name.clone()).or_insert_with(|| {
+            // Not restored: what came before this publication is unknown.
+            let mut stream = Stream::new(s.epoch.clone(), slot, now_ms, policy);
+            stream.floor = s.offset;
+            stream
+        });
+        if stream.epoch != s.epoch {
+            let freed = stream.bytes;
+            *stream = Stream::new(s.epoch.clone(), slot, now_ms, policy);
+            stream.floor = s.offset;
+            shard.bytes -= freed;
+        }
+        if s.offset <= stream.top {
+            return;
+        }
+        stream.top = s.offset;
+        stream.last_publish_ms = now_ms;
+        stream.policy = policy;
+        let len = s.frame.len();
+        stream.bytes += len;
+        stream.entries.push_back(Entry {
+            offset: s.offset,
+            ts_ms: s.ts_ms,
+            frame: s.frame,
+        });
+        let freed = stream.expire(policy, now_ms);
+        shard.bytes = shard.bytes + len - freed;
+        self.enforce_bytes(shard, name);
+    }
+
+    fn restore(&self, channel: &ChannelName, policy: HistoryPolicy, now_ms: u64, r: Restored) {
+        let (index, slot) = locate(channel);
+        let name = channel.shared();
+        let mut guard = self.shards[index].lock();
+        let shard = &mut *guard;
+        shard.forget(name);
+        let mut stream = Stream::new(r.epoch, slot, now_ms, policy);
+        stream.floor = r.floor;
+        stream.top = r.top;
+        for s in r.publications {
+            stream.top = stream.top.max(s.offset);
+            stream.bytes += s.frame.len();
+            stream.entries.push_back(Entry {
+                offset: s.offset,
+                ts_ms: s.ts_ms,
+                frame: s.frame,
+            });
+        }
+        let added = stream.bytes;
+        let freed = stream.expire(policy, now_ms);
+        shard.bytes = shard.bytes + added - freed;
+        shard.streams.insert(name.clone(), stream);
+        self.enforce_bytes(shard, name);
+    }
+
+    fn forget(&self, channel: &ChannelName) {
+        let (index, _) = locate(channel);
+        self.shards[index].lock().forget(channel.as_str());
     }
 
     fn position(&self, channel: &ChannelName) -> Position {
@@ -369,7 +460,9 @@ impl HistoryStore for MemoryHistory {
             let idle: Vec<Arc<str>> = shard
                 .streams
                 .iter()
-                .filter(|(_, s)| now_ms.saturating_sub(s.last_publish_ms) >= idle_ttl_ms)
+                .filter(|(_, s)| {
+                    !self.replica && now_ms.saturating_sub(s.last_publish_ms) >= idle_ttl_ms
+                })
                 .map(|(name, _)| name.clone())
                 .collect();
             for name in idle {

@@ -23,6 +23,26 @@ pub enum Publisher {
     Api,
 }
 
+/// The scoped idempotency key as one string, for a log that keeps keys itself (a
+/// JetStream `Nats-Msg-Id`): publisher, channel and key, hashed so any key fits.
+pub fn message_id(publisher: &Publisher, channel: &ChannelName, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    match publisher {
+        Publisher::User(user) => {
+            h.update(b"u");
+            h.update((user.len() as u64).to_le_bytes());
+            h.update(user.as_bytes());
+        }
+        Publisher::Api => h.update(b"a"),
+    }
+    h.update((channel.as_str().len() as u64).to_le_bytes());
+    h.update(channel.as_str().as_bytes());
+    h.update(key.as_bytes());
+    let digest = h.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Key {
     publisher: Publisher,

@@ -24,7 +24,9 @@ use crate::protocol::{
 };
 use crate::publish::{self, Pending, PublishRequest, Source, Step};
 use crate::reads;
+use crate::sequencer::PresenceList;
 use crate::transport::Inbound;
+use futures_util::future::BoxFuture;
 
 /// A request waiting for a plugin chain (see the module doc).
 pub(super) enum Deferred {
@@ -39,11 +41,46 @@ pub(super) enum Deferred {
         id: Option<u64>,
         pending: Box<Pending>,
     },
+    /// The channel's log must load on this node first (a cluster link), then `then`.
+    Prepare {
+        id: Option<u64>,
+        wait: BoxFuture<'static, Result<(), ErrorReply>>,
+        then: Box<AfterPrepare>,
+    },
+}
+
+/// What waits for [`Deferred::Prepare`].
+pub(super) enum AfterPrepare {
+    Join {
+        channel: ChannelName,
+        ns: Arc<Namespace>,
+        recover: Option<StreamPosition>,
+    },
+    History {
+        channel: ChannelName,
+        ns: Arc<Namespace>,
+        limit: Option<usize>,
+        since: Option<StreamPosition>,
+    },
 }
 
 #[derive(Serialize)]
 struct Channel<'a> {
     channel: &'a str,
+}
+
+/// The `published` reply.
+fn published_frame(id: Option<u64>, accepted: &publish::Accepted) -> protocol::EncodedFrame {
+    #[derive(Serialize)]
+    struct Published<'a> {
+        channel: &'a str,
+        offset: u64,
+    }
+    let body = Published {
+        channel: accepted.channel.as_str(),
+        offset: accepted.offset,
+    };
+    protocol::reply(id, "published", body)
 }
 
 /// Queues what a subscribe answers (under the channel's lock): the `subscribed` reply, or
@@ -155,7 +192,7 @@ impl Session {
                     })
                     .await;
                 let result = match verdict {
-                    Ok(Ok(())) => self.join(id, channel, ns, recover.as_ref()),
+                    Ok(Ok(())) => self.prepared_join(id, channel, ns, recover).await,
                     Ok(Err(refusal)) => Err(refusal.into()),
                     Err(_) => Err(publish::overloaded()),
                 };
@@ -163,15 +200,50 @@ impl Session {
             }
             Deferred::Publish { id, pending } => {
                 let result = self.node.pipeline.finish(*pending).await;
-                (
-                    id,
-                    result.map(|accepted| self.reply_published(id, &accepted)),
-                )
+                (id, result.map(|outcome| self.answer_published(id, outcome)))
+            }
+            Deferred::Prepare { id, wait, then } => {
+                let result = match wait.await {
+                    Ok(()) => self.after_prepare(id, *then),
+                    Err(e) => Err(e),
+                };
+                (id, result)
             }
         };
         match result {
             Ok(()) => Ok(()),
             Err(err) => self.answer_error(id, err),
+        }
+    }
+
+    /// A subscribe the plugins allowed: waits for the channel's log when it must load
+    /// first, then joins.
+    async fn prepared_join(
+        &mut self,
+        id: Option<u64>,
+        channel: ChannelName,
+        ns: Arc<Namespace>,
+        recover: Option<StreamPosition>,
+    ) -> Result<(), ErrorReply> {
+        if let Some(wait) = self.node.log.prepare(&ns, &channel) {
+            wait.await?;
+        }
+        self.join(id, channel, ns, recover.as_ref())
+    }
+
+    fn after_prepare(&mut self, id: Option<u64>, then: AfterPrepare) -> Result<(), ErrorReply> {
+        match then {
+            AfterPrepare::Join {
+                channel,
+                ns,
+                recover,
+            } => self.join(id, channel, ns, recover.as_ref()),
+            AfterPrepare::History {
+                channel,
+                ns,
+                limit,
+                since,
+            } => self.read_history(id, &channel, &ns, limit, since.as_ref()),
         }
     }
 
@@ -217,7 +289,7 @@ impl Session {
                 channel,
                 limit,
                 since,
-            } => self.history(id, &channel, limit, since.as_ref()),
+            } => return self.history(id, &channel, limit, since),
             RequestBody::Presence { channel } => self.presence(id, &channel),
             RequestBody::Refresh { token } => self.refresh(id, &token),
             RequestBody::Ping => {
@@ -248,6 +320,18 @@ impl Session {
                 ns,
                 recover,
                 conn: conn.clone(),
+            }));
+        }
+        if let Some(wait) = self.node.log.prepare(&ns, &channel) {
+            let then = AfterPrepare::Join {
+                channel,
+                ns,
+                recover,
+            };
+            return Ok(Some(Deferred::Prepare {
+                id,
+                wait,
+                then: Box::new(then),
             }));
         }
         self.join(id, channel, ns, recover.as_ref()).map(|()| None)
@@ -318,28 +402,44 @@ impl Session {
             key,
         })?;
         match step {
-            Step::Done(accepted) => {
-                self.reply_published(id, &accepted);
+            Step::Done(outcome) => {
+                self.answer_published(id, outcome);
                 Ok(None)
             }
             Step::Plugins(pending) => Ok(Some(Deferred::Publish { id, pending })),
         }
     }
 
-    fn reply_published(&self, id: Option<u64>, accepted: &publish::Accepted) {
-        #[derive(Serialize)]
-        struct Published<'a> {
-            channel: &'a str,
-            offset: u64,
+    /// Answers a publish: now, or (a cluster's log) once it is stored, from a task of its
+    /// own so the session goes on reading meanwhile. Such a `published` (or `unavailable`)
+    /// may come after replies to later requests: clients match replies by `id`.
+    fn answer_published(&self, id: Option<u64>, outcome: publish::Outcome) {
+        match outcome {
+            publish::Outcome::Now(accepted) => {
+                if id.is_some() {
+                    self.node.metrics.frames_sent("published", 1);
+                    self.push(published_frame(id, &accepted));
+                }
+            }
+            publish::Outcome::Later(later) => {
+                let handle = self.handle.clone();
+                let metrics = self.node.metrics.clone();
+                self.node.tasks.spawn(async move {
+                    let frame = match later.await {
+                        Ok(_) if id.is_none() => return,
+                        Ok(accepted) => {
+                            metrics.frames_sent("published", 1);
+                            published_frame(id, &accepted)
+                        }
+                        Err(err) => {
+                            metrics.frames_sent("error", 1);
+                            protocol::error_reply(id, &err)
+                        }
+                    };
+                    handle.outbound.push(frame);
+                });
+            }
         }
-        self.reply(
-            id,
-            "published",
-            Published {
-                channel: accepted.channel.as_str(),
-                offset: accepted.offset,
-            },
-        );
     }
 
     fn history(
@@ -347,11 +447,36 @@ impl Session {
         id: Option<u64>,
         channel: &str,
         limit: Option<usize>,
-        since: Option<&StreamPosition>,
-    ) -> Result<(), ErrorReply> {
+        since: Option<StreamPosition>,
+    ) -> Result<Option<Deferred>, ErrorReply> {
         let (channel, ns) = access::resolve(&self.node.namespaces, channel)?;
         access::can_subscribe(&ns, &channel, &self.claims)?;
-        let reply = reads::history(&self.node.hub, &ns, &channel, id, limit, since)?;
+        if let Some(wait) = self.node.log.prepare(&ns, &channel) {
+            let then = AfterPrepare::History {
+                channel,
+                ns,
+                limit,
+                since,
+            };
+            return Ok(Some(Deferred::Prepare {
+                id,
+                wait,
+                then: Box::new(then),
+            }));
+        }
+        self.read_history(id, &channel, &ns, limit, since.as_ref())
+            .map(|()| None)
+    }
+
+    fn read_history(
+        &self,
+        id: Option<u64>,
+        channel: &ChannelName,
+        ns: &Namespace,
+        limit: Option<usize>,
+        since: Option<&StreamPosition>,
+    ) -> Result<(), ErrorReply> {
+        let reply = reads::history(&self.node.hub, ns, channel, id, limit, since)?;
         if id.is_some() {
             self.push(reply);
         }
@@ -361,10 +486,27 @@ impl Session {
     fn presence(&self, id: Option<u64>, channel: &str) -> Result<(), ErrorReply> {
         let (channel, ns) = access::resolve(&self.node.namespaces, channel)?;
         access::can_subscribe(&ns, &channel, &self.claims)?;
-        let reply = reads::presence(&self.node.hub, &ns, &channel, id)?;
-        if id.is_some() {
-            self.node.metrics.frames_sent("presence", 1);
-            self.push(reply);
+        reads::presence_enabled(&ns)?;
+        if id.is_none() {
+            return Ok(());
+        }
+        match self.node.presence.list(&channel) {
+            PresenceList::Now(members) => {
+                self.node.metrics.frames_sent("presence", 1);
+                self.push(reads::presence_reply(&channel, id, &members));
+            }
+            PresenceList::Later(later) => {
+                // Other nodes answer: from a task of its own, the session reads on.
+                let handle = self.handle.clone();
+                let metrics = self.node.metrics.clone();
+                self.node.tasks.spawn(async move {
+                    let members = later.await;
+                    metrics.frames_sent("presence", 1);
+                    handle
+                        .outbound
+                        .push(reads::presence_reply(&channel, id, &members));
+                });
+            }
         }
         Ok(())
     }
