@@ -210,6 +210,11 @@ async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "draining", "reason": "the server is shutting down"})),
         )
+    } else if let Some(reason) = node.cluster.as_ref().and_then(|c| c.not_ready()) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": reason})),
+        )
     } else {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use crate::admin::config::ApiConfig;
 pub use crate::auth::{AuthConfig, TokenAlgorithm};
 pub use crate::channel::NamespaceConfig;
+pub use crate::cluster::ClusterConfig;
 pub use crate::history::HistoryConfig;
 pub use crate::limits::{ConnectionsConfig, LimitsConfig, RateLimitsConfig};
 pub use crate::logging::{LogConfig, LogFormat};
@@ -57,6 +58,8 @@ pub struct Config {
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
     pub plugins: PluginsConfig,
+    /// Joining other nodes through NATS; with no `nats_url`, a single node in memory.
+    pub cluster: ClusterConfig,
     /// Which namespace's settings apply to channel names without `:` (empty: such names
     /// answer `not_found`).
     pub default_namespace: String,
@@ -119,6 +122,7 @@ impl Default for Config {
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
             plugins: PluginsConfig::default(),
+            cluster: ClusterConfig::default(),
             default_namespace: String::new(),
             namespaces,
         }
@@ -239,6 +243,8 @@ impl Config {
             .iter()
             .map(|(ns, c)| (ns.as_str(), c.plugins.as_slice()));
         self.plugins.validate(bindings, &mut p);
+        self.cluster
+            .validate(self.namespaces.keys().map(String::as_str), &mut p);
         self.validate_default_namespace(&mut p);
         for (name, ns) in &self.namespaces {
             ns.validate(name, &mut p);

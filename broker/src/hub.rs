@@ -359,6 +359,23 @@ impl Hub {
         delivered
     }
 
+    /// Closes the connections of the channel's subscribers here (after what they have
+    /// queued); returns how many.
+    pub fn disconnect_subscribers(
+        &self,
+        channel: &ChannelName,
+        disconnect: &protocol::Disconnect,
+    ) -> usize {
+        let shard = self.shard(channel).lock();
+        let Some(subs) = shard.channels.get(channel) else {
+            return 0;
+        };
+        for peer in subs.values() {
+            peer.outbound.close(disconnect.clone());
+        }
+        subs.len()
+    }
+
     /// Queues a frame for the channel's subscribers here (another node's `join`/`leave`).
     pub fn push(&self, channel: &ChannelName, frame: &EncodedFrame) {
         let shard = self.shard(channel).lock();

@@ -65,6 +65,8 @@ pub enum PublicationSource {
     Api = 1,
     /// Emitted by a plugin beside the publication it was handling.
     Plugin = 2,
+    /// NATS ingress (`<prefix>.api.publish`).
+    Nats = 3,
 }
 
 /// Why a history stream was evicted: the `reason` label of
@@ -72,13 +74,14 @@ pub enum PublicationSource {
 pub const EVICTION_REASONS: [&str; 2] = ["streams", "bytes"];
 
 impl PublicationSource {
-    pub const ALL: [Self; 3] = [Self::Client, Self::Api, Self::Plugin];
+    pub const ALL: [Self; 4] = [Self::Client, Self::Api, Self::Plugin, Self::Nats];
 
     pub fn label(self) -> &'static str {
         match self {
             Self::Client => "client",
             Self::Api => "api",
             Self::Plugin => "plugin",
+            Self::Nats => "nats",
         }
     }
 }
@@ -93,7 +96,7 @@ pub struct Metrics {
     publications: IntCounterVec,
     /// Children resolved once, for the per-frame and per-publication paths.
     received_by_type: Vec<IntCounter>,
-    published_by_source: [IntCounter; 3],
+    published_by_source: [IntCounter; 4],
     messages_sent: IntCounter,
     pub deliveries: IntCounter,
     pub publish_latency: Histogram,
@@ -133,6 +136,13 @@ impl Default for Metrics {
 impl Metrics {
     // Long on purpose: one declaration per metric (name, help, labels) in one list, so
     // every metric the broker exports reads in one place; each is one statement.
+    /// Registers a collector of another module (the cluster link's metrics).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        self.registry
+            .register(collector)
+            .expect("metric names are unique");
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new();
         let frames_received = IntCounterVec::new(
@@ -148,7 +158,7 @@ impl Metrics {
         let publications = IntCounterVec::new(
             opts(
                 "publications_total",
-                "Publications accepted, by source (client, api, plugin: emitted by a plugin).",
+                "Publications accepted, by source (client, api, plugin: emitted by a plugin, nats: NATS ingress).",
             ),
             &["source"],
         )

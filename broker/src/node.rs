@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Claims, Revocations, Verifier};
 use crate::channel::Namespaces;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::history::{HistoryStore, MemoryHistory};
 use crate::hub::{Hub, JoinLeaveCap};
@@ -95,6 +96,8 @@ pub struct Node {
     pub registry: Registry,
     pub revocations: Revocations,
     pub keys: ApiKeys,
+    /// The NATS link, in a cluster.
+    pub cluster: Option<Arc<Cluster>>,
     next_key: AtomicU64,
 }
 
@@ -110,6 +113,7 @@ impl Node {
             metrics,
             plugins,
             Revocations::default(),
+            None,
         )
     }
 
@@ -122,24 +126,36 @@ impl Node {
         metrics: Arc<Metrics>,
         plugins: Arc<Plugins>,
         revocations: Revocations,
+        cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
-        let history: Arc<dyn HistoryStore> = Arc::new(MemoryHistory::from_config(&config.history));
+        // In a cluster this node's history is a replica of the channels it serves.
+        let history: Arc<dyn HistoryStore> = match cluster {
+            Some(_) => Arc::new(MemoryHistory::replica(&config.history)),
+            None => Arc::new(MemoryHistory::from_config(&config.history)),
+        };
         let namespaces = Arc::new(Namespaces::new(
             &config.namespaces,
             &config.default_namespace,
         ));
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limits, &config.namespaces));
-        let hub = Arc::new(
-            Hub::new(history)
-                .with_max_reply_bytes(config.limits.max_reply_bytes)
-                .with_join_leave_cap(JoinLeaveCap {
-                    limits: rate_limits.clone(),
-                    skipped: metrics.join_leave_skipped.clone(),
-                }),
-        );
+        let mut hub = Hub::new(history)
+            .with_max_reply_bytes(config.limits.max_reply_bytes)
+            .with_join_leave_cap(JoinLeaveCap {
+                limits: rate_limits.clone(),
+                skipped: metrics.join_leave_skipped.clone(),
+            });
+        if let Some(cluster) = &cluster {
+            hub = hub.with_announce(cluster.clone());
+        }
+        let hub = Arc::new(hub);
         let shutdown = CancellationToken::new();
-        let log: Arc<dyn Sequencer> = Arc::new(Local::new(hub.clone()));
-        let presence: Arc<dyn Presence> = Arc::new(LocalPresence::new(hub.clone()));
+        let (log, presence): (Arc<dyn Sequencer>, Arc<dyn Presence>) = match &cluster {
+            Some(cluster) => (cluster.clone(), cluster.clone()),
+            None => (
+                Arc::new(Local::new(hub.clone())),
+                Arc::new(LocalPresence::new(hub.clone())),
+            ),
+        };
         let pipeline = Pipeline::new(
             log.clone(),
             namespaces.clone(),
@@ -149,10 +165,9 @@ impl Node {
             &config.limits,
             shutdown.clone(),
         );
-        let name = if config.node_name.is_empty() {
-            default_node_name()
-        } else {
-            config.node_name.clone()
+        let name = match &cluster {
+            Some(cluster) => cluster.name().to_string(),
+            None => node_name(&config),
         };
         Arc::new(Self {
             name,
@@ -173,6 +188,7 @@ impl Node {
             registry: Registry::default(),
             revocations,
             keys,
+            cluster,
             next_key: AtomicU64::new(1),
         })
     }
@@ -198,6 +214,15 @@ impl Node {
     /// Whether shutdown has begun.
     pub fn draining(&self) -> bool {
         self.shutdown.is_cancelled()
+    }
+}
+
+/// `node_name`, or the host name plus a random suffix.
+pub fn node_name(config: &Config) -> String {
+    if config.node_name.is_empty() {
+        default_node_name()
+    } else {
+        config.node_name.clone()
     }
 }
 

@@ -38,6 +38,8 @@ pub enum Source<'a> {
         conn: Option<&'a Arc<PluginConn>>,
     },
     Api,
+    /// NATS ingress (`<prefix>.api.publish`): trusted like the server API.
+    Nats,
 }
 
 impl Source<'_> {
@@ -46,6 +48,7 @@ impl Source<'_> {
         match self {
             Self::Client { .. } => PublicationSource::Client,
             Self::Api => PublicationSource::Api,
+            Self::Nats => PublicationSource::Nats,
         }
     }
 
@@ -53,14 +56,14 @@ impl Source<'_> {
     fn publisher(&self) -> Publisher {
         match self {
             Self::Client { user, .. } => Publisher::User(Arc::clone(user)),
-            Self::Api => Publisher::Api,
+            Self::Api | Self::Nats => Publisher::Api,
         }
     }
 
     pub fn user(&self) -> Option<&str> {
         match self {
             Self::Client { claims, .. } => Some(&claims.sub),
-            Self::Api => None,
+            Self::Api | Self::Nats => None,
         }
     }
 }
@@ -533,12 +536,13 @@ impl Sequenced {
 fn plugin_state(req: &PublishRequest<'_>, channel: &ChannelName) -> PublicationState {
     let (user, connection) = match req.source {
         Source::Client { user, conn, .. } => (Some(user.clone()), conn.cloned()),
-        Source::Api => (None, None),
+        Source::Api | Source::Nats => (None, None),
     };
     PublicationState {
         source: match req.source {
             Source::Client { .. } => PublishSource::Client,
             Source::Api => PublishSource::Api,
+            Source::Nats => PublishSource::Nats,
         },
         channels: vec![channel.as_str().to_string()],
         user,

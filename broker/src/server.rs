@@ -2,8 +2,13 @@
 //!
 //! Shutdown order: cancel the node's token (listeners stop accepting, `/ready` answers 503,
 //! every session queues `disconnect` 1012 behind what it already had queued) → wait for
-//! the connection tasks to flush and close, at most `shutdown.drain_ms` → stop the admin
-//! listener → return.
+//! the connection tasks to flush and close, at most `shutdown.drain_ms` → stop the
+//! cluster link (NATS connections flushed) → stop the sweeper and the admin listener →
+//! return.
+//!
+//! Start order: plugins and the cluster link's connections (`bind`), then in `run` the
+//! plugin watcher, the admin listener, the sweeper, the cluster link's tasks, and last
+//! the client listener.
 
 pub mod config;
 
@@ -47,8 +52,26 @@ impl Server {
         if !revocations.persistent() {
             tracing::warn!("data_dir is empty: revocations end when the process does");
         }
+        let cluster = match config.cluster.enabled() {
+            true => {
+                let name = crate::node::node_name(&config);
+                let cluster = crate::cluster::Cluster::connect(&config, &name, &metrics).await?;
+                tracing::info!(node = %name, nats = ?config.cluster.nats_url, "Joining a cluster through NATS");
+                Some(cluster)
+            }
+            false => None,
+        };
+        let node = Node::with_plugins(
+            config,
+            verifier,
+            keys,
+            metrics,
+            plugins,
+            revocations,
+            cluster,
+        );
         Ok(Self {
-            node: Node::with_plugins(config, verifier, keys, metrics, plugins, revocations),
+            node,
             ws_listener,
             admin_listener,
         })
@@ -89,6 +112,9 @@ impl Server {
             })
         };
         let sweeper = tokio::spawn(sweep(node.clone()));
+        if let Some(cluster) = &node.cluster {
+            cluster.start(&node);
+        }
         ws::serve(self.ws_listener, node.clone()).await;
 
         // The token is cancelled: sessions are closing with 1012 after flushing.
@@ -111,6 +137,11 @@ impl Server {
                 connections = node.connections.open(),
                 "Drain deadline passed; closing the remaining connections"
             );
+        }
+        // The sessions are gone (their last publications were answered and their leaves
+        // announced): the cluster link goes next.
+        if let Some(cluster) = &node.cluster {
+            cluster.stop().await;
         }
         sweeper.abort();
         admin_stop.cancel();

@@ -168,13 +168,30 @@ pub(super) struct UserBody {
     user: String,
 }
 
-/// `POST /api/disconnect`: closes the user's connections on this node with 4003.
+/// `POST /api/disconnect`: closes the user's connections with 4003 (in a cluster, on
+/// every node).
 pub(super) async fn disconnect(
     State(node): State<Arc<Node>>,
     ApiJson(body): ApiJson<UserBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let n = close_user(&node, &body.user, "disconnected by an operator");
+    const REASON: &str = "disconnected by an operator";
+    let n = match &node.cluster {
+        Some(cluster) if cluster.not_ready().is_none() => {
+            cluster.disconnect(&body.user, REASON).await
+        }
+        _ => close_user(&node, &body.user, REASON),
+    };
     Ok(Json(json!({ "disconnected": n })))
+}
+
+/// `unavailable`: the cluster could not store a revocation change.
+fn cluster_unavailable(what: &str, e: &anyhow::Error) -> ApiError {
+    tracing::error!(error = %e, "Cannot store a revocation change in the cluster");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unavailable,
+        format!("{what} holds on this node but could not be stored for the cluster ({e}); retry"),
+    )
 }
 
 #[derive(Deserialize)]
@@ -201,7 +218,17 @@ pub(super) async fn revoke(
         tracing::error!(error = %e, "Cannot save the revocation list; the revocation holds until this process ends");
     }
     tracing::info!(user = ?body.user, until = body.until, "Operator revoked a user's tokens");
-    let closed = close_user(&node, &body.user, "the token was revoked by an operator");
+    const REASON: &str = "the token was revoked by an operator";
+    let closed = match &node.cluster {
+        Some(cluster) => {
+            cluster
+                .revoke(&body.user, now_s, body.until)
+                .await
+                .map_err(|e| cluster_unavailable("the revocation", &e))?;
+            close_user(&node, &body.user, REASON) + cluster.disconnect(&body.user, REASON).await
+        }
+        None => close_user(&node, &body.user, REASON),
+    };
     // The spec's answer is `{}`; the fields say what happened and what comes next.
     Ok(Json(json!({
         "user": body.user,
@@ -238,6 +265,12 @@ pub(super) async fn unrevoke(
             "the revocation was lifted in memory but the list could not be saved; retry",
         )
     })?;
+    if let Some(cluster) = &node.cluster {
+        cluster
+            .unrevoke(&body.user)
+            .await
+            .map_err(|e| cluster_unavailable("lifting the revocation", &e))?;
+    }
     tracing::info!(user = ?body.user, lifted, "Operator lifted a user's revocation");
     Ok(Json(json!({ "user": body.user, "lifted": lifted })))
 }
@@ -296,17 +329,46 @@ pub(super) async fn history(
     Ok(frame_response(frame))
 }
 
-/// `GET /api/channels`
+#[derive(Deserialize)]
+pub(super) struct ScopeQuery {
+    scope: Option<String>,
+}
+
+/// `GET /api/channels[?scope=node|cluster]`
 pub(super) async fn channels(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    q: Result<Query<ScopeQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&node, &headers, Scope::Api)?;
-    let list: Vec<Value> = node
-        .hub
-        .channels()
-        .into_iter()
-        .map(|(c, n)| json!({"channel": c.as_str(), "subscribers": n}))
-        .collect();
+    let q = query(q)?;
+    let cluster = match (&node.cluster, q.scope.as_deref()) {
+        (_, None | Some("node")) => None,
+        (Some(cluster), Some("cluster")) => Some(cluster),
+        (None, Some("cluster")) => {
+            return Err(ApiError::bad_request(
+                "scope=cluster needs a cluster ([cluster] nats_url); this node runs alone",
+            ));
+        }
+        (_, Some(other)) => {
+            return Err(ApiError::bad_request(format!(
+                "scope={other:?}: use node (this node, the default) or cluster"
+            )));
+        }
+    };
+    let list: Vec<Value> = match cluster {
+        Some(cluster) => cluster
+            .channels()
+            .await
+            .into_iter()
+            .map(|(c, n)| json!({"channel": c, "subscribers": n}))
+            .collect(),
+        None => node
+            .hub
+            .channels()
+            .into_iter()
+            .map(|(c, n)| json!({"channel": c.as_str(), "subscribers": n}))
+            .collect(),
+    };
     Ok(Json(json!({ "channels": list })))
 }

@@ -15,7 +15,12 @@ pub const RESERVED: &[&str] = &[
     "HOOKWIRE_JWT_SECRET",
     "HOOKWIRE_API_KEY",
     "HOOKWIRE_ADMIN_KEY",
+    "HOOKWIRE_NATS_TOKEN",
+    "HOOKWIRE_NATS_PASSWORD",
 ];
+
+/// Names from `server-api.md` for keys whose generated name differs.
+const ALIASES: &[(&str, &str)] = &[("HOOKWIRE_NATS_URL", "HOOKWIRE_CLUSTER_NATS_URL")];
 
 /// A snapshot of the `HOOKWIRE_*` variables (tests build one by hand).
 #[derive(Clone, Debug, Default)]
@@ -76,8 +81,15 @@ impl EnvOverrides {
         let mut applied = Vec::new();
         for (path, kind) in leaves {
             let var = var_name(&path);
-            let Some(raw) = self.vars.get(&var) else {
-                continue;
+            let alias = ALIASES.iter().find(|(_, key)| *key == var).map(|(a, _)| *a);
+            // The key's own variable wins over its alias.
+            let (var, raw) = match (self.vars.get(&var), alias) {
+                (Some(raw), _) => (var, raw),
+                (None, Some(alias)) => match self.vars.get(alias) {
+                    Some(raw) => (alias.to_string(), raw),
+                    None => continue,
+                },
+                (None, None) => continue,
             };
             let value = parse_as(kind, raw).map_err(|message| Error::Env {
                 var: var.clone(),

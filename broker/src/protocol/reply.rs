@@ -196,7 +196,7 @@ pub fn history_reply(id: Option<u64>, channel: &str, r: &Recovery<'_>) -> Encode
 }
 
 /// One member of a channel's presence.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PresenceEntry {
     pub client: String,
     pub user: String,

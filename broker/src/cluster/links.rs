@@ -1,0 +1,486 @@
+//! Channel links: this node's NATS interest in a channel, held while it has local
+//! subscribers (and `cluster.linger_ms` after the last one leaves, or after a read).
+//!
+//! A link is one task: it subscribes to `P.d.<ns>.<channel>` on the delivery connection,
+//! then (history namespaces) loads the channel's stream into the node's replica once,
+//! and from then on hands every message to [`Hub::deliver`](crate::hub::Hub::deliver) in
+//! stream order. Each republished message names the previous sequence of its channel:
+//! when that is past what the replica holds, something was missed (a reconnect, a slow
+//! consumer) and the link reads the stream from its top before it goes on. So a
+//! thousand subscribers recovering one channel on a node cost one stream read, and none
+//! of them sees a gap.
+//!
+//! Locks: links map → hub shard → history shard. The link task is the only writer of its
+//! channel's replica.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::header::{NATS_LAST_SEQUENCE, NATS_SEQUENCE};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::stream::Stream;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
+
+use super::{Cluster, epoch_of, unavailable, wire};
+use crate::channel::{ChannelName, Namespace};
+use crate::history::{Restored, Sequenced};
+use crate::hub::{Delivery, policy};
+use crate::node::Node;
+use crate::protocol::{self, CloseCode, Disconnect, EncodedFrame, PublicationFields, now_ms};
+use crate::sequencer::Prepare;
+
+type Ready = Option<Result<(), String>>;
+
+/// Every channel link of this node.
+#[derive(Default)]
+pub(super) struct Links {
+    map: Mutex<HashMap<ChannelName, Arc<Link>>>,
+    /// Delivery-connection subscription ids → channel, for slow-consumer events. The
+    /// client numbers subscriptions 1, 2, 3… in the order they are made, and only links
+    /// subscribe on that connection, so subscribing is serialized here.
+    sids: Mutex<HashMap<u64, ChannelName>>,
+    subscribing: tokio::sync::Mutex<u64>,
+}
+
+struct Link {
+    ns: Arc<Namespace>,
+    channel: ChannelName,
+    ready: watch::Receiver<Ready>,
+    /// When a subscribe or read last wanted the channel (Unix ms).
+    wanted_ms: AtomicU64,
+    /// Read the stream again (a reconnect or a slow consumer).
+    resync: Notify,
+    /// A slow consumer dropped messages of this link.
+    dropped: AtomicBool,
+}
+
+/// Where a history link's replica stands.
+struct Position {
+    epoch: Arc<str>,
+    top: u64,
+}
+
+impl Links {
+    /// Gets the channel's link (starting it when there is none) and, until its stream is
+    /// loaded, a wait for it.
+    pub(super) fn prepare(
+        &self,
+        cluster: &Cluster,
+        node: &Arc<Node>,
+        ns: &Arc<Namespace>,
+        channel: &ChannelName,
+    ) -> Prepare {
+        let link = {
+            let mut map = self.map.lock();
+            match map.get(channel) {
+                Some(link) => link.clone(),
+                None => {
+                    let cluster = cluster.this()?;
+                    let (tx, rx) = watch::channel(None);
+                    let link = Arc::new(Link {
+                        ns: ns.clone(),
+                        channel: channel.clone(),
+                        ready: rx,
+                        wanted_ms: AtomicU64::new(now_ms()),
+                        resync: Notify::new(),
+                        dropped: AtomicBool::new(false),
+                    });
+                    map.insert(channel.clone(), link.clone());
+                    cluster.metrics.links.inc();
+                    tokio::spawn(run(cluster, node.clone(), link.clone(), tx));
+                    link
+                }
+            }
+        };
+        link.wanted_ms.store(now_ms(), Ordering::Relaxed);
+        if let Some(Ok(())) = *link.ready.borrow() {
+            return None;
+        }
+        let mut ready = link.ready.clone();
+        let timeout = cluster.timeout();
+        Some(Box::pin(async move {
+            let waited = tokio::time::timeout(timeout, ready.wait_for(Option::is_some)).await;
+            match waited {
+                Ok(Ok(r)) => match &*r {
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(e)) => Err(unavailable(e.clone())),
+                    None => unreachable!("waited for Some"),
+                },
+                Ok(Err(_)) => Err(unavailable("the cluster link stopped; retry")),
+                Err(_) => Err(unavailable(format!(
+                    "this channel's stream could not be read from NATS within {} ms; retry shortly",
+                    timeout.as_millis()
+                ))),
+            }
+        }))
+    }
+
+    /// Every link reads its stream again (after a reconnect).
+    pub(super) fn resync_all(&self) {
+        for link in self.map.lock().values() {
+            link.resync.notify_one();
+        }
+    }
+
+    /// NATS dropped messages for subscription `sid`: its link catches up (or, without
+    /// history, tells its subscribers to recover). Returns the channel.
+    pub(super) fn on_slow_consumer(&self, sid: u64) -> Option<ChannelName> {
+        let channel = self.sids.lock().get(&sid).cloned();
+        let map = self.map.lock();
+        match channel.as_ref().and_then(|c| map.get(c)) {
+            Some(link) => {
+                link.dropped.store(true, Ordering::Release);
+                link.resync.notify_one();
+            }
+            // Not known: every link checks itself.
+            None => {
+                for link in map.values() {
+                    link.dropped.store(true, Ordering::Release);
+                    link.resync.notify_one();
+                }
+            }
+        }
+        channel
+    }
+
+    /// Ends the link when nobody here needs it any more; under the map's lock, so no
+    /// subscribe can start meanwhile. Its replica is dropped first.
+    fn try_end(&self, node: &Node, link: &Link, linger_ms: u64, force: bool) -> bool {
+        let mut map = self.map.lock();
+        let wanted = now_ms().saturating_sub(link.wanted_ms.load(Ordering::Relaxed)) < linger_ms;
+        if !force && (wanted || node.hub.has_subscribers(&link.channel)) {
+            return false;
+        }
+        node.hub.history().forget(&link.channel);
+        map.remove(&link.channel);
+        true
+    }
+}
+
+/// A link's task. See the module doc.
+async fn run(cluster: Arc<Cluster>, node: Arc<Node>, link: Arc<Link>, ready: watch::Sender<Ready>) {
+    let ended = serve(&cluster, &node, &link, &ready).await;
+    if let Err(e) = ended {
+        tracing::warn!(channel = %link.channel, error = %e, "Channel link failed");
+        let _ = ready.send(Some(Err(format!(
+            "this channel cannot be served from the cluster now ({e}); retry shortly"
+        ))));
+        cluster.links.try_end(&node, &link, 0, true);
+    }
+    cluster.metrics.links.dec();
+}
+
+async fn serve(
+    cluster: &Arc<Cluster>,
+    node: &Arc<Node>,
+    link: &Arc<Link>,
+    ready: &watch::Sender<Ready>,
+) -> anyhow::Result<()> {
+    let subject = cluster
+        .subjects
+        .delivered(&link.ns.name, link.channel.as_str());
+    let (mut sub, sid) = {
+        let mut next = cluster.links.subscribing.lock().await;
+        let sub = cluster.delivery.subscribe(subject).await?;
+        *next += 1;
+        cluster
+            .links
+            .sids
+            .lock()
+            .insert(*next, link.channel.clone());
+        (sub, *next)
+    };
+    let result = async {
+        let mut position = match link.ns.keeps_history() {
+            true => Some(load(cluster, node, link).await?),
+            false => None,
+        };
+        let _ = ready.send(Some(Ok(())));
+        let linger = cluster.config.linger_ms;
+        let mut tick = tokio::time::interval(Duration::from_millis((linger / 2).max(100)));
+        let mut behind = false;
+        loop {
+            tokio::select! {
+                _ = cluster.stop.cancelled() => return Ok(()),
+                msg = sub.next() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    cluster.metrics.messages.with_label_values(&["in"]).inc();
+                    behind |= !on_message(cluster, node, link, position.as_mut(), msg).await;
+                }
+                _ = link.resync.notified() => behind = true,
+                _ = tick.tick() => {
+                    if cluster.links.try_end(node, link, linger, false) {
+                        return Ok(());
+                    }
+                }
+            }
+            if behind {
+                behind = !catch_up(cluster, node, link, position.as_mut()).await;
+            }
+        }
+    }
+    .await;
+    cluster.links.sids.lock().remove(&sid);
+    let _ = sub.unsubscribe().await;
+    result
+}
+
+/// Handles one message; `false` when the link fell behind (it must catch up).
+async fn on_message(
+    cluster: &Cluster,
+    node: &Node,
+    link: &Link,
+    position: Option<&mut Position>,
+    msg: async_nats::Message,
+) -> bool {
+    let headers = msg.headers.as_ref();
+    if headers.is_some_and(|h| h.get(wire::PUSH_HEADER).is_some()) {
+        match String::from_utf8(msg.payload.to_vec()) {
+            Ok(json) => node.hub.push(&link.channel, &EncodedFrame::from_json(json)),
+            Err(_) => cluster.metrics.errors.with_label_values(&["decode"]).inc(),
+        }
+        return true;
+    }
+    let Some(position) = position else {
+        deliver(cluster, node, link, None, 0, &msg.payload);
+        return true;
+    };
+    let number = |name| {
+        headers
+            .and_then(|h| h.get(name))
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+    };
+    let (Some(seq), Some(last)) = (number(NATS_SEQUENCE), number(NATS_LAST_SEQUENCE)) else {
+        cluster.metrics.errors.with_label_values(&["decode"]).inc();
+        return true;
+    };
+    if seq <= position.top {
+        return true;
+    }
+    if last > position.top {
+        // A publication of this channel before this one never arrived.
+        return false;
+    }
+    deliver(
+        cluster,
+        node,
+        link,
+        Some(&position.epoch),
+        seq,
+        &msg.payload,
+    );
+    position.top = seq;
+    true
+}
+
+/// Encodes the `message` push once and hands it to the hub.
+fn deliver(
+    cluster: &Cluster,
+    node: &Node,
+    link: &Link,
+    epoch: Option<&Arc<str>>,
+    offset: u64,
+    payload: &[u8],
+) {
+    let Some(frame) = encode(cluster, link, offset, payload) else {
+        return;
+    };
+    let delivery = Delivery {
+        epoch: epoch.cloned(),
+        offset,
+        ts_ms: frame.1,
+        frame: frame.0,
+    };
+    let delivered = node.hub.deliver(&link.ns, &link.channel, delivery);
+    node.metrics.frames_sent("message", delivered as u64);
+}
+
+fn encode(
+    cluster: &Cluster,
+    link: &Link,
+    offset: u64,
+    payload: &[u8],
+) -> Option<(EncodedFrame, u64)> {
+    match wire::decode(payload) {
+        Ok(w) => {
+            let frame = protocol::encode_message(&PublicationFields {
+                channel: link.channel.as_str(),
+                offset,
+                ts: w.t,
+                user: w.u,
+                data: w.d,
+                meta: w.m,
+            });
+            Some((frame, w.t))
+        }
+        Err(e) => {
+            cluster.metrics.errors.with_label_values(&["decode"]).inc();
+            tracing::warn!(channel = %link.channel, error = %e, "A publication from NATS was not understood; skipped");
+            None
+        }
+    }
+}
+
+/// Loads the channel's stream into the replica (under the channel's lock).
+async fn load(cluster: &Cluster, node: &Node, link: &Link) -> anyhow::Result<Position> {
+    let (stream, epoch, last) = open_stream(cluster, &link.ns.name).await?;
+    let subject = cluster
+        .subjects
+        .stored(&link.ns.name, link.channel.as_str());
+    let read = read(cluster, &stream, subject, None).await?;
+    // Read after the messages: what was dropped since is below it (retention drops the
+    // oldest first), so a recovery from below it is refused rather than given a gap.
+    let first = stream.get_info().await?.state.first_sequence;
+    let size = link.ns.config.history_size;
+    let floor = match read.first() {
+        Some(&(seq, _)) if read.len() >= size => seq,
+        _ => first.saturating_sub(1),
+    };
+    let top = read.last().map_or(0, |&(seq, _)| seq).max(last);
+    let publications = read
+        .iter()
+        .filter_map(|(seq, payload)| {
+            let (frame, ts_ms) = encode(cluster, link, *seq, payload)?;
+            Some(Sequenced {
+                epoch: epoch.clone(),
+                offset: *seq,
+                ts_ms,
+                frame,
+            })
+        })
+        .collect();
+    let restored = Restored {
+        epoch: epoch.clone(),
+        floor,
+        top,
+        publications,
+    };
+    let hub = &node.hub;
+    hub.with_channel_locked(&link.channel, || {
+        hub.history()
+            .restore(&link.channel, policy(&link.ns), now_ms(), restored)
+    });
+    Ok(Position { epoch, top })
+}
+
+/// The namespace's stream, its epoch and its last sequence.
+async fn open_stream(cluster: &Cluster, ns: &str) -> anyhow::Result<(Stream, Arc<str>, u64)> {
+    if cluster.epoch(ns).is_none() {
+        anyhow::bail!("the JetStream streams are not set up yet");
+    }
+    let stream = cluster.js.get_stream(cluster.subjects.stream(ns)).await?;
+    let info = stream.get_info().await?;
+    Ok((stream, epoch_of(&info), info.state.last_sequence))
+}
+
+/// Reads the subject's messages (from `start`, or all the stream keeps) in order.
+async fn read(
+    cluster: &Cluster,
+    stream: &Stream,
+    subject: String,
+    start: Option<u64>,
+) -> anyhow::Result<Vec<(u64, Bytes)>> {
+    cluster.metrics.stream_reads.inc();
+    let deliver_policy = match start {
+        Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+        None => DeliverPolicy::All,
+    };
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subject,
+            deliver_policy,
+            ..Default::default()
+        })
+        .await?;
+    let mut out = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await?;
+    loop {
+        let next = tokio::time::timeout(cluster.timeout(), messages.next()).await;
+        let Some(message) = next.map_err(|_| anyhow::anyhow!("reading the stream timed out"))?
+        else {
+            break;
+        };
+        let message = message?;
+        let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        out.push((seq, message.payload.clone()));
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Reads what the replica misses from the stream and delivers it, in order; `false`
+/// when NATS could not answer (tried again on the next message, reconnect or tick).
+async fn catch_up(
+    cluster: &Cluster,
+    node: &Node,
+    link: &Link,
+    position: Option<&mut Position>,
+) -> bool {
+    let dropped = link.dropped.swap(false, Ordering::AcqRel);
+    let Some(position) = position else {
+        if dropped {
+            // Nothing to read again without history: the subscribers are told to recover.
+            force_recover(cluster, node, link);
+        }
+        return true;
+    };
+    cluster.metrics.resyncs.inc();
+    let caught_up = async {
+        let (stream, epoch, last) = open_stream(cluster, &link.ns.name).await?;
+        if epoch != position.epoch {
+            // The stream was made anew: offsets start over, so subscribers start over.
+            force_recover(cluster, node, link);
+            *position = load(cluster, node, link).await?;
+            return Ok(());
+        }
+        let subject = cluster
+            .subjects
+            .stored(&link.ns.name, link.channel.as_str());
+        let missed = read(cluster, &stream, subject, Some(position.top + 1)).await?;
+        for (seq, payload) in missed {
+            if seq > position.top {
+                deliver(cluster, node, link, Some(&epoch), seq, &payload);
+                position.top = seq;
+            }
+        }
+        position.top = position.top.max(last);
+        anyhow::Ok(())
+    }
+    .await;
+    match caught_up {
+        Ok(()) => true,
+        Err(e) => {
+            cluster
+                .metrics
+                .errors
+                .with_label_values(&["jetstream"])
+                .inc();
+            tracing::warn!(channel = %link.channel, error = %e, "Cannot read the channel's stream to catch up; trying again");
+            false
+        }
+    }
+}
+
+/// Tells the channel's subscribers here to reconnect and recover.
+fn force_recover(cluster: &Cluster, node: &Node, link: &Link) {
+    let n = node.hub.disconnect_subscribers(
+        &link.channel,
+        &Disconnect::new(
+            CloseCode::Restart,
+            "this node missed publications of a channel you are subscribed to; reconnect and recover",
+        ),
+    );
+    cluster.metrics.forced_recoveries.inc_by(n as u64);
+    tracing::warn!(channel = %link.channel, subscribers = n, "Told the channel's subscribers to reconnect and recover");
+}
