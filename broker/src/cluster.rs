@@ -465,6 +465,9 @@ impl Cluster {
     /// stream), slow consumers.
     async fn event_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<async_nats::Event>) {
         self.metrics.connected.set(i64::from(self.connected()));
+        // NATS reports each dropped message: one warning a second says how many.
+        let mut dropped_since_warning = 0u64;
+        let mut last_warning: Option<std::time::Instant> = None;
         loop {
             let event = tokio::select! {
                 _ = self.stop.cancelled() => return,
@@ -484,8 +487,17 @@ impl Cluster {
                 }
                 async_nats::Event::SlowConsumer(sid) => {
                     self.metrics.slow_consumers.inc();
+                    dropped_since_warning += 1;
                     let channel = self.links.on_slow_consumer(sid);
-                    tracing::warn!(sid, channel = ?channel.as_ref().map(|c| c.as_str()), "NATS slow consumer: messages were dropped for this node; reading the channel again");
+                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        last_warning = Some(std::time::Instant::now());
+                        tracing::warn!(
+                            dropped = dropped_since_warning,
+                            channel = ?channel.as_ref().map(|c| c.as_str()),
+                            "NATS slow consumer: messages were dropped for this node (cluster.subscription_capacity); reading the channel again from its stream"
+                        );
+                        dropped_since_warning = 0;
+                    }
                 }
                 other => tracing::debug!(event = %other, "NATS event"),
             }
@@ -510,15 +522,17 @@ async fn connect_one(
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(|n| Duration::from_millis((n as u64 * 100).clamp(50, 1_000)))
-        .subscription_capacity(c.subscription_capacity as usize)
         .require_tls(c.require_tls);
     if let Some(tx) = events {
-        options = options.no_echo().event_callback(move |event| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(event);
-            }
-        });
+        options = options
+            .no_echo()
+            .subscription_capacity(c.subscription_capacity as usize)
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(event);
+                }
+            });
     }
     if !c.credentials_file.is_empty() {
         options = options

@@ -6,6 +6,7 @@
 //! - `command`: `hookwire` run once as a command ([`run_hookwire`]);
 //! - `client`: the protocol v1 WebSocket [`Client`] and how its connection [`Closed`];
 //! - `raw_client`: a hand-written WebSocket [`RawClient`] that answers nothing by itself;
+//! - `nats`: a real `nats-server` with JetStream ([`TestNats`]) for cluster tests;
 //! - `tokens`: the test [`SECRET`] and the tokens signed with it;
 //! - `wait`: the one bound on every wait ([`WAIT`], [`deadline`]).
 //!
@@ -17,6 +18,7 @@ mod broker;
 mod builder;
 mod client;
 mod command;
+mod nats;
 mod raw_client;
 mod tokens;
 mod wait;
@@ -25,6 +27,7 @@ pub use broker::TestBroker;
 pub use builder::Builder;
 pub use client::Client;
 pub use command::{run_hookwire, run_hookwire_in};
+pub use nats::TestNats;
 pub use raw_client::RawClient;
 pub use tokens::{SECRET, forged_token, now_s, sign_claims, sign_with, spec, token};
 pub use wait::{WAIT, deadline};

@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod channels;
 mod cli;
+mod cluster;
 mod connect;
 mod hardening;
 mod hardening_edge;

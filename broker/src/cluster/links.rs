@@ -13,7 +13,7 @@
 //! Locks: links map → hub shard → history shard. The link task is the only writer of its
 //! channel's replica.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -63,7 +63,27 @@ struct Link {
 struct Position {
     epoch: Arc<str>,
     top: u64,
+    /// Messages that came before one they follow (by their `Nats-Last-Sequence`), by
+    /// sequence, until it comes (or [`REORDER_WAIT`] passes and the stream is read).
+    early: BTreeMap<u64, (u64, Bytes)>,
+    early_since: Option<tokio::time::Instant>,
 }
+
+impl Position {
+    fn new(epoch: Arc<str>, top: u64) -> Self {
+        Self {
+            epoch,
+            top,
+            early: BTreeMap::new(),
+            early_since: None,
+        }
+    }
+}
+
+/// How long a message may wait for the one before it before the stream is read.
+const REORDER_WAIT: Duration = Duration::from_millis(100);
+/// Early messages held at most; past it the stream is read at once.
+const MAX_EARLY: usize = 4_096;
 
 impl Links {
     /// Gets the channel's link (starting it when there is none) and, until its stream is
@@ -205,8 +225,15 @@ async fn serve(
         let mut tick = tokio::time::interval(Duration::from_millis((linger / 2).max(100)));
         let mut behind = false;
         loop {
+            let reorder = position
+                .as_ref()
+                .and_then(|p| p.early_since)
+                .map(|since| since + REORDER_WAIT);
             tokio::select! {
                 _ = cluster.stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(reorder.unwrap_or_else(tokio::time::Instant::now)), if reorder.is_some() => {
+                    behind = true;
+                }
                 msg = sub.next() => {
                     let Some(msg) = msg else { return Ok(()) };
                     cluster.metrics.messages.with_label_values(&["in"]).inc();
@@ -263,8 +290,12 @@ async fn on_message(
         return true;
     }
     if last > position.top {
-        // A publication of this channel before this one never arrived.
-        return false;
+        // The publication before this one has not come (yet): hold this one.
+        position.early.insert(seq, (last, msg.payload));
+        position
+            .early_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        return position.early.len() <= MAX_EARLY;
     }
     deliver(
         cluster,
@@ -275,7 +306,28 @@ async fn on_message(
         &msg.payload,
     );
     position.top = seq;
+    deliver_early(cluster, node, link, position);
     true
+}
+
+/// Delivers the held messages that now follow the replica's top.
+fn deliver_early(cluster: &Cluster, node: &Node, link: &Link, position: &mut Position) {
+    while let Some(entry) = position.early.first_entry() {
+        let (seq, (last, _)) = (*entry.key(), entry.get());
+        if seq <= position.top {
+            entry.remove();
+            continue;
+        }
+        if *last > position.top {
+            break;
+        }
+        let (_, payload) = entry.remove();
+        deliver(cluster, node, link, Some(&position.epoch), seq, &payload);
+        position.top = seq;
+    }
+    if position.early.is_empty() {
+        position.early_since = None;
+    }
 }
 
 /// Encodes the `message` push once and hands it to the hub.
@@ -365,7 +417,7 @@ async fn load(cluster: &Cluster, node: &Node, link: &Link) -> anyhow::Result<Pos
         hub.history()
             .restore(&link.channel, policy(&link.ns), now_ms(), restored)
     });
-    Ok(Position { epoch, top })
+    Ok(Position::new(epoch, top))
 }
 
 /// The namespace's stream, its epoch and its last sequence.
@@ -448,6 +500,15 @@ async fn catch_up(
             .subjects
             .stored(&link.ns.name, link.channel.as_str());
         let missed = read(cluster, &stream, subject, Some(position.top + 1)).await?;
+        // Retention drops the oldest first: below a full subject, or below the stream's
+        // first message, a publication after the replica's top may be gone.
+        let first = stream.get_info().await?.state.first_sequence;
+        tracing::debug!(channel = %link.channel, top = position.top, read = missed.len(), held = position.early.len(), "Catching up from the stream");
+        if missed.len() >= link.ns.config.history_size || first > position.top + 1 {
+            force_recover(cluster, node, link);
+            *position = load(cluster, node, link).await?;
+            return Ok(());
+        }
         for (seq, payload) in missed {
             if seq > position.top {
                 deliver(cluster, node, link, Some(&epoch), seq, &payload);
@@ -455,6 +516,10 @@ async fn catch_up(
             }
         }
         position.top = position.top.max(last);
+        deliver_early(cluster, node, link, position);
+        // What is still held follows a message the stream did not have when read: it
+        // is read again after the next wait.
+        position.early_since = (!position.early.is_empty()).then(tokio::time::Instant::now);
         anyhow::Ok(())
     }
     .await;

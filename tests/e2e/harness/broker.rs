@@ -134,6 +134,14 @@ impl TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
+        // A failing test shows what its brokers warned about.
+        if std::thread::panicking() {
+            for line in self.logs() {
+                if line.contains("\"WARN\"") || line.contains("\"ERROR\"") {
+                    eprintln!("broker {}: {line}", self.ws_addr);
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
