@@ -25,6 +25,7 @@ pub type Ws = WebSocketStream<TcpStream>;
 const TOKEN_TTL: Duration = Duration::from_secs(4 * 3600);
 
 /// How every client of a worker reaches the broker.
+#[derive(Clone)]
 pub struct Dial {
     pub broker: SocketAddr,
     pub url: String,

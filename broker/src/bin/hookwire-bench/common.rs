@@ -19,6 +19,10 @@ pub struct Common {
     /// The broker's WebSocket URL; only 127.0.0.0/8 (or localhost) is accepted.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
+    /// Where publishers connect, when not to --url: another node of a cluster (the
+    /// subscribers stay on --url), to measure cross-node delivery.
+    #[arg(long)]
+    pub publish_url: Option<String>,
     /// HS256 secret the broker verifies tokens with (prefer the environment variable:
     /// argv is visible to every user of the machine).
     #[arg(long, env = "HOOKWIRE_JWT_SECRET", hide_env_values = true)]
@@ -59,7 +63,7 @@ pub struct Ctx {
 }
 
 /// Parses `ws://host:port/path` and refuses anything outside 127.0.0.0/8.
-fn loopback_target(url: &str) -> anyhow::Result<SocketAddr> {
+pub fn loopback_target(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url.strip_prefix("ws://").context(
         "--url must start with ws:// (the bench speaks plain WebSocket to a local broker)",
     )?;
@@ -83,6 +87,9 @@ fn loopback_target(url: &str) -> anyhow::Result<SocketAddr> {
 impl Ctx {
     pub fn new(common: Common) -> anyhow::Result<Ctx> {
         let broker = loopback_target(&common.url)?;
+        if let Some(url) = &common.publish_url {
+            loopback_target(url)?;
+        }
         if common.secret.len() < 32 {
             bail!("the secret must be at least 32 bytes (the broker refuses shorter ones)");
         }
@@ -123,6 +130,7 @@ impl Ctx {
                     run_id: self.run_id.clone(),
                     url: self.common.url.clone(),
                     broker: self.broker,
+                    publish_url: self.common.publish_url.clone(),
                     secret: self.common.secret.clone(),
                     source_ips: self.source_ips(),
                     subscribers,

@@ -21,6 +21,9 @@ pub struct WorkerSpec {
     pub run_id: String,
     pub url: String,
     pub broker: SocketAddr,
+    /// Publishers connect here instead (another node of a cluster).
+    #[serde(default)]
+    pub publish_url: Option<String>,
     pub secret: String,
     /// Local addresses clients bind to before connecting (127.0.0.x), so the ~28k
     /// ephemeral ports of one source address are not the cap.

@@ -142,13 +142,22 @@ async fn run() -> anyhow::Result<()> {
     let mut subscribers = 0;
     let ips: &[Ipv4Addr] = &spec.source_ips;
     let run_id = &spec.run_id;
-    let dial = &dial;
+    let publish_dial = match &spec.publish_url {
+        Some(url) => Dial {
+            broker: crate::common::loopback_target(url)?,
+            url: url.clone(),
+            ..dial.clone()
+        },
+        None => dial.clone(),
+    };
+    let (dial, publish_dial) = (&dial, &publish_dial);
     let mut attempts = futures_util::stream::iter(jobs(&spec))
         .map(|job| async move {
             let source = ips[job.client % ips.len()];
             let sub = format!("bench-{run_id}-{}", job.client);
             let subscribe = matches!(job.role, Role::Subscriber { .. });
-            let result = client::open(dial, source, &sub, &job.channel, subscribe).await;
+            let to = if subscribe { dial } else { publish_dial };
+            let result = client::open(to, source, &sub, &job.channel, subscribe).await;
             (job, result)
         })
         .buffer_unordered(spec.connect_concurrency.max(1));
