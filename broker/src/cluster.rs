@@ -199,6 +199,8 @@ pub struct Cluster {
     epochs: Mutex<HashMap<String, Arc<str>>>,
     /// Set once every stream and the revocation bucket are there.
     set_up: AtomicBool,
+    /// A set-up is running (at start, and again after each reconnect).
+    setting_up: AtomicBool,
     links: links::Links,
     appends: mpsc::Sender<Append>,
     outbox: mpsc::Sender<Outgoing>,
@@ -242,6 +244,7 @@ impl Cluster {
             delivery,
             epochs: Mutex::new(HashMap::new()),
             set_up: AtomicBool::new(false),
+            setting_up: AtomicBool::new(false),
             appends,
             outbox,
             queues: Mutex::new(Some(Queues {
@@ -349,6 +352,10 @@ impl Cluster {
     /// Makes (or updates) every history namespace's stream and the revocation bucket;
     /// retried until NATS answers.
     async fn setup_loop(self: Arc<Self>) {
+        if self.setting_up.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _done = scopeguard(&self.setting_up);
         let mut delay = Duration::from_millis(100);
         loop {
             match self.setup().await {
@@ -477,6 +484,9 @@ impl Cluster {
                 async_nats::Event::Connected => {
                     self.metrics.connected.set(i64::from(self.connected()));
                     tracing::info!("Connected to NATS; reading every linked channel again");
+                    // A NATS that lost its store has no streams: make them again (a
+                    // stream made anew has a new epoch, which its links notice).
+                    tokio::spawn(self.clone().setup_loop());
                     self.links.resync_all();
                 }
                 async_nats::Event::Disconnected => {
@@ -503,6 +513,17 @@ impl Cluster {
             }
         }
     }
+}
+
+/// Clears `flag` when dropped.
+fn scopeguard(flag: &AtomicBool) -> impl Drop + '_ {
+    struct Clear<'a>(&'a AtomicBool);
+    impl Drop for Clear<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
+        }
+    }
+    Clear(flag)
 }
 
 /// The epoch of a stream: its creation time (a recreated stream has another).

@@ -168,6 +168,7 @@ async fn a_namespace_without_history_crosses_nodes_too() {
             .config(&config)
             .env("HOOKWIRE_NATS_URL", &nats.url())
             .env("HOOKWIRE_NODE_NAME", name)
+            .env("HOOKWIRE_CLUSTER_LINGER_MS", "200")
             .start()
     };
     let (a, b) = (start("a").await, start("b").await);
@@ -189,6 +190,20 @@ async fn a_namespace_without_history_crosses_nodes_too() {
         assert_eq!(data, (0..20).collect::<Vec<_>>(), "once each, in order");
     }
     on_a.ping().await;
+    // Interest is held only while the node has subscribers (plus the linger).
+    assert_eq!(metric(&b, "hookwire_cluster_channel_links").await, 1.0);
+    on_b.request(json!({"type": "unsubscribe", "channel": "live:x"}))
+        .await;
+    let until = deadline();
+    while metric(&b, "hookwire_cluster_channel_links").await != 0.0 {
+        assert!(Instant::now() < until, "b still holds interest in live:x");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And taken again by the next subscriber.
+    on_b.subscribe("live:x").await;
+    on_a.publish("live:x", json!({"i": 99})).await;
+    let again = &collect(&mut on_b, "live:x", 1, Duration::from_secs(10)).await[0];
+    assert_eq!(again["data"]["i"], 99);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -280,6 +295,22 @@ async fn presence_and_join_leave_span_the_nodes() {
     )
     .await;
     assert_eq!(users(&api.json()), ["ann", "ben"], "{api:?}");
+    let channels = request(
+        a.admin_addr,
+        "GET",
+        "/api/channels?scope=cluster",
+        Some(API_KEY),
+        None,
+    )
+    .await;
+    let listed = channels.json()["channels"].clone();
+    assert_eq!(
+        listed,
+        json!([{"channel": channel, "subscribers": 2}]),
+        "{channels:?}"
+    );
+    let here = request(a.admin_addr, "GET", "/api/channels", Some(API_KEY), None).await;
+    assert_eq!(here.json()["channels"][0]["subscribers"], 1, "{here:?}");
     ben.request(json!({"type": "unsubscribe", "channel": channel}))
         .await;
     let leave = ann.recv_type("leave").await;

@@ -145,13 +145,51 @@ impl ClusterConfig {
             1,
             1 << 24,
         );
-        p.range("cluster.linger_ms", self.linger_ms, 0, 600_000);
+        // At least a moment: a subscribe joins right after its link is ready.
+        p.range("cluster.linger_ms", self.linger_ms, 100, 600_000);
         for ns in namespaces {
             if ns.len() > 64 {
                 p.push(format!(
                     "namespaces.{ns:?}: in a cluster a namespace name is at most 64 bytes (it names a JetStream stream)"
                 ));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(c: &ClusterConfig) -> Vec<String> {
+        let mut p = Problems::default();
+        c.validate(["chat"].into_iter(), &mut p);
+        p.into_result().err().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_cluster_is_checked_only_when_on() {
+        let off = ClusterConfig {
+            subject_prefix: "bad prefix".into(),
+            ..ClusterConfig::default()
+        };
+        assert!(problems(&off).is_empty());
+        let on = ClusterConfig {
+            nats_url: vec!["nats://127.0.0.1:4222".into(), "127.0.0.1:4222".into()],
+            subject_prefix: "bad.prefix".into(),
+            tls_cert_file: "/nonexistent.pem".into(),
+            replicas: 7,
+            ..ClusterConfig::default()
+        };
+        let p = problems(&on).join("\n");
+        for needle in [
+            "\"127.0.0.1:4222\" is not a NATS URL",
+            "subject_prefix",
+            "tls_key_file go together",
+            "no such file",
+            "cluster.replicas",
+        ] {
+            assert!(p.contains(needle), "{needle}: {p}");
         }
     }
 }

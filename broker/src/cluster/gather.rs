@@ -274,9 +274,6 @@ fn close_user(node: &Node, user: &str, reason: String) -> usize {
 /// Makes the revocation bucket (by hand: the client's bucket call needs a newer server
 /// than nats-server 2.9) and starts applying it.
 pub(super) async fn setup_revocations(cluster: &Cluster) -> anyhow::Result<()> {
-    if cluster.gather.revocations.get().is_some() {
-        return Ok(());
-    }
     let bucket = cluster.subjects.revocations_bucket();
     let config = stream::Config {
         name: format!("KV_{bucket}"),
@@ -291,6 +288,9 @@ pub(super) async fn setup_revocations(cluster: &Cluster) -> anyhow::Result<()> {
         ..Default::default()
     };
     cluster.js.get_or_create_stream(config).await?;
+    if cluster.gather.revocations.get().is_some() {
+        return Ok(());
+    }
     let store = cluster.js.get_key_value(bucket).await?;
     let mut watch = store.watch_with_history(">").await?;
     if cluster.gather.revocations.set(store).is_err() {

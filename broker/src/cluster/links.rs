@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::header::{NATS_LAST_SEQUENCE, NATS_SEQUENCE};
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::stream::Stream;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -121,6 +121,16 @@ impl Links {
         if let Some(Ok(())) = *link.ready.borrow() {
             return None;
         }
+        // A history channel this node does not serve yet needs its stream: without NATS
+        // the answer is now, not after the timeout.
+        if ns.keeps_history()
+            && let Some(reason) = cluster.not_ready()
+        {
+            let err = unavailable(format!(
+                "this channel's history cannot be read now: {reason}; retry shortly"
+            ));
+            return Some(Box::pin(async move { Err(err) }));
+        }
         let mut ready = link.ready.clone();
         let timeout = cluster.timeout();
         Some(Box::pin(async move {
@@ -215,6 +225,9 @@ async fn serve(
             .insert(*next, link.channel.clone());
         (sub, *next)
     };
+    // The SUB is on its way to NATS before the stream is read or a subscriber joins
+    // (without NATS the client sends it once it is back).
+    let _ = tokio::time::timeout(Duration::from_secs(1), cluster.delivery.flush()).await;
     let result = async {
         let mut position = match link.ns.keeps_history() {
             true => Some(load(cluster, node, link).await?),
@@ -442,32 +455,44 @@ async fn read(
         Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
         None => DeliverPolicy::All,
     };
+    // A plain ephemeral consumer, deleted once read: every consumer of a stream costs
+    // the server work on each message stored, so none is left behind.
     let consumer = stream
-        .create_consumer(pull::OrderedConfig {
+        .create_consumer(pull::Config {
             filter_subject: subject,
             deliver_policy,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(5),
+            memory_storage: true,
             ..Default::default()
         })
         .await?;
+    let name = consumer.cached_info().name.clone();
     let mut out = Vec::new();
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(out);
-    }
-    let mut messages = consumer.messages().await?;
-    loop {
-        let next = tokio::time::timeout(cluster.timeout(), messages.next()).await;
-        let Some(message) = next.map_err(|_| anyhow::anyhow!("reading the stream timed out"))?
-        else {
-            break;
-        };
-        let message = message?;
-        let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (seq, pending) = (info.stream_sequence, info.pending);
-        out.push((seq, message.payload.clone()));
-        if pending == 0 {
-            break;
+    let read = async {
+        if consumer.cached_info().num_pending == 0 {
+            return anyhow::Ok(());
+        }
+        let mut messages = consumer.messages().await?;
+        loop {
+            let next = tokio::time::timeout(cluster.timeout(), messages.next()).await;
+            let Some(message) =
+                next.map_err(|_| anyhow::anyhow!("reading the stream timed out"))?
+            else {
+                return Ok(());
+            };
+            let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            out.push((seq, message.payload.clone()));
+            if pending == 0 {
+                return Ok(());
+            }
         }
     }
+    .await;
+    let _ = stream.delete_consumer(&name).await;
+    read?;
     Ok(out)
 }
 

@@ -200,6 +200,37 @@ mod tests {
     }
 
     #[test]
+    fn nats_url_joins_a_cluster_and_its_own_key_wins() {
+        let c = load(
+            "",
+            &[(
+                "HOOKWIRE_NATS_URL",
+                "nats://127.0.0.1:4222, nats://127.0.0.1:4223",
+            )],
+        )
+        .unwrap()
+        .config;
+        assert!(c.cluster.enabled());
+        assert_eq!(c.cluster.nats_url.len(), 2);
+        let c = load(
+            "",
+            &[
+                ("HOOKWIRE_NATS_URL", "nats://127.0.0.1:1"),
+                ("HOOKWIRE_CLUSTER_NATS_URL", "nats://127.0.0.1:2"),
+            ],
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.cluster.nats_url, ["nats://127.0.0.1:2"]);
+        assert!(
+            !load("", &[]).unwrap().config.cluster.enabled(),
+            "single node by default"
+        );
+        let bad = load("", &[("HOOKWIRE_NATS_URL", "http://x")]).unwrap_err();
+        assert!(bad.to_string().contains("nats://host:port"), "{bad}");
+    }
+
+    #[test]
     fn every_key_has_a_variable() {
         let loaded = load(
             "[namespaces.chat]\nhistory_size = 5\nhistory_ttl_secs = 5\n",

@@ -211,3 +211,53 @@ fn pages_are_cut_at_max_bytes_and_say_where_to_go_on() {
     let page = h.read(&ch(), POLICY, 10, latest(2)).unwrap();
     assert_eq!(page.next, None);
 }
+
+fn sequenced(offset: u64) -> Sequenced {
+    Sequenced {
+        epoch: Arc::from("js1"),
+        offset,
+        ts_ms: 10,
+        frame: encode(&offset),
+    }
+}
+
+#[test]
+fn a_replica_takes_skipping_offsets_and_recovers_exactly_above_its_floor() {
+    let h = MemoryHistory::replica(&HistoryConfig::default());
+    // Loaded: the stream kept 7 and 9 of this channel; it had sequence 12 when read.
+    let restored = Restored {
+        epoch: Arc::from("js1"),
+        floor: 5,
+        top: 12,
+        publications: vec![sequenced(7), sequenced(9)],
+    };
+    h.restore(&ch(), POLICY, 10, restored);
+    assert_eq!(h.position(&ch()).offset, 12);
+    h.insert(&ch(), POLICY, 10, sequenced(20));
+    h.insert(&ch(), POLICY, 10, sequenced(20)); // a repeat changes nothing
+    h.insert(&ch(), POLICY, 10, sequenced(31));
+    let at = |offset| StreamPosition {
+        offset,
+        epoch: "js1".into(),
+    };
+    // Offsets skip numbers: from 9 the next are 20 and 31, exactly.
+    let page = h.read(&ch(), POLICY, 10, since(&at(9))).unwrap();
+    assert_eq!(offsets(&page), vec!["20", "31"]);
+    let page = h.read(&ch(), POLICY, 10, since(&at(12))).unwrap();
+    assert_eq!(offsets(&page), vec!["20", "31"]);
+    // The size bound (3) dropped 7: recovering from before it may have missed it.
+    assert!(matches!(
+        h.read(&ch(), POLICY, 10, since(&at(6))),
+        Err(ReadError::Gone { .. })
+    ));
+    // Below the loaded floor, too.
+    assert!(matches!(
+        h.read(&ch(), POLICY, 10, since(&at(4))),
+        Err(ReadError::Gone { .. })
+    ));
+    // A replica is never forgotten by the sweeper, only by its link.
+    h.sweep(10_000_000, 1);
+    assert_eq!(h.position(&ch()).offset, 31);
+    h.forget(&ch());
+    assert_ne!(&*h.position(&ch()).epoch, "js1");
+}
