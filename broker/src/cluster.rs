@@ -5,6 +5,7 @@
 //!   config         [cluster], validated
 //!   subjects       every NATS name (subjects, streams, the revocation bucket)
 //!   wire           a publication as it travels between nodes
+//!   metrics        hookwire_cluster_*
 //!   links          per channel with local subscribers: its NATS subscription, its replica
 //!                  of the stream (load, gap check, catch-up), delivery into the hub
 //!   gather         heartbeats, questions every node answers (presence, channels,
@@ -29,6 +30,7 @@
 pub mod config;
 mod gather;
 mod links;
+mod metrics;
 mod subjects;
 mod wire;
 
@@ -41,11 +43,11 @@ use async_nats::jetstream::{self, stream};
 use async_nats::{HeaderMap, header::NATS_MESSAGE_ID};
 use bytes::Bytes;
 use parking_lot::Mutex;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ClusterConfig, Storage};
+pub use metrics::ClusterMetrics;
 use subjects::Subjects;
 
 use crate::channel::{ChannelName, Namespace};
@@ -69,107 +71,6 @@ pub enum ClusterError {
     Credentials(std::io::Error),
     #[error("cannot connect to NATS at {urls:?}: {message}")]
     Connect { urls: Vec<String>, message: String },
-}
-
-/// The cluster link's metrics (`hookwire_cluster_*`).
-pub struct ClusterMetrics {
-    pub connected: IntGauge,
-    pub nodes: IntGauge,
-    pub publish_ack: Histogram,
-    pub messages: IntCounterVec,
-    pub errors: IntCounterVec,
-    pub slow_consumers: IntCounter,
-    pub resyncs: IntCounter,
-    pub stream_reads: IntCounter,
-    pub forced_recoveries: IntCounter,
-    pub links: IntGauge,
-}
-
-impl ClusterMetrics {
-    fn new(metrics: &Metrics) -> Self {
-        let opts = |name: &str, help: &str| Opts::new(name, help).namespace("hookwire");
-        let m = Self {
-            connected: IntGauge::with_opts(opts(
-                "cluster_connected",
-                "1 while this node's NATS connections are up.",
-            ))
-            .expect("valid metric"),
-            nodes: IntGauge::with_opts(opts(
-                "cluster_nodes",
-                "Nodes heard from within cluster.node_timeout_ms, this one included.",
-            ))
-            .expect("valid metric"),
-            publish_ack: Histogram::with_opts(
-                HistogramOpts::new(
-                    "cluster_publish_ack_seconds",
-                    "From handing a publication to JetStream to its acknowledgement.",
-                )
-                .namespace("hookwire")
-                .buckets(vec![
-                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0,
-                ]),
-            )
-            .expect("valid metric"),
-            messages: IntCounterVec::new(
-                opts(
-                    "cluster_messages_total",
-                    "Messages to and from NATS, by direction (out: stored or published; in: received for local subscribers).",
-                ),
-                &["direction"],
-            )
-            .expect("valid metric"),
-            errors: IntCounterVec::new(
-                opts(
-                    "cluster_errors_total",
-                    "Cluster link failures, by kind (jetstream: a store or read failed; outbox: a cross-node copy was dropped, the queue full; decode: a message from NATS was not understood).",
-                ),
-                &["kind"],
-            )
-            .expect("valid metric"),
-            slow_consumers: IntCounter::with_opts(opts(
-                "cluster_slow_consumers_total",
-                "NATS slow-consumer events: messages NATS dropped for a channel subscription of this node.",
-            ))
-            .expect("valid metric"),
-            resyncs: IntCounter::with_opts(opts(
-                "cluster_resyncs_total",
-                "Channels read again from their stream after a gap, a reconnect or a slow consumer.",
-            ))
-            .expect("valid metric"),
-            stream_reads: IntCounter::with_opts(opts(
-                "cluster_stream_reads_total",
-                "Reads of a channel from its JetStream stream (a link loading, or catching up): one per channel and node, however many clients recover.",
-            ))
-            .expect("valid metric"),
-            forced_recoveries: IntCounter::with_opts(opts(
-                "cluster_forced_recoveries_total",
-                "Local subscribers told to reconnect and recover (a gap that cannot be read again).",
-            ))
-            .expect("valid metric"),
-            links: IntGauge::with_opts(opts(
-                "cluster_channel_links",
-                "Channels this node holds NATS interest for.",
-            ))
-            .expect("valid metric"),
-        };
-        for kind in ["jetstream", "outbox", "decode"] {
-            m.errors.with_label_values(&[kind]);
-        }
-        for direction in ["in", "out"] {
-            m.messages.with_label_values(&[direction]);
-        }
-        metrics.register(Box::new(m.connected.clone()));
-        metrics.register(Box::new(m.nodes.clone()));
-        metrics.register(Box::new(m.publish_ack.clone()));
-        metrics.register(Box::new(m.messages.clone()));
-        metrics.register(Box::new(m.errors.clone()));
-        metrics.register(Box::new(m.slow_consumers.clone()));
-        metrics.register(Box::new(m.resyncs.clone()));
-        metrics.register(Box::new(m.stream_reads.clone()));
-        metrics.register(Box::new(m.forced_recoveries.clone()));
-        metrics.register(Box::new(m.links.clone()));
-        m
-    }
 }
 
 /// A publication for the appender.

@@ -32,6 +32,15 @@ async fn node_with(nats: &TestNats, name: &str, env: &[(&str, &str)]) -> TestBro
     node
 }
 
+/// Three nodes of the cluster on `nats`: a, b and c.
+async fn three(nats: &TestNats) -> (TestBroker, TestBroker, TestBroker) {
+    (
+        node(nats, "a").await,
+        node(nats, "b").await,
+        node(nats, "c").await,
+    )
+}
+
 async fn wait_ready(node: &TestBroker) {
     let until = deadline();
     loop {
@@ -106,11 +115,7 @@ fn offsets(messages: &[Value]) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn publications_reach_every_node_once_in_one_order() {
     let nats = TestNats::start();
-    let (a, b, c) = (
-        node(&nats, "a").await,
-        node(&nats, "b").await,
-        node(&nats, "c").await,
-    );
+    let (a, b, c) = three(&nats).await;
     let channel = "chat:order";
     let mut subs = Vec::new();
     for n in [&a, &b, &c] {
@@ -209,11 +214,7 @@ async fn a_namespace_without_history_crosses_nodes_too() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_recovers_exactly_on_another_node_after_kill_9() {
     let nats = TestNats::start();
-    let (a, b, c) = (
-        node(&nats, "a").await,
-        node(&nats, "b").await,
-        node(&nats, "c").await,
-    );
+    let (a, b, c) = three(&nats).await;
     let channel = "chat:recover";
     let mut client = a.client("alice", &everything()).await;
     let subscribed = client.subscribe(channel).await;
