@@ -32,6 +32,24 @@ async fn node_with(nats: &TestNats, name: &str, env: &[(&str, &str)]) -> TestBro
     node
 }
 
+/// `POST` to the server API of `node`.
+async fn post(node: &TestBroker, path: &str, body: &str) -> crate::http::Response {
+    request(node.admin_addr, "POST", path, Some(API_KEY), Some(body)).await
+}
+
+/// Waits until `connect` with `token` on `node` answers `kind` (`connected` or `error`).
+async fn connect_answers(node: &TestBroker, token: &str, kind: &str) {
+    let until = deadline();
+    loop {
+        let (_, r) = node.connect(token).await;
+        if r["type"] == kind {
+            return;
+        }
+        assert!(Instant::now() < until, "connect answers {r}, not {kind}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Three nodes of the cluster on `nats`: a, b and c.
 async fn three(nats: &TestNats) -> (TestBroker, TestBroker, TestBroker) {
     (
@@ -341,28 +359,14 @@ async fn disconnect_and_revoke_act_on_every_node_and_outlive_a_restart() {
     wait_nodes(&[&a, &b], 2.0).await;
     let old_token = token("mallory", &everything());
     let mut on_b = b.client_with(&old_token).await;
-    let r = request(
-        a.admin_addr,
-        "POST",
-        "/api/disconnect",
-        Some(API_KEY),
-        Some(r#"{"user":"mallory"}"#),
-    )
-    .await;
+    let r = post(&a, "/api/disconnect", r#"{"user":"mallory"}"#).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["disconnected"], 1, "{r:?}");
     assert_eq!(on_b.closed().await.code, Some(4003));
 
     let mut on_b = b.client_with(&old_token).await;
     let body = format!(r#"{{"user":"mallory","until":{}}}"#, now_s() + 3600);
-    let r = request(
-        a.admin_addr,
-        "POST",
-        "/api/revoke",
-        Some(API_KEY),
-        Some(&body),
-    )
-    .await;
+    let r = post(&a, "/api/revoke", &body).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(on_b.closed().await.code, Some(4003));
     let (_, refused) = b.connect(&old_token).await;
@@ -370,46 +374,11 @@ async fn disconnect_and_revoke_act_on_every_node_and_outlive_a_restart() {
     // A node started later (its own empty data directory) learns it from NATS.
     drop(b);
     let b2 = node(&nats, "b2").await;
-    let until = deadline();
-    loop {
-        let (_, r) = b2.connect(&old_token).await;
-        if r["type"] == "error" {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "the new node lets a revoked token in: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    connect_answers(&b2, &old_token, "error").await;
     // Lifting it lifts it everywhere.
-    let r = request(
-        a.admin_addr,
-        "POST",
-        "/api/unrevoke",
-        Some(API_KEY),
-        Some(r#"{"user":"mallory"}"#),
-    )
-    .await;
+    let r = post(&a, "/api/unrevoke", r#"{"user":"mallory"}"#).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let until = deadline();
-    loop {
-        let (_, r) = b2.connect(&old_token).await;
-        if r["type"] == "connected" {
-            break;
-        }
-        assert!(Instant::now() < until, "still refused after unrevoke: {r}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let channels = request(
-        a.admin_addr,
-        "GET",
-        "/api/channels?scope=cluster",
-        Some(API_KEY),
-        None,
-    )
-    .await;
-    assert_eq!(channels.status, 200, "{channels:?}");
+    connect_answers(&b2, &old_token, "connected").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

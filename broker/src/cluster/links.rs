@@ -63,25 +63,40 @@ struct Link {
 struct Position {
     epoch: Arc<str>,
     top: u64,
+    /// The offset of the channel's last publication in the replica (0: none). `top`
+    /// may be past it (everything up to `top` is known).
+    last_own: u64,
     /// Messages that came before one they follow (by their `Nats-Last-Sequence`), by
     /// sequence, until it comes (or [`REORDER_WAIT`] passes and the stream is read).
     early: BTreeMap<u64, (u64, Bytes)>,
     early_since: Option<tokio::time::Instant>,
+    /// When to read the stream for what the held messages follow.
+    retry_at: Option<tokio::time::Instant>,
+    /// NATS said it dropped messages of this link (a slow consumer): what is missing
+    /// will not come late.
+    dropped: bool,
 }
 
 impl Position {
-    fn new(epoch: Arc<str>, top: u64) -> Self {
+    fn new(epoch: Arc<str>, top: u64, last_own: u64) -> Self {
         Self {
             epoch,
             top,
+            last_own,
             early: BTreeMap::new(),
             early_since: None,
+            retry_at: None,
+            dropped: false,
         }
     }
 }
 
 /// How long a message may wait for the one before it before the stream is read.
 const REORDER_WAIT: Duration = Duration::from_millis(100);
+/// How long a missing publication may stay missing when the stream cannot show that
+/// nothing was lost (its channel is at `history_size`) before the subscribers are told
+/// to recover: NATS may deliver it late under load.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(2);
 /// Early messages held at most; past it the stream is read at once.
 const MAX_EARLY: usize = 4_096;
 
@@ -240,8 +255,7 @@ async fn serve(
         loop {
             let reorder = position
                 .as_ref()
-                .and_then(|p| p.early_since)
-                .map(|since| since + REORDER_WAIT);
+                .and_then(|p| p.retry_at);
             tokio::select! {
                 _ = cluster.stop.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(reorder.unwrap_or_else(tokio::time::Instant::now)), if reorder.is_some() => {
@@ -305,9 +319,11 @@ async fn on_message(
     if last > position.top {
         // The publication before this one has not come (yet): hold this one.
         position.early.insert(seq, (last, msg.payload));
-        position
-            .early_since
-            .get_or_insert_with(tokio::time::Instant::now);
+        if position.early_since.is_none() {
+            let now = tokio::time::Instant::now();
+            position.early_since = Some(now);
+            position.retry_at = Some(now + REORDER_WAIT);
+        }
         return position.early.len() <= MAX_EARLY;
     }
     deliver(
@@ -319,6 +335,7 @@ async fn on_message(
         &msg.payload,
     );
     position.top = seq;
+    position.last_own = seq;
     deliver_early(cluster, node, link, position);
     true
 }
@@ -337,9 +354,11 @@ fn deliver_early(cluster: &Cluster, node: &Node, link: &Link, position: &mut Pos
         let (_, payload) = entry.remove();
         deliver(cluster, node, link, Some(&position.epoch), seq, &payload);
         position.top = seq;
+        position.last_own = seq;
     }
     if position.early.is_empty() {
         position.early_since = None;
+        position.retry_at = None;
     }
 }
 
@@ -430,7 +449,8 @@ async fn load(cluster: &Cluster, node: &Node, link: &Link) -> anyhow::Result<Pos
         hub.history()
             .restore(&link.channel, policy(&link.ns), now_ms(), restored)
     });
-    Ok(Position::new(epoch, top))
+    let last_own = read.last().map_or(0, |&(seq, _)| seq);
+    Ok(Position::new(epoch, top, last_own))
 }
 
 /// The namespace's stream, its epoch and its last sequence.
@@ -512,6 +532,7 @@ async fn catch_up(
         }
         return true;
     };
+    position.dropped |= dropped;
     cluster.metrics.resyncs.inc();
     let caught_up = async {
         let (stream, epoch, last) = open_stream(cluster, &link.ns.name).await?;
@@ -524,12 +545,22 @@ async fn catch_up(
         let subject = cluster
             .subjects
             .stored(&link.ns.name, link.channel.as_str());
-        let missed = read(cluster, &stream, subject, Some(position.top + 1)).await?;
+        let missed = read(cluster, &stream, subject.clone(), Some(position.top + 1)).await?;
         // Retention drops the oldest first: below a full subject, or below the stream's
-        // first message, a publication after the replica's top may be gone.
+        // first message, a publication after the replica's top may be gone, unless the
+        // channel's last publication this node has is still stored (then everything
+        // after it is).
         let first = stream.get_info().await?.state.first_sequence;
         tracing::debug!(channel = %link.channel, top = position.top, read = missed.len(), held = position.early.len(), "Catching up from the stream");
-        if missed.len() >= link.ns.config.history_size || first > position.top + 1 {
+        let suspect = missed.len() >= link.ns.config.history_size || first > position.top + 1;
+        if suspect && !still_stored(&stream, position.last_own, &subject).await {
+            let waited = position.early_since.map(|t| t.elapsed());
+            let may_come = !position.dropped && position.early.len() <= MAX_EARLY;
+            if may_come && waited.is_some_and(|w| w < GIVE_UP_AFTER) {
+                // It may yet come: hold on, and look again soon.
+                position.retry_at = Some(tokio::time::Instant::now() + REORDER_WAIT);
+                return Ok(());
+            }
             force_recover(cluster, node, link);
             *position = load(cluster, node, link).await?;
             return Ok(());
@@ -538,13 +569,20 @@ async fn catch_up(
             if seq > position.top {
                 deliver(cluster, node, link, Some(&epoch), seq, &payload);
                 position.top = seq;
+                position.last_own = seq;
             }
         }
         position.top = position.top.max(last);
         deliver_early(cluster, node, link, position);
         // What is still held follows a message the stream did not have when read: it
         // is read again after the next wait.
-        position.early_since = (!position.early.is_empty()).then(tokio::time::Instant::now);
+        position.retry_at = None;
+        position.dropped = false;
+        if !position.early.is_empty() {
+            let now = tokio::time::Instant::now();
+            position.early_since = Some(now);
+            position.retry_at = Some(now + REORDER_WAIT);
+        }
         anyhow::Ok(())
     }
     .await;
@@ -556,9 +594,23 @@ async fn catch_up(
                 .errors
                 .with_label_values(&["jetstream"])
                 .inc();
-            tracing::warn!(channel = %link.channel, error = %e, "Cannot read the channel's stream to catch up; trying again");
+            // NATS is likely away (that is logged once, by the connection's events).
+            tracing::debug!(channel = %link.channel, error = %e, "Cannot read the channel's stream to catch up; trying again in a second");
+            position.retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
             false
         }
+    }
+}
+
+/// Whether the stream still has the channel's publication `seq` (checked after a read:
+/// retention only drops the oldest, so what follows it is all there too).
+async fn still_stored(stream: &Stream, seq: u64, subject: &str) -> bool {
+    if seq == 0 {
+        return false;
+    }
+    match stream.get_raw_message(seq).await {
+        Ok(message) => message.subject.as_str() == subject,
+        Err(_) => false,
     }
 }
 
