@@ -15,7 +15,6 @@ mod reply;
 mod request;
 
 use bytes::Bytes;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub use codes::{CloseCode, Disconnect, ErrorCode, ErrorReply};
 pub use reply::{
@@ -32,43 +31,46 @@ pub use request::{
 /// The WebSocket subprotocol the server selects when a client offers it.
 pub const SUBPROTOCOL: &str = "hookwire.v1";
 
-/// A server frame, serialized once: one JSON object, valid UTF-8.
+/// A server frame, serialized once: one JSON object, valid UTF-8, in bytes this module
+/// owns (no transport's type): a WebSocket transport writes them as a text frame, a
+/// stream transport as one line.
 ///
 /// Cloning shares the bytes (a reference count), so one publication encoded once can be
 /// queued for every subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EncodedFrame(Utf8Bytes);
+pub struct EncodedFrame(Bytes);
 
 impl EncodedFrame {
     pub(crate) fn from_json(json: String) -> Self {
-        Self(Utf8Bytes::from(json))
+        Self(Bytes::from(json))
     }
 
+    /// A frame received as bytes (another node's push): checked to be UTF-8 once.
+    pub fn from_utf8(bytes: Bytes) -> Result<Self, std::str::Utf8Error> {
+        std::str::from_utf8(&bytes)?;
+        Ok(Self(bytes))
+    }
+
+    /// The frame as text (not on the delivery path: it checks the UTF-8 again).
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
+        std::str::from_utf8(&self.0).expect("frames are built from UTF-8")
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_ref()
+        &self.0
     }
 
     pub fn len(&self) -> usize {
-        self.as_bytes().len()
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.as_bytes().is_empty()
+        self.0.is_empty()
     }
 
-    /// The UTF-8 text as a shared buffer, for transports that write text frames.
-    pub fn utf8(&self) -> Utf8Bytes {
-        self.0.clone()
-    }
-
-    /// The raw shared bytes, for transports that write byte streams.
+    /// The shared bytes, for transports to write (a reference count, no copy).
     pub fn bytes(&self) -> Bytes {
-        let bytes: &Bytes = self.0.as_ref();
-        bytes.clone()
+        self.0.clone()
     }
 }
 

@@ -181,6 +181,17 @@ async fn send_now<T: Transport>(transport: &mut T, frame: EncodedFrame) -> Resul
 }
 
 /// The exit for a frame the transport could not accept (too large, broken, not UTF-8).
+/// An inbound text as `&str`: `Err` (close 1007) when it is not UTF-8 (a WebSocket
+/// transport checked that already; a stream transport's lines are checked here).
+fn utf8_text(text: &[u8]) -> Result<&str, Exit> {
+    std::str::from_utf8(text).map_err(|_| {
+        Exit::Close(
+            CloseCode::InvalidData,
+            "a text frame is not valid UTF-8".into(),
+        )
+    })
+}
+
 fn refused_frame(inbound: Inbound) -> Exit {
     match inbound {
         Inbound::TooLarge => Exit::Close(CloseCode::TooLarge, "frame too large".into()),

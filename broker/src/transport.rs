@@ -7,15 +7,16 @@ pub mod ws;
 use std::collections::VecDeque;
 use std::future::Future;
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use bytes::Bytes;
 
 use crate::protocol::{CloseCode, EncodedFrame};
 
 /// One thing a client sent.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A text frame: one JSON object.
-    Text(Utf8Bytes),
+    /// A text frame (WebSocket) or a line (a stream): one JSON object, UTF-8 (the
+    /// session checks it; 1007 otherwise).
+    Text(Bytes),
     /// A binary frame (not part of protocol v1).
     Binary,
     /// Transport-level traffic (a pong, a ping): the client is alive.

@@ -294,8 +294,8 @@ async fn on_message(
 ) -> bool {
     let headers = msg.headers.as_ref();
     if headers.is_some_and(|h| h.get(wire::PUSH_HEADER).is_some()) {
-        match String::from_utf8(msg.payload.to_vec()) {
-            Ok(json) => node.hub.push(&link.channel, &EncodedFrame::from_json(json)),
+        match EncodedFrame::from_utf8(msg.payload) {
+            Ok(frame) => node.hub.push(&link.channel, &frame),
             Err(_) => cluster.metrics.errors.with_label_values(&["decode"]).inc(),
         }
         return true;

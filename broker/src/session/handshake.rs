@@ -105,7 +105,7 @@ async fn first_frame<T: Transport>(
             )));
         };
         match inbound {
-            Inbound::Text(text) => return Ok(protocol::parse_request(&text)),
+            Inbound::Text(text) => return Ok(protocol::parse_request(super::utf8_text(&text)?)),
             Inbound::Activity => continue,
             Inbound::Binary => {
                 return Ok(Err(ParseError {

@@ -110,7 +110,7 @@ impl Session {
     /// chain must run first ([`Session::finish_deferred`]).
     pub(super) fn on_inbound(&mut self, inbound: Inbound) -> Result<Option<Deferred>, Exit> {
         match inbound {
-            Inbound::Text(text) => self.handle_text(&text),
+            Inbound::Text(text) => self.handle_text(super::utf8_text(&text)?),
             // Binary frames and pings are frames too: a flood of them is limited like text.
             Inbound::Binary => {
                 if self.frame_allowed(None)? {

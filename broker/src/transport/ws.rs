@@ -171,7 +171,7 @@ impl Transport for WsTransport {
 
     async fn recv(&mut self) -> Inbound {
         match self.ws.next().await {
-            Some(Ok(Message::Text(text))) => Inbound::Text(text),
+            Some(Ok(Message::Text(text))) => Inbound::Text(text.into()),
             Some(Ok(Message::Binary(_))) => Inbound::Binary,
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Inbound::Activity,
             Some(Ok(Message::Close(_))) | None => Inbound::Closed,
@@ -197,8 +197,11 @@ impl Transport for WsTransport {
                 self.feed_fragments(&frame).await?;
                 continue;
             }
+            // A text frame of the shared bytes as they are (no copy, no second UTF-8
+            // check: `EncodedFrame` is UTF-8 by construction).
+            let text = Frame::message(frame.bytes(), OpCode::Data(OpData::Text), true);
             self.ws
-                .feed(Message::Text(frame.utf8()))
+                .feed(Message::Frame(text))
                 .await
                 .map_err(write_err)?;
         }

@@ -166,7 +166,9 @@ impl MemoryClient {
     }
 
     pub fn send_text(&mut self, text: &str) {
-        self.send_inbound(Inbound::Text(text.into()));
+        self.send_inbound(Inbound::Text(bytes::Bytes::copy_from_slice(
+            text.as_bytes(),
+        )));
     }
 
     pub fn send(&mut self, frame: Value) {
