@@ -28,6 +28,7 @@ pub mod auth;
 pub mod channel;
 pub mod cluster;
 pub mod config;
+pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod history;

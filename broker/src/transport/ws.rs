@@ -3,9 +3,9 @@
 //! Buffers are sized deliberately: a small read buffer (grows only for a larger frame), a
 //! write buffer that gathers a batch of frames into one socket write, and a bound on it.
 //!
-//! At accept, before any byte is read, a connection takes a handshake slot
-//! (`connections.max_handshakes`, `max_handshakes_per_ip`); a client that opens sockets and
-//! stalls its upgrade gets the rest closed at once. `upgrade` checks the HTTP request.
+//! The checks before a session are the transport-free edge's (`edge`): a handshake slot at
+//! accept, the upgrade request (`upgrade` reads it for `edge::check_request`), the
+//! handshake deadline, then the connection limits and the session (`edge::run`).
 //!
 //! tungstenite keeps its write buffer's capacity for the connection's life (a `Vec` it
 //! drains, with no way to shrink it from outside), and copies a whole message into it
@@ -37,14 +37,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 
+use crate::edge::{self, Checked};
 use crate::limits::HandshakePermit;
 use crate::node::{Node, Settings};
-use crate::protocol::{CloseCode, Disconnect, EncodedFrame};
-use crate::session::{self, ConnInfo};
+use crate::protocol::{CloseCode, EncodedFrame};
 use crate::transport::{Inbound, Transport, TransportKind, WriteError};
-use upgrade::{Upgrade, check_upgrade};
-
-pub use upgrade::origin_allowed;
+use upgrade::check_upgrade;
 
 /// The path clients upgrade on.
 pub const PATH: &str = "/ws";
@@ -60,16 +58,12 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
         tokio::select! {
             _ = node.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => match node.connections.begin_handshake(remote.ip()) {
-                    Ok(permit) => {
+                Ok((stream, remote)) => match edge::begin(&node, remote) {
+                    Some(permit) => {
                         node.tasks.spawn(connection(stream, remote, node.clone(), permit));
                     }
-                    Err(e) => {
-                        // Closed at once: no task, no buffer, not a byte read.
-                        node.metrics.rate_limited(e.limit);
-                        tracing::debug!(remote = %remote, reason = %e, "Connection refused at accept");
-                        drop(stream);
-                    }
+                    // Closed at once: no task, no buffer, not a byte read.
+                    None => drop(stream),
                 },
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning,
@@ -108,15 +102,15 @@ fn connection(
     async move {
         let opened = Instant::now();
         let _ = stream.set_nodelay(true);
-        let mut upgrade = Upgrade::default();
+        let mut checked = Checked::default();
         let config = ws_config(&node.settings);
         // Boxed: the handshake's buffers live only while it runs, not in every connection task.
         let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
             stream,
-            |req: &Request, resp: Response| check_upgrade(&node, remote, req, resp, &mut upgrade),
+            |req: &Request, resp: Response| check_upgrade(&node, remote, req, resp, &mut checked),
             Some(config),
         ));
-        let ws = match tokio::time::timeout(node.settings.handshake_timeout, handshake).await {
+        let ws = match tokio::time::timeout_at(edge::deadline(&node, opened), handshake).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
                 tracing::debug!(remote = %remote, error = %e, "WebSocket upgrade failed");
@@ -127,32 +121,9 @@ fn connection(
                 return;
             }
         };
-        // Connection limits answer with a WebSocket close (1013), so they are checked after the upgrade.
-        let permit = node.connections.admit(remote.ip());
-        let refuse = match &permit {
-            Err(e) => {
-                node.metrics.rate_limited(e.limit);
-                Some(Disconnect::new(CloseCode::TryAgainLater, e.message.clone()))
-            }
-            Ok(_) if upgrade.token_in_query => {
-                node.metrics.auth_failed("token_in_url");
-                tracing::info!(remote = %remote, "Refused a token in the URL (the token is not logged)");
-                Some(Disconnect::new(
-                    CloseCode::Unauthorized,
-                    "tokens in the URL are refused because URLs end up in logs; send the token as `token` in the connect frame or as an Authorization: Bearer header",
-                ))
-            }
-            Ok(_) => None,
-        };
-        let conn = ConnInfo {
-            remote,
-            bearer: upgrade.bearer,
-            refuse,
-            opened,
-            handshake: Some(slot),
-        };
-        session::run(node, WsTransport { ws }, conn).await;
-        drop(permit);
+        // Connection limits answer with a WebSocket close (1013), so they are checked
+        // after the upgrade.
+        edge::run(node, WsTransport { ws }, remote, opened, slot, checked).await;
     }
 }
 
