@@ -35,7 +35,7 @@ use crate::limits::{ConnectionLimiter, HandshakePermit, UserPermit};
 use crate::node::Node;
 use crate::plugins::{Hook, PluginConn};
 use crate::protocol::{self, CloseCode, Disconnect, EncodedFrame, ErrorReply};
-use crate::transport::{Inbound, Transport};
+use crate::transport::{Inbound, Keepalive, Transport};
 use handshake::handshake;
 
 /// What the transport learned while opening the connection.
@@ -107,6 +107,10 @@ async fn live<T: Transport>(
     conn: &ConnInfo,
     mut session: Box<Session>,
 ) -> Exit {
+    if transport.keepalive() == Keepalive::Transport {
+        // Never due: the transport has its own idle timeout and keep-alive.
+        session.next_ping = Instant::now() + MAX_TOKEN_LIFE;
+    }
     node.registry.insert(session.handle.clone());
     tracing::info!(
         client = %session.handle.client,

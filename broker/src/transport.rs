@@ -52,6 +52,17 @@ impl TransportKind {
     }
 }
 
+/// How a connection is kept alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keepalive {
+    /// The session pings every `limits.ping_interval_ms` and ends a connection that
+    /// answers nothing for `limits.pong_timeout_ms` (WebSocket).
+    Pings,
+    /// The transport does it itself (QUIC: its idle timeout and keep-alive); the session
+    /// never pings.
+    Transport,
+}
+
 /// A write failed; the connection is gone.
 #[derive(Debug, thiserror::Error)]
 #[error("transport write failed: {0}")]
@@ -60,6 +71,11 @@ pub struct WriteError(pub String);
 pub trait Transport: Send {
     /// Which transport this is (logs, metrics, plugins).
     fn kind(&self) -> TransportKind;
+
+    /// Who keeps the connection alive.
+    fn keepalive(&self) -> Keepalive {
+        Keepalive::Pings
+    }
 
     /// The next inbound item. Must be cancel-safe: sessions poll it in `select!`.
     fn recv(&mut self) -> impl Future<Output = Inbound> + Send;
@@ -71,7 +87,7 @@ pub trait Transport: Send {
         batch: &mut VecDeque<EncodedFrame>,
     ) -> impl Future<Output = Result<(), WriteError>> + Send;
 
-    /// Sends a keepalive ping.
+    /// Sends a keepalive ping (only with [`Keepalive::Pings`]).
     fn ping(&mut self) -> impl Future<Output = Result<(), WriteError>> + Send;
 
     /// Closes with a code and reason, best effort.

@@ -23,7 +23,7 @@ use crate::auth::{TokenSpec, Verifier};
 use crate::config::Config;
 use crate::node::Node;
 use crate::protocol::{CloseCode, EncodedFrame};
-use crate::transport::{Inbound, Transport, TransportKind, WriteError};
+use crate::transport::{Inbound, Keepalive, Transport, TransportKind, WriteError};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
@@ -49,11 +49,16 @@ fn token(sub: &str, channels: &[&str]) -> String {
 /// a ping (its receive window is full).
 struct FullSocket {
     connect: Option<String>,
+    keepalive: Keepalive,
 }
 
 impl Transport for FullSocket {
     fn kind(&self) -> TransportKind {
         TransportKind::Memory
+    }
+
+    fn keepalive(&self) -> Keepalive {
+        self.keepalive
     }
 
     async fn recv(&mut self) -> Inbound {
@@ -84,15 +89,9 @@ async fn a_ping_that_cannot_be_written_ends_the_session() {
     let token = TokenSpec::new("alice", Duration::from_secs(60)).sign_hs256(SECRET);
     let transport = FullSocket {
         connect: Some(format!(r#"{{"id":1,"type":"connect","token":"{token}"}}"#)),
+        keepalive: Keepalive::Pings,
     };
-    let conn = ConnInfo {
-        remote: "127.0.0.1:1".parse().unwrap(),
-        bearer: None,
-        refuse: None,
-        opened: Instant::now(),
-        handshake: None,
-    };
-    let session = run(Arc::clone(&node), transport, conn);
+    let session = run(Arc::clone(&node), transport, conn_info());
     tokio::time::timeout(Duration::from_secs(5), session)
         .await
         .expect("the session waited forever on a ping");
@@ -100,4 +99,32 @@ async fn a_ping_that_cannot_be_written_ends_the_session() {
         node.registry.peers(None).is_empty(),
         "the session left the registry"
     );
+}
+
+fn conn_info() -> ConnInfo {
+    ConnInfo {
+        remote: "127.0.0.1:1".parse().unwrap(),
+        bearer: None,
+        refuse: None,
+        opened: Instant::now(),
+        handshake: None,
+    }
+}
+
+#[tokio::test]
+async fn a_transport_that_keeps_itself_alive_is_never_pinged() {
+    let mut config = Config::default();
+    config.limits.ping_interval_ms = 50;
+    config.limits.pong_timeout_ms = 50;
+    let node = node_with(config);
+    let token = TokenSpec::new("alice", Duration::from_secs(60)).sign_hs256(SECRET);
+    let transport = FullSocket {
+        connect: Some(format!(r#"{{"id":1,"type":"connect","token":"{token}"}}"#)),
+        keepalive: Keepalive::Transport,
+    };
+    let session = run(Arc::clone(&node), transport, conn_info());
+    // Ten ping intervals: a session that pinged would have hung on the full socket and
+    // ended at the pong timeout.
+    let ended = tokio::time::timeout(Duration::from_millis(500), session).await;
+    assert!(ended.is_err(), "the session ended: it pinged");
 }
