@@ -31,8 +31,40 @@ pub use config::ShutdownConfig;
 /// A bound, not yet running, server.
 pub struct Server {
     pub node: Arc<Node>,
-    ws_listener: TcpListener,
-    admin_listener: TcpListener,
+    /// Every listener, in start order: the client listeners stop accepting when shutdown
+    /// begins (their sessions drain), the operations listener serves through the drain.
+    listeners: Vec<Listener>,
+}
+
+/// A listener the server owns.
+enum Listener {
+    /// WebSocket clients (`ws_addr`, path `/ws`).
+    WebSocket(TcpListener),
+    /// Health, readiness, metrics, the server API and admin (`admin_addr`).
+    Admin(TcpListener),
+}
+
+impl Listener {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::WebSocket(_) => "ws",
+            Self::Admin(_) => "admin",
+        }
+    }
+
+    /// What it serves, for the start-up log.
+    fn serves(&self) -> &'static str {
+        match self {
+            Self::WebSocket(_) => "WebSocket clients at /ws",
+            Self::Admin(_) => "health, readiness, metrics, the server API and admin",
+        }
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            Self::WebSocket(l) | Self::Admin(l) => l.local_addr().expect("bound"),
+        }
+    }
 }
 
 impl Server {
@@ -72,24 +104,35 @@ impl Server {
         );
         Ok(Self {
             node,
-            ws_listener,
-            admin_listener,
+            listeners: vec![
+                Listener::Admin(admin_listener),
+                Listener::WebSocket(ws_listener),
+            ],
         })
     }
 
+    fn addr_of(&self, pick: fn(&Listener) -> bool) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|l| pick(l))
+            .map(Listener::local_addr)
+            .expect("every server has this listener")
+    }
+
     pub fn ws_addr(&self) -> SocketAddr {
-        self.ws_listener.local_addr().expect("bound")
+        self.addr_of(|l| matches!(l, Listener::WebSocket(_)))
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_listener.local_addr().expect("bound")
+        self.addr_of(|l| matches!(l, Listener::Admin(_)))
     }
 
     /// Serves until the node's shutdown token is cancelled, then drains.
     pub async fn run(self) -> anyhow::Result<()> {
         let node = self.node;
-        tracing::info!(listener = "ws", addr = %self.ws_listener.local_addr()?, path = ws::PATH, "Listening");
-        tracing::info!(listener = "admin", addr = %self.admin_listener.local_addr()?, "Listening");
+        for listener in &self.listeners {
+            tracing::info!(listener = listener.name(), addr = %listener.local_addr(), serves = listener.serves(), "Listening");
+        }
         if let Some(dir) = node.plugins.watched_dir() {
             match crate::plugins::watch(node.plugins.clone(), &dir, node.shutdown.clone()) {
                 Ok(()) => tracing::info!(dir = %dir.display(), "Watching plugins"),
@@ -101,21 +144,32 @@ impl Server {
         tracing::info!(node = %node.name, "Ready");
         raise_file_limit(node.config.connections.max);
 
-        let admin_stop = tokio_util::sync::CancellationToken::new();
-        let admin = {
-            let stop = admin_stop.clone();
-            let app = admin::router(node.clone());
-            tokio::spawn(async move {
-                axum::serve(self.admin_listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            })
-        };
         let sweeper = tokio::spawn(sweep(node.clone()));
         if let Some(cluster) = &node.cluster {
             cluster.start(&node);
         }
-        ws::serve(self.ws_listener, node.clone()).await;
+        // Operations listeners run until after the drain; client listeners until
+        // shutdown begins.
+        let admin_stop = tokio_util::sync::CancellationToken::new();
+        let mut operations = Vec::new();
+        let mut clients = tokio::task::JoinSet::new();
+        for listener in self.listeners {
+            match listener {
+                Listener::Admin(l) => {
+                    let stop = admin_stop.clone();
+                    let app = admin::router(node.clone());
+                    operations.push(tokio::spawn(async move {
+                        axum::serve(l, app)
+                            .with_graceful_shutdown(async move { stop.cancelled().await })
+                            .await
+                    }));
+                }
+                Listener::WebSocket(l) => {
+                    clients.spawn(ws::serve(l, node.clone()));
+                }
+            }
+        }
+        while clients.join_next().await.is_some() {}
 
         // The token is cancelled: sessions are closing with 1012 after flushing.
         let open = node.connections.open();
@@ -148,13 +202,12 @@ impl Server {
         // In-flight admin requests (a slow client included) get what is left of the
         // deadline, then the listener's task is dropped.
         let admin_deadline = deadline.max(tokio::time::Instant::now()) + ADMIN_CLOSE_MARGIN;
-        let admin_abort = admin.abort_handle();
-        if tokio::time::timeout_at(admin_deadline, admin)
-            .await
-            .is_err()
-        {
-            admin_abort.abort();
-            tracing::warn!("Admin requests still open at the drain deadline were cut off");
+        for task in operations {
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(admin_deadline, task).await.is_err() {
+                abort.abort();
+                tracing::warn!("Admin requests still open at the drain deadline were cut off");
+            }
         }
         tracing::info!("Stopped");
         Ok(())
