@@ -157,8 +157,10 @@ fn bearer(authorization: &str) -> Option<String> {
 
 /// Step 4: the connection limits and the token-in-URL refusal, then the session.
 ///
-/// Not an `async fn`: the session's future holds the transport, and an `async fn` would
-/// keep its `transport` argument beside it in every connection task (see `session::run`).
+/// Returns the session's own future, not one wrapping it: a future that awaits another
+/// it owns keeps room for it twice (its field, and the awaited copy), and this one holds
+/// the transport, in every connection task. The connection's permit goes into the
+/// session's `ConnInfo`, so it is given back when the session ends.
 pub fn run<T: Transport>(
     node: Arc<Node>,
     transport: T,
@@ -189,12 +191,9 @@ pub fn run<T: Transport>(
         refuse,
         opened,
         handshake: Some(slot),
+        admitted: permit.ok(),
     };
-    let session = session::run(node, transport, conn);
-    async move {
-        session.await;
-        drop(permit);
-    }
+    session::run(node, transport, conn)
 }
 
 #[cfg(test)]

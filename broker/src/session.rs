@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use crate::auth::Claims;
 use crate::channel::{ChannelName, Namespace};
 use crate::hub::ConnHandle;
-use crate::limits::{ConnectionLimiter, HandshakePermit, UserPermit};
+use crate::limits::{ConnectionLimiter, ConnectionPermit, HandshakePermit, UserPermit};
 use crate::node::Node;
 use crate::plugins::{Hook, PluginConn};
 use crate::protocol::{self, CloseCode, Disconnect, EncodedFrame, ErrorReply};
@@ -52,6 +52,9 @@ pub struct ConnInfo {
     /// The connection's slot among handshakes in progress, given back once `connect`
     /// succeeded (or failed).
     pub handshake: Option<HandshakePermit>,
+    /// The connection's place in `connections.max` and `max_per_ip`, given back when the
+    /// session ends (`None`: refused, or a test).
+    pub admitted: Option<ConnectionPermit>,
 }
 
 /// How a session ended.

@@ -108,6 +108,7 @@ fn conn_info() -> ConnInfo {
         refuse: None,
         opened: Instant::now(),
         handshake: None,
+        admitted: None,
     }
 }
 

@@ -139,6 +139,7 @@ impl MemoryClient {
             refuse,
             opened: Instant::now(),
             handshake: None,
+            admitted: None,
         };
         let session = tokio::spawn(run(Arc::clone(node), transport, conn));
         Self {
