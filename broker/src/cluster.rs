@@ -56,7 +56,10 @@ use crate::hub::{Announce, NewPublication};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::protocol::{EncodedFrame, ErrorCode, ErrorReply, now_ms};
-use crate::sequencer::{Acked, Prepare, Presence, PresenceList, Sequencer, Sequencing};
+use crate::sequencer::{
+    Acked, Control, Federation, Prepare, Presence, PresenceList, Sequencer, Sequencing,
+};
+use futures_util::future::BoxFuture;
 
 /// Publications waiting for the appender (JetStream), and core messages waiting for the
 /// outbox writer. Past these, a publish is answered `unavailable` (history) or the
@@ -196,25 +199,15 @@ impl Cluster {
         self.this.get().and_then(Weak::upgrade)
     }
 
-    /// Every channel with subscribers on any node, with the cluster's counts.
-    pub async fn channels(&self) -> Vec<(String, usize)> {
-        gather::channels(self).await
-    }
-
-    /// Closes the user's connections on every node; returns how many.
-    pub async fn disconnect(&self, user: &str, reason: &str) -> usize {
-        gather::disconnect(self, user, reason).await
-    }
-
-    /// Stores a revocation in the cluster's bucket: every node applies it, now and after
-    /// a restart.
-    pub async fn revoke(&self, user: &str, revoked_at: u64, until: u64) -> anyhow::Result<()> {
-        gather::revoke(self, user, revoked_at, until).await
-    }
-
-    /// Lifts a revocation on every node.
-    pub async fn unrevoke(&self, user: &str) -> anyhow::Result<()> {
-        gather::unrevoke(self, user).await
+    /// What this cluster gives the node it links (`Node::with_plugins`).
+    pub fn federation(self: &Arc<Self>) -> Federation {
+        Federation {
+            name: self.name.clone(),
+            log: self.clone(),
+            presence: self.clone(),
+            announce: self.clone(),
+            control: self.clone(),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -228,7 +221,7 @@ impl Cluster {
     }
 
     /// Why this node is not ready, `None` when it is.
-    pub fn not_ready(&self) -> Option<String> {
+    fn not_ready(&self) -> Option<String> {
         if !self.connected() {
             return Some(format!(
                 "not connected to NATS ({}); local clients are served, cross-node delivery resumes once it is back",
@@ -578,6 +571,35 @@ impl Sequencer for Cluster {
     fn prepare(&self, ns: &Arc<Namespace>, channel: &ChannelName) -> Prepare {
         let node = self.node()?;
         self.links.prepare(self, &node, ns, channel)
+    }
+}
+
+impl Control for Cluster {
+    fn not_ready(&self) -> Option<String> {
+        Cluster::not_ready(self)
+    }
+
+    fn channels(&self) -> BoxFuture<'_, Vec<(String, usize)>> {
+        Box::pin(gather::channels(self))
+    }
+
+    fn disconnect<'a>(&'a self, user: &'a str, reason: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(gather::disconnect(self, user, reason))
+    }
+
+    /// Stores a revocation in the cluster's bucket: every node applies it, now and after
+    /// a restart.
+    fn revoke<'a>(
+        &'a self,
+        user: &'a str,
+        revoked_at: u64,
+        until: u64,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(gather::revoke(self, user, revoked_at, until))
+    }
+
+    fn unrevoke<'a>(&'a self, user: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(gather::unrevoke(self, user))
     }
 }
 

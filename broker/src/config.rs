@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use crate::admin::config::ApiConfig;
 pub use crate::auth::{AuthConfig, TokenAlgorithm};
 pub use crate::channel::NamespaceConfig;
-pub use crate::cluster::ClusterConfig;
+pub use crate::cluster::config::ClusterConfig;
 pub use crate::history::HistoryConfig;
 pub use crate::limits::{ConnectionsConfig, LimitsConfig, RateLimitsConfig};
 pub use crate::logging::{LogConfig, LogFormat};

@@ -9,7 +9,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Claims, Revocations, Verifier};
 use crate::channel::Namespaces;
-use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::history::{HistoryStore, MemoryHistory};
 use crate::hub::{Hub, JoinLeaveCap};
@@ -18,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::plugins::Plugins;
 use crate::publish::Pipeline;
 use crate::registry::Registry;
-use crate::sequencer::{Local, LocalPresence, Presence, Sequencer};
+use crate::sequencer::{Control, Federation, Local, LocalPresence, Presence, Sequencer};
 
 /// Per-connection settings, resolved from `[limits]`.
 #[derive(Debug, Clone)]
@@ -96,8 +95,8 @@ pub struct Node {
     pub registry: Registry,
     pub revocations: Revocations,
     pub keys: ApiKeys,
-    /// The NATS link, in a cluster.
-    pub cluster: Option<Arc<Cluster>>,
+    /// Cluster-wide control and readiness, in a cluster.
+    pub cluster: Option<Arc<dyn Control>>,
     next_key: AtomicU64,
 }
 
@@ -126,10 +125,10 @@ impl Node {
         metrics: Arc<Metrics>,
         plugins: Arc<Plugins>,
         revocations: Revocations,
-        cluster: Option<Arc<Cluster>>,
+        federation: Option<Federation>,
     ) -> Arc<Self> {
         // In a cluster this node's history is a replica of the channels it serves.
-        let history: Arc<dyn HistoryStore> = match cluster {
+        let history: Arc<dyn HistoryStore> = match federation {
             Some(_) => Arc::new(MemoryHistory::replica(&config.history)),
             None => Arc::new(MemoryHistory::from_config(&config.history)),
         };
@@ -144,13 +143,13 @@ impl Node {
                 limits: rate_limits.clone(),
                 skipped: metrics.join_leave_skipped.clone(),
             });
-        if let Some(cluster) = &cluster {
-            hub = hub.with_announce(cluster.clone());
+        if let Some(f) = &federation {
+            hub = hub.with_announce(f.announce.clone());
         }
         let hub = Arc::new(hub);
         let shutdown = CancellationToken::new();
-        let (log, presence): (Arc<dyn Sequencer>, Arc<dyn Presence>) = match &cluster {
-            Some(cluster) => (cluster.clone(), cluster.clone()),
+        let (log, presence): (Arc<dyn Sequencer>, Arc<dyn Presence>) = match &federation {
+            Some(f) => (f.log.clone(), f.presence.clone()),
             None => (
                 Arc::new(Local::new(hub.clone())),
                 Arc::new(LocalPresence::new(hub.clone())),
@@ -165,9 +164,9 @@ impl Node {
             &config.limits,
             shutdown.clone(),
         );
-        let name = match &cluster {
-            Some(cluster) => cluster.name().to_string(),
-            None => node_name(&config),
+        let (name, cluster) = match federation {
+            Some(f) => (f.name, Some(f.control)),
+            None => (node_name(&config), None),
         };
         Arc::new(Self {
             name,

@@ -9,13 +9,16 @@
 //! ([`Hub::deliver`]).
 //!
 //! [`Presence`] is the other half: who is in a channel, on this node or on every node.
+//! [`Control`] is what acts on every node (disconnect, revocations, the channel list) and
+//! says whether the cluster link is ready. A cluster hands all of them to the node as one
+//! [`Federation`]; the node knows only these traits, not the cluster.
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
 use crate::channel::{ChannelName, Namespace};
-use crate::hub::{Hub, NewPublication, Published};
+use crate::hub::{Announce, Hub, NewPublication, Published};
 use crate::protocol::{ErrorReply, PresenceEntry};
 
 /// What a log did with a publication.
@@ -117,4 +120,33 @@ impl Presence for LocalPresence {
     fn list(&self, channel: &ChannelName) -> PresenceList {
         PresenceList::Now(self.hub.presence(channel))
     }
+}
+
+/// Acts on every node of a cluster, and says whether its link is ready.
+pub trait Control: Send + Sync + 'static {
+    /// Why the node is not ready (NATS away, streams not set up), `None` when it is.
+    fn not_ready(&self) -> Option<String>;
+    /// Every channel with subscribers on any node, with the cluster's counts.
+    fn channels(&self) -> BoxFuture<'_, Vec<(String, usize)>>;
+    /// Closes the user's connections on every node with 4003; returns how many.
+    fn disconnect<'a>(&'a self, user: &'a str, reason: &'a str) -> BoxFuture<'a, usize>;
+    /// Stores a revocation for every node (and every node started later).
+    fn revoke<'a>(
+        &'a self,
+        user: &'a str,
+        revoked_at: u64,
+        until: u64,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// Lifts a revocation on every node.
+    fn unrevoke<'a>(&'a self, user: &'a str) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// What a cluster gives a node: its name in the cluster, the log, presence, where the
+/// hub's `join`/`leave` go, and control.
+pub struct Federation {
+    pub name: String,
+    pub log: Arc<dyn Sequencer>,
+    pub presence: Arc<dyn Presence>,
+    pub announce: Arc<dyn Announce>,
+    pub control: Arc<dyn Control>,
 }

@@ -31,6 +31,8 @@ pub use config::ShutdownConfig;
 /// A bound, not yet running, server.
 pub struct Server {
     pub node: Arc<Node>,
+    /// The NATS link, in a cluster: started and stopped here, with the listeners.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Every listener, in start order: the client listeners stop accepting when shutdown
     /// begins (their sessions drain), the operations listener serves through the drain.
     listeners: Vec<Listener>,
@@ -100,10 +102,11 @@ impl Server {
             metrics,
             plugins,
             revocations,
-            cluster,
+            cluster.as_ref().map(|c| c.federation()),
         );
         Ok(Self {
             node,
+            cluster,
             listeners: vec![
                 Listener::Admin(admin_listener),
                 Listener::WebSocket(ws_listener),
@@ -145,7 +148,7 @@ impl Server {
         raise_file_limit(node.config.connections.max);
 
         let sweeper = tokio::spawn(sweep(node.clone()));
-        if let Some(cluster) = &node.cluster {
+        if let Some(cluster) = &self.cluster {
             cluster.start(&node);
         }
         // Operations listeners run until after the drain; client listeners until
@@ -195,7 +198,7 @@ impl Server {
         }
         // The sessions are gone (their last publications were answered and their leaves
         // announced): the cluster link goes next.
-        if let Some(cluster) = &node.cluster {
+        if let Some(cluster) = &self.cluster {
             cluster.stop().await;
         }
         sweeper.abort();
