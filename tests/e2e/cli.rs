@@ -165,6 +165,19 @@ fn check_config_on_a_bad_config_exits_64_naming_key_and_value() {
     assert!(out.contains("HOOKWIRE_LIMITS_MAX_FRAME_BYTES"), "{out}");
     assert!(out.contains("lots"), "{out}");
 
+    // `[cluster]` is checked like every section (HOOKWIRE_NATS_URL turns it on).
+    let (code, out) = run_hookwire(
+        &["check-config", "--config", SHIPPED_CONFIG],
+        &[
+            ("HOOKWIRE_JWT_SECRET", SECRET),
+            ("HOOKWIRE_NATS_URL", "http://127.0.0.1:4222"),
+            ("HOOKWIRE_CLUSTER_REPLICAS", "9"),
+        ],
+    );
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("cluster.nats_url"), "{out}");
+    assert!(out.contains("cluster.replicas"), "{out}");
+
     // An unknown key is named too.
     std::fs::write(
         dir.path().join("typo.toml"),
