@@ -18,40 +18,15 @@ use serde_json::value::RawValue;
 use crate::channel::{ChannelName, Namespace};
 use crate::history::{HistoryPolicy, HistoryStore, Page, Position, Query, ReadError, Sequenced};
 use crate::limits::RateLimits;
-use crate::outbound::{Outbound, Push};
-use crate::protocol::{self, EncodedFrame, PresenceEntry, PublicationFields, StreamPosition};
+use crate::outbound::Push;
+use crate::protocol::{self, EncodedFrame, PublicationFields, StreamPosition};
+
+mod conn;
+mod members;
+
+pub use conn::ConnHandle;
 
 const SHARDS: usize = 64;
-
-/// The hub's view of a connection: who it is and where its frames go.
-pub struct ConnHandle {
-    /// Process-unique key.
-    pub key: u64,
-    /// The client id sent in `connected` (`c-…`).
-    pub client: Box<str>,
-    pub user: Arc<str>,
-    /// The token's `info` claim.
-    pub info: Option<Box<RawValue>>,
-    pub outbound: Outbound,
-    pub transport: crate::transport::TransportKind,
-    pub remote: std::net::SocketAddr,
-    /// When the connection authenticated, Unix milliseconds.
-    pub connected_at_ms: u64,
-}
-
-impl ConnHandle {
-    fn info_or_empty(&self) -> &RawValue {
-        match &self.info {
-            Some(info) => info,
-            None => empty_object(),
-        }
-    }
-}
-
-fn empty_object() -> &'static RawValue {
-    static EMPTY: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
-    EMPTY.get_or_init(|| RawValue::from_string("{}".into()).expect("valid JSON"))
-}
 
 #[derive(Default)]
 struct Shard {
@@ -324,11 +299,6 @@ impl Hub {
         true
     }
 
-    /// Whether the channel has subscribers on this node.
-    pub fn has_subscribers(&self, channel: &ChannelName) -> bool {
-        self.shard(channel).lock().channels.contains_key(channel)
-    }
-
     /// The deliver-only entry: stores a publication sequenced elsewhere in this node's
     /// replica of the channel's stream and queues it for the channel's subscribers here,
     /// under the channel's lock (so a subscribe's recovery and the live stream meet
@@ -460,246 +430,7 @@ impl Hub {
     pub fn position(&self, ns: &Namespace, channel: &ChannelName) -> Option<Position> {
         ns.keeps_history().then(|| self.history.position(channel))
     }
-
-    /// Who is subscribed to the channel on this node, cut at `limits.max_reply_bytes`
-    /// (the flag says whether it was).
-    pub fn presence(&self, channel: &ChannelName) -> (Vec<PresenceEntry>, bool) {
-        let shard = self.shard(channel).lock();
-        let Some(subs) = shard.channels.get(channel) else {
-            return (Vec::new(), false);
-        };
-        let mut entries = Vec::new();
-        let mut used = 0usize;
-        for p in subs.values() {
-            let info = p.info_or_empty();
-            // The entry's JSON: its strings and about 40 bytes of keys and punctuation.
-            let bytes = p.client.len() + p.user.len() + info.get().len() + 40;
-            if !entries.is_empty() && used + bytes > self.max_reply_bytes {
-                return (entries, true);
-            }
-            used += bytes;
-            entries.push(PresenceEntry {
-                client: p.client.to_string(),
-                user: p.user.to_string(),
-                info: info.to_owned(),
-            });
-        }
-        (entries, false)
-    }
-
-    /// The channels a peer is subscribed to (an operator view: scans every shard).
-    pub fn channels_of(&self, key: u64) -> Vec<ChannelName> {
-        self.scan(|channel, subs| subs.contains_key(&key).then(|| channel.clone()))
-    }
-
-    /// Every channel with subscribers on this node, with their counts.
-    pub fn channels(&self) -> Vec<(ChannelName, usize)> {
-        self.scan(|channel, subs| Some((channel.clone(), subs.len())))
-    }
-
-    /// Visits every channel, one shard lock at a time; returns what `pick` kept, sorted.
-    fn scan<T: Ord>(
-        &self,
-        mut pick: impl FnMut(&ChannelName, &IndexMap<u64, Arc<ConnHandle>>) -> Option<T>,
-    ) -> Vec<T> {
-        let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard.lock();
-            out.extend(shard.channels.iter().filter_map(|(c, subs)| pick(c, subs)));
-        }
-        out.sort();
-        out
-    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::NamespaceConfig;
-    use crate::history::MemoryHistory;
-    use crate::outbound::Next;
-    use std::collections::VecDeque;
-
-    fn ns(history: usize, join_leave: bool) -> Namespace {
-        Namespace {
-            name: "chat".into(),
-            config: NamespaceConfig {
-                history_size: history,
-                history_ttl_secs: 60,
-                join_leave,
-                ..NamespaceConfig::default()
-            },
-        }
-    }
-
-    fn peer(key: u64) -> Arc<ConnHandle> {
-        Arc::new(ConnHandle {
-            key,
-            client: format!("c-{key}").into(),
-            user: format!("u{key}").into(),
-            info: None,
-            outbound: Outbound::new(4, 1 << 20),
-            transport: crate::transport::TransportKind::Memory,
-            remote: ([127, 0, 0, 1], 1).into(),
-            connected_at_ms: 0,
-        })
-    }
-
-    /// Subscribes the way a session does: the `subscribed` reply queued under the lock.
-    fn join(
-        hub: &Hub,
-        ns: &Namespace,
-        ch: &ChannelName,
-        p: &Arc<ConnHandle>,
-    ) -> Result<(), SubscribeError> {
-        hub.subscribe(ns, ch, p, None, true, |j| {
-            let r = protocol::Recovery {
-                offset: j.position.as_ref().map_or(0, |p| p.offset),
-                epoch: j.position.as_ref().map_or("", |p| &p.epoch),
-                recovered: j.recovered,
-                publications: &j.publications,
-                next: j.next,
-            };
-            p.outbound
-                .push(protocol::subscribed_reply(Some(1), ch.as_str(), &r));
-        })
-    }
-
-    async fn drain(p: &ConnHandle) -> Vec<serde_json::Value> {
-        let mut batch = VecDeque::new();
-        match p.outbound.next_batch(&mut batch).await {
-            Next::Frames { .. } => batch
-                .iter()
-                .map(|f| serde_json::from_str(f.as_str()).unwrap())
-                .collect(),
-            Next::Close(d) => vec![serde_json::json!({"close": d.code.code()})],
-        }
-    }
-
-    fn data() -> Box<RawValue> {
-        RawValue::from_string("{\"n\":1}".into()).unwrap()
-    }
-
-    #[tokio::test]
-    async fn fan_out_shares_one_encoding_and_keeps_order() {
-        let hub = Hub::new(Arc::new(MemoryHistory::new()));
-        let ns = ns(10, false);
-        let ch = ChannelName::parse("chat:a").unwrap();
-        let (a, b) = (peer(1), peer(2));
-        join(&hub, &ns, &ch, &a).unwrap();
-        join(&hub, &ns, &ch, &b).unwrap();
-        assert_eq!(drain(&a).await[0]["type"], "subscribed");
-        drain(&b).await;
-        let d = data();
-        for _ in 0..2 {
-            let p = hub.publish(
-                &ns,
-                NewPublication {
-                    channel: &ch,
-                    user: Some("u1"),
-                    data: &d,
-                    meta: None,
-                    accepted_at: std::time::Instant::now(),
-                },
-            );
-            assert_eq!(p.delivered, 2);
-        }
-        let got = drain(&a).await;
-        assert_eq!(got[0]["offset"], 1);
-        assert_eq!(got[1]["offset"], 2);
-        assert_eq!(drain(&b).await.len(), 2);
-    }
-
-    #[tokio::test]
-    async fn slow_consumer_overflows_without_touching_others() {
-        let hub = Hub::new(Arc::new(MemoryHistory::new()));
-        let ns = ns(0, false);
-        let ch = ChannelName::parse("chat:a").unwrap();
-        let (slow, fast) = (peer(1), peer(2));
-        join(&hub, &ns, &ch, &slow).unwrap();
-        join(&hub, &ns, &ch, &fast).unwrap();
-        let d = data();
-        let mut overflowed = 0;
-        for _ in 0..8 {
-            drain(&fast).await;
-            overflowed += hub
-                .publish(
-                    &ns,
-                    NewPublication {
-                        channel: &ch,
-                        user: None,
-                        data: &d,
-                        meta: None,
-                        accepted_at: std::time::Instant::now(),
-                    },
-                )
-                .overflowed;
-        }
-        assert_eq!(overflowed, 1);
-        assert_eq!(drain(&slow).await[0]["close"], 4009);
-    }
-
-    #[tokio::test]
-    async fn join_and_leave_go_to_the_others() {
-        let hub = Hub::new(Arc::new(MemoryHistory::new()));
-        let ns = ns(0, true);
-        let ch = ChannelName::parse("chat:a").unwrap();
-        let (a, b) = (peer(1), peer(2));
-        join(&hub, &ns, &ch, &a).unwrap();
-        drain(&a).await;
-        join(&hub, &ns, &ch, &b).unwrap();
-        assert_eq!(drain(&a).await[0]["type"], "join");
-        assert_eq!(hub.presence(&ch).0.len(), 2);
-        assert!(hub.unsubscribe(&ns, &ch, &b));
-        let leave = &drain(&a).await[0];
-        assert_eq!(leave["type"], "leave");
-        assert_eq!(leave["user"], "u2");
-        assert!(matches!(
-            hub.subscribe(&ns, &ch, &a, None, true, |_| {}),
-            Err(SubscribeError::AlreadySubscribed(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn large_answers_are_cut_and_say_more() {
-        let hub = Hub::new(Arc::new(MemoryHistory::new())).with_max_reply_bytes(4_096);
-        let ns = ns(100, false);
-        let ch = ChannelName::parse("chat:a").unwrap();
-        let peers: Vec<_> = (1..=100).map(peer).collect();
-        for p in &peers {
-            join(&hub, &ns, &ch, p).unwrap();
-        }
-        let (clients, more) = hub.presence(&ch);
-        assert!(more && clients.len() < 100 && !clients.is_empty());
-        let d = serde_json::value::to_raw_value(&"z".repeat(1_000)).unwrap();
-        for _ in 0..10 {
-            let publication = NewPublication {
-                channel: &ch,
-                user: None,
-                data: &d,
-                meta: None,
-                accepted_at: std::time::Instant::now(),
-            };
-            hub.publish(&ns, publication);
-        }
-        let epoch = hub.position(&ns, &ch).unwrap().epoch.to_string();
-        let from = StreamPosition { offset: 0, epoch };
-        let late = peer(500);
-        hub.subscribe(&ns, &ch, &late, Some(&from), true, |j| {
-            assert!(j.recovered);
-            assert_eq!(
-                j.publications.len(),
-                3,
-                "4 KiB holds three 1 KiB publications"
-            );
-            assert_eq!(j.next, Some(3));
-        })
-        .unwrap();
-        // Without a reply to page into, every recovered publication is queued.
-        let quiet = peer(501);
-        hub.subscribe(&ns, &ch, &quiet, Some(&from), false, |j| {
-            assert_eq!((j.publications.len(), j.next), (10, None));
-        })
-        .unwrap();
-    }
-}
+mod tests;

@@ -389,8 +389,14 @@ impl Metrics {
     /// Records an accepted publication queued for `delivered` local subscribers.
     pub fn publication(&self, source: PublicationSource, delivered: u64) {
         self.published_by_source[source as usize].inc();
-        self.deliveries.inc_by(delivered);
-        self.messages_sent.inc_by(delivered);
+        self.delivered(delivered);
+    }
+
+    /// Deliveries of a publication accepted elsewhere (another node of a cluster): counted
+    /// where they happen, as `publication` counts them on the accepting node.
+    pub fn delivered(&self, n: u64) {
+        self.deliveries.inc_by(n);
+        self.messages_sent.inc_by(n);
     }
 
     /// Samples the history gauges and counts the evictions a sweep reports.

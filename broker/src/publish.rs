@@ -485,8 +485,30 @@ enum Sequenced {
 }
 
 impl Sequenced {
+    /// The answer to a publish that became this one publication (the fast path: no
+    /// list to build).
     fn accepted(self, channel: ChannelName) -> Outcome {
-        Self::all(vec![self], channel)
+        match self {
+            Sequenced::Now {
+                offset,
+                duplicate,
+                delivered,
+            } => Outcome::Now(Accepted {
+                channel,
+                offset,
+                duplicate,
+                delivered,
+            }),
+            Sequenced::Later(f) => Outcome::Later(Box::pin(async move {
+                let acked = f.await?;
+                Ok(Accepted {
+                    channel,
+                    offset: acked.offset,
+                    duplicate: acked.duplicate,
+                    delivered: 0,
+                })
+            })),
+        }
     }
 
     /// The answer to a publish that became these publications: the first one's offset,

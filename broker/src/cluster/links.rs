@@ -381,7 +381,7 @@ fn deliver(
         frame: frame.0,
     };
     let delivered = node.hub.deliver(&link.ns, &link.channel, delivery);
-    node.metrics.frames_sent("message", delivered as u64);
+    node.metrics.delivered(delivered as u64);
 }
 
 fn encode(

@@ -80,18 +80,36 @@ impl Transport for FullSocket {
     async fn close(&mut self, _code: CloseCode, _reason: &str) {}
 }
 
-#[tokio::test]
-async fn a_ping_that_cannot_be_written_ends_the_session() {
+/// A node pinging every `ping_ms` (and waiting as long for the answer) and a session
+/// over a [`FullSocket`] that keeps itself alive as `keepalive` says.
+fn full_socket_session(
+    ping_ms: u64,
+    keepalive: Keepalive,
+) -> (Arc<Node>, impl Future<Output = ()> + Send) {
     let mut config = Config::default();
-    config.limits.ping_interval_ms = 100;
-    config.limits.pong_timeout_ms = 100;
+    config.limits.ping_interval_ms = ping_ms;
+    config.limits.pong_timeout_ms = ping_ms;
     let node = node_with(config);
     let token = TokenSpec::new("alice", Duration::from_secs(60)).sign_hs256(SECRET);
     let transport = FullSocket {
         connect: Some(format!(r#"{{"id":1,"type":"connect","token":"{token}"}}"#)),
-        keepalive: Keepalive::Pings,
+        keepalive,
     };
-    let session = run(Arc::clone(&node), transport, conn_info());
+    let conn = ConnInfo {
+        remote: "127.0.0.1:1".parse().unwrap(),
+        bearer: None,
+        refuse: None,
+        opened: Instant::now(),
+        handshake: None,
+        admitted: None,
+    };
+    let session = run(Arc::clone(&node), transport, conn);
+    (node, session)
+}
+
+#[tokio::test]
+async fn a_ping_that_cannot_be_written_ends_the_session() {
+    let (node, session) = full_socket_session(100, Keepalive::Pings);
     tokio::time::timeout(Duration::from_secs(5), session)
         .await
         .expect("the session waited forever on a ping");
@@ -101,29 +119,9 @@ async fn a_ping_that_cannot_be_written_ends_the_session() {
     );
 }
 
-fn conn_info() -> ConnInfo {
-    ConnInfo {
-        remote: "127.0.0.1:1".parse().unwrap(),
-        bearer: None,
-        refuse: None,
-        opened: Instant::now(),
-        handshake: None,
-        admitted: None,
-    }
-}
-
 #[tokio::test]
 async fn a_transport_that_keeps_itself_alive_is_never_pinged() {
-    let mut config = Config::default();
-    config.limits.ping_interval_ms = 50;
-    config.limits.pong_timeout_ms = 50;
-    let node = node_with(config);
-    let token = TokenSpec::new("alice", Duration::from_secs(60)).sign_hs256(SECRET);
-    let transport = FullSocket {
-        connect: Some(format!(r#"{{"id":1,"type":"connect","token":"{token}"}}"#)),
-        keepalive: Keepalive::Transport,
-    };
-    let session = run(Arc::clone(&node), transport, conn_info());
+    let (_node, session) = full_socket_session(50, Keepalive::Transport);
     // Ten ping intervals: a session that pinged would have hung on the full socket and
     // ended at the pong timeout.
     let ended = tokio::time::timeout(Duration::from_millis(500), session).await;

@@ -1,0 +1,189 @@
+use super::*;
+use crate::config::NamespaceConfig;
+use crate::history::MemoryHistory;
+use crate::outbound::Next;
+use crate::outbound::Outbound;
+use std::collections::VecDeque;
+
+fn ns(history: usize, join_leave: bool) -> Namespace {
+    Namespace {
+        name: "chat".into(),
+        config: NamespaceConfig {
+            history_size: history,
+            history_ttl_secs: 60,
+            join_leave,
+            ..NamespaceConfig::default()
+        },
+    }
+}
+
+fn peer(key: u64) -> Arc<ConnHandle> {
+    Arc::new(ConnHandle {
+        key,
+        client: format!("c-{key}").into(),
+        user: format!("u{key}").into(),
+        info: None,
+        outbound: Outbound::new(4, 1 << 20),
+        transport: crate::transport::TransportKind::Memory,
+        remote: ([127, 0, 0, 1], 1).into(),
+        connected_at_ms: 0,
+    })
+}
+
+/// Subscribes the way a session does: the `subscribed` reply queued under the lock.
+fn join(
+    hub: &Hub,
+    ns: &Namespace,
+    ch: &ChannelName,
+    p: &Arc<ConnHandle>,
+) -> Result<(), SubscribeError> {
+    hub.subscribe(ns, ch, p, None, true, |j| {
+        let r = protocol::Recovery {
+            offset: j.position.as_ref().map_or(0, |p| p.offset),
+            epoch: j.position.as_ref().map_or("", |p| &p.epoch),
+            recovered: j.recovered,
+            publications: &j.publications,
+            next: j.next,
+        };
+        p.outbound
+            .push(protocol::subscribed_reply(Some(1), ch.as_str(), &r));
+    })
+}
+
+async fn drain(p: &ConnHandle) -> Vec<serde_json::Value> {
+    let mut batch = VecDeque::new();
+    match p.outbound.next_batch(&mut batch).await {
+        Next::Frames { .. } => batch
+            .iter()
+            .map(|f| serde_json::from_str(f.as_str()).unwrap())
+            .collect(),
+        Next::Close(d) => vec![serde_json::json!({"close": d.code.code()})],
+    }
+}
+
+fn data() -> Box<RawValue> {
+    RawValue::from_string("{\"n\":1}".into()).unwrap()
+}
+
+#[tokio::test]
+async fn fan_out_shares_one_encoding_and_keeps_order() {
+    let hub = Hub::new(Arc::new(MemoryHistory::new()));
+    let ns = ns(10, false);
+    let ch = ChannelName::parse("chat:a").unwrap();
+    let (a, b) = (peer(1), peer(2));
+    join(&hub, &ns, &ch, &a).unwrap();
+    join(&hub, &ns, &ch, &b).unwrap();
+    assert_eq!(drain(&a).await[0]["type"], "subscribed");
+    drain(&b).await;
+    let d = data();
+    for _ in 0..2 {
+        let p = hub.publish(
+            &ns,
+            NewPublication {
+                channel: &ch,
+                user: Some("u1"),
+                data: &d,
+                meta: None,
+                accepted_at: std::time::Instant::now(),
+            },
+        );
+        assert_eq!(p.delivered, 2);
+    }
+    let got = drain(&a).await;
+    assert_eq!(got[0]["offset"], 1);
+    assert_eq!(got[1]["offset"], 2);
+    assert_eq!(drain(&b).await.len(), 2);
+}
+
+#[tokio::test]
+async fn slow_consumer_overflows_without_touching_others() {
+    let hub = Hub::new(Arc::new(MemoryHistory::new()));
+    let ns = ns(0, false);
+    let ch = ChannelName::parse("chat:a").unwrap();
+    let (slow, fast) = (peer(1), peer(2));
+    join(&hub, &ns, &ch, &slow).unwrap();
+    join(&hub, &ns, &ch, &fast).unwrap();
+    let d = data();
+    let mut overflowed = 0;
+    for _ in 0..8 {
+        drain(&fast).await;
+        overflowed += hub
+            .publish(
+                &ns,
+                NewPublication {
+                    channel: &ch,
+                    user: None,
+                    data: &d,
+                    meta: None,
+                    accepted_at: std::time::Instant::now(),
+                },
+            )
+            .overflowed;
+    }
+    assert_eq!(overflowed, 1);
+    assert_eq!(drain(&slow).await[0]["close"], 4009);
+}
+
+#[tokio::test]
+async fn join_and_leave_go_to_the_others() {
+    let hub = Hub::new(Arc::new(MemoryHistory::new()));
+    let ns = ns(0, true);
+    let ch = ChannelName::parse("chat:a").unwrap();
+    let (a, b) = (peer(1), peer(2));
+    join(&hub, &ns, &ch, &a).unwrap();
+    drain(&a).await;
+    join(&hub, &ns, &ch, &b).unwrap();
+    assert_eq!(drain(&a).await[0]["type"], "join");
+    assert_eq!(hub.presence(&ch).0.len(), 2);
+    assert!(hub.unsubscribe(&ns, &ch, &b));
+    let leave = &drain(&a).await[0];
+    assert_eq!(leave["type"], "leave");
+    assert_eq!(leave["user"], "u2");
+    assert!(matches!(
+        hub.subscribe(&ns, &ch, &a, None, true, |_| {}),
+        Err(SubscribeError::AlreadySubscribed(_))
+    ));
+}
+
+#[tokio::test]
+async fn large_answers_are_cut_and_say_more() {
+    let hub = Hub::new(Arc::new(MemoryHistory::new())).with_max_reply_bytes(4_096);
+    let ns = ns(100, false);
+    let ch = ChannelName::parse("chat:a").unwrap();
+    let peers: Vec<_> = (1..=100).map(peer).collect();
+    for p in &peers {
+        join(&hub, &ns, &ch, p).unwrap();
+    }
+    let (clients, more) = hub.presence(&ch);
+    assert!(more && clients.len() < 100 && !clients.is_empty());
+    let d = serde_json::value::to_raw_value(&"z".repeat(1_000)).unwrap();
+    for _ in 0..10 {
+        let publication = NewPublication {
+            channel: &ch,
+            user: None,
+            data: &d,
+            meta: None,
+            accepted_at: std::time::Instant::now(),
+        };
+        hub.publish(&ns, publication);
+    }
+    let epoch = hub.position(&ns, &ch).unwrap().epoch.to_string();
+    let from = StreamPosition { offset: 0, epoch };
+    let late = peer(500);
+    hub.subscribe(&ns, &ch, &late, Some(&from), true, |j| {
+        assert!(j.recovered);
+        assert_eq!(
+            j.publications.len(),
+            3,
+            "4 KiB holds three 1 KiB publications"
+        );
+        assert_eq!(j.next, Some(3));
+    })
+    .unwrap();
+    // Without a reply to page into, every recovered publication is queued.
+    let quiet = peer(501);
+    hub.subscribe(&ns, &ch, &quiet, Some(&from), false, |j| {
+        assert_eq!((j.publications.len(), j.next), (10, None));
+    })
+    .unwrap();
+}
