@@ -33,6 +33,10 @@ pub struct NamespaceConfig {
     pub channel_publishes_burst: u32,
     /// Plugins whose `subscribe` and `publish` hooks run for this namespace, in order.
     pub plugins: Vec<String>,
+    /// Publications are worthless when late ("typing", cursors): no history, no
+    /// recovery, and WebTransport clients get them as unreliable datagrams, never
+    /// queued behind reliable frames (WebSocket clients get them as usual).
+    pub volatile: bool,
 }
 
 impl NamespaceConfig {
@@ -55,6 +59,12 @@ impl NamespaceConfig {
             0,
             1_000_000,
         );
+        if self.volatile && self.history_size > 0 {
+            p.push(format!(
+                "{key}.volatile = true with history_size = {}: a volatile namespace keeps no history; set history_size = 0",
+                self.history_size
+            ));
+        }
         if self.history_size > 0 && self.history_ttl_secs == 0 {
             p.push(format!(
                 "{key}.history_ttl_secs = 0 with history_size = {}: history needs a TTL of 1 second or more",
@@ -159,6 +169,11 @@ pub struct Namespace {
 impl Namespace {
     pub fn keeps_history(&self) -> bool {
         self.config.history_size > 0
+    }
+
+    /// Delivered as datagrams to WebTransport clients (see [`NamespaceConfig::volatile`]).
+    pub fn volatile(&self) -> bool {
+        self.config.volatile
     }
 }
 

@@ -3,7 +3,7 @@
 //! Each subsystem owns its section and that section's validation (`[auth]` in
 //! `auth::config`, `[limits]`, `[rate_limits]` and `[connections]` in `limits::config`,
 //! `[namespaces]` in `channel`, `[history]` in `history`, `[api]` in `admin`, `[log]`
-//! in `logging`, `[shutdown]` in `server`, `[plugins]` in `plugins::config`); the root [`Config`] only gathers them, so the whole shape reads in one place.
+//! in `logging`, `[shutdown]` in `server`, `[quic]` in `transport::wt::config`, `[plugins]` in `plugins::config`); the root [`Config`] only gathers them, so the whole shape reads in one place.
 //! Load into plain structs ([`Config::load`]), then [`Config::validate`] collects every
 //! problem at once, naming the key, the value and what is allowed. `Config::default()` is
 //! what `config/hookwire.toml` spells out, but for the example plugins it loads.
@@ -25,6 +25,7 @@ pub use crate::limits::{ConnectionsConfig, LimitsConfig, RateLimitsConfig};
 pub use crate::logging::{LogConfig, LogFormat};
 pub use crate::plugins::config::{OnError, PluginModuleConfig, PluginsConfig};
 pub use crate::server::config::ShutdownConfig;
+pub use crate::transport::wt::config::QuicConfig;
 use crate::validation::Problems;
 pub use env::EnvOverrides;
 
@@ -44,6 +45,8 @@ pub struct Config {
     /// HTTP listener for health, metrics and the server API. `HOOKWIRE_ADMIN_ADDR`.
     #[serde(deserialize_with = "listen_addr")]
     pub admin_addr: SocketAddr,
+    /// The WebTransport listener (UDP). `HOOKWIRE_QUIC_ADDR` sets its address.
+    pub quic: QuicConfig,
     /// This node's name (`node` in `connected`); empty: host name plus a random suffix.
     pub node_name: String,
     /// Where what must survive a restart is kept (the revocation list); empty: nothing
@@ -67,7 +70,7 @@ pub struct Config {
 }
 
 /// A listener address, with a message that says what is allowed.
-fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+pub(crate) fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(d)?;
     text.parse().map_err(|_| {
         serde::de::Error::custom(format!(
@@ -87,6 +90,14 @@ impl Default for Config {
                 presence: true,
                 join_leave: true,
                 allow_publish: true,
+                ..NamespaceConfig::default()
+            },
+        );
+        namespaces.insert(
+            "typing".to_string(),
+            NamespaceConfig {
+                allow_publish: true,
+                volatile: true,
                 ..NamespaceConfig::default()
             },
         );
@@ -111,6 +122,7 @@ impl Default for Config {
         Self {
             ws_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            quic: QuicConfig::default(),
             node_name: String::new(),
             data_dir: "data".into(),
             auth: AuthConfig::default(),
@@ -237,6 +249,7 @@ impl Config {
         self.api.validate(&mut p);
         self.history.validate(&mut p);
         self.shutdown.validate(&mut p);
+        self.quic.validate(&mut p);
         self.log.validate(&mut p);
         let bindings = self
             .namespaces

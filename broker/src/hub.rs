@@ -320,9 +320,10 @@ impl Hub {
         let Some(subs) = shard.channels.get(channel) else {
             return 0;
         };
+        let volatile = ns.volatile();
         let mut delivered = 0;
         for peer in subs.values() {
-            if let Push::Queued = peer.outbound.push(delivery.frame.clone()) {
+            if let Push::Queued = peer.push(&delivery.frame, volatile) {
                 delivered += 1;
             }
         }
@@ -393,8 +394,11 @@ impl Hub {
         };
         if let Some(subs) = shard.channels.get(publication.channel) {
             let last = subs.len().saturating_sub(1);
+            let volatile = ns.volatile();
             for (i, peer) in subs.values().enumerate() {
-                let pushed = if i == last {
+                let pushed = if volatile {
+                    peer.push(&frame, true)
+                } else if i == last {
                     peer.outbound
                         .push_probed(frame.clone(), publication.accepted_at)
                 } else {

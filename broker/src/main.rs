@@ -291,7 +291,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         log,
     };
     let result = runtime.block_on(async move {
-        let server = Server::bind(config, verifier, keys).await?;
+        let options = server::Options {
+            dev: args.config.dev,
+            dev_token_secret: secret.filter(|_| args.config.dev).map(|(secret, _)| secret),
+        };
+        let server = Server::bind(config, verifier, keys, options).await?;
         tokio::spawn(server::watch_signals(server.node.clone(), reload));
         server.run().await
     });

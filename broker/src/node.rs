@@ -161,7 +161,7 @@ impl Node {
             rate_limits.clone(),
             metrics.clone(),
             plugins.clone(),
-            &config.limits,
+            &config,
             shutdown.clone(),
         );
         let (name, cluster) = match federation {

@@ -72,6 +72,11 @@ impl EncodedFrame {
     pub fn bytes(&self) -> Bytes {
         self.0.clone()
     }
+
+    /// The shared bytes, taking this reference.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
 }
 
 /// Current time in milliseconds since the Unix epoch.

@@ -14,8 +14,9 @@ use serde_json::value::RawValue;
 use crate::access;
 use crate::auth::Claims;
 use crate::channel::{ChannelName, Namespace, Namespaces};
+use crate::config::Config;
 use crate::hub::{NewPublication, Published};
-use crate::limits::{Exceeded, LimitsConfig, RateLimits};
+use crate::limits::{Exceeded, RateLimits};
 use crate::metrics::{Metrics, PublicationSource};
 use crate::plugins::{Emit, Hook, PluginConn, Plugins, PublicationState, PublishSource};
 use crate::protocol::{ErrorCode, ErrorReply, now_ms};
@@ -155,6 +156,8 @@ pub struct Pipeline {
     /// The node's shutdown token: once draining, publishes are refused (their deliveries
     /// would be dropped with the connections).
     shutdown: CancellationToken,
+    /// The largest `message` frame a volatile namespace takes (`quic.max_datagram_bytes`).
+    max_datagram_bytes: usize,
 }
 
 impl Pipeline {
@@ -164,9 +167,10 @@ impl Pipeline {
         limits: Arc<RateLimits>,
         metrics: Arc<Metrics>,
         plugins: Arc<Plugins>,
-        settings: &LimitsConfig,
+        config: &Config,
         shutdown: CancellationToken,
     ) -> Self {
+        let settings = &config.limits;
         Self {
             log,
             namespaces,
@@ -175,6 +179,7 @@ impl Pipeline {
             plugins,
             dedup: Dedup::new(settings.dedup_window_ms, settings.dedup_max_keys),
             shutdown,
+            max_datagram_bytes: config.quic.max_datagram_bytes,
         }
     }
 
@@ -222,6 +227,9 @@ impl Pipeline {
         self.limits
             .check_channel_publish(&ns, &channel)
             .map_err(|e| self.limited(&e))?;
+        if ns.volatile() {
+            self.fits_a_datagram(&channel, &req)?;
+        }
         if self.plugins.publishes_through(&ns.name) {
             // A repeat is answered before the chain: the plugins see a publication once.
             if let Some(offset) = self.repeat_of(&req, &ns, &channel) {
@@ -463,6 +471,31 @@ impl Pipeline {
             .seen(&req.source.publisher(), channel, key, now_ms())
     }
 
+    /// A volatile publication travels as one datagram: its `message` frame (the data,
+    /// the channel, the user and about 100 bytes of frame) must fit
+    /// `quic.max_datagram_bytes`.
+    fn fits_a_datagram(
+        &self,
+        channel: &ChannelName,
+        req: &PublishRequest<'_>,
+    ) -> Result<(), ErrorReply> {
+        const FRAME_BYTES: usize = 100;
+        let size = req.data.get().len()
+            + channel.as_str().len()
+            + req.source.user().map_or(0, str::len)
+            + FRAME_BYTES;
+        if size <= self.max_datagram_bytes {
+            return Ok(());
+        }
+        Err(ErrorReply::new(
+            ErrorCode::TooLarge,
+            format!(
+                "channel {channel} is volatile: its publications travel as datagrams of at most {} bytes, and this one would be about {size}; send less data, or publish into a namespace without `volatile`",
+                self.max_datagram_bytes
+            ),
+        ))
+    }
+
     fn limited(&self, e: &Exceeded) -> ErrorReply {
         self.metrics.rate_limited(e.limit);
         e.to_reply()
@@ -597,7 +630,7 @@ mod tests {
             limits,
             metrics,
             plugins,
-            &config.limits,
+            &config,
             CancellationToken::new(),
         )
     }

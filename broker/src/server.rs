@@ -25,7 +25,9 @@ use crate::config::{Config, EnvOverrides};
 use crate::logging::LogControl;
 use crate::node::{ApiKeys, Node};
 use crate::protocol::now_ms;
-use crate::transport::ws;
+use crate::transport::ws::pages::{DevCert, DevPages, Pages};
+use crate::transport::wt::tls;
+use crate::transport::{ws, wt};
 pub use config::ShutdownConfig;
 
 /// A bound, not yet running, server.
@@ -36,12 +38,26 @@ pub struct Server {
     /// Every listener, in start order: the client listeners stop accepting when shutdown
     /// begins (their sessions drain), the operations listener serves through the drain.
     listeners: Vec<Listener>,
+    /// Plain HTTP on the client listener (`/client.js`; with `--dev`, the demo).
+    pages: Arc<Pages>,
+}
+
+/// How the process was started.
+#[derive(Default)]
+pub struct Options {
+    /// `--dev`: a self-signed certificate for WebTransport when none is configured, and
+    /// the demo page with `/dev/token` and `/dev/cert-hash`.
+    pub dev: bool,
+    /// The HS256 secret `/dev/token` signs with (only with `dev`).
+    pub dev_token_secret: Option<Vec<u8>>,
 }
 
 /// A listener the server owns.
 enum Listener {
     /// WebSocket clients (`ws_addr`, path `/ws`).
     WebSocket(TcpListener),
+    /// WebTransport clients (`quic.addr`, UDP, path `/wt`).
+    WebTransport(quinn::Endpoint),
     /// Health, readiness, metrics, the server API and admin (`admin_addr`).
     Admin(TcpListener),
 }
@@ -50,6 +66,7 @@ impl Listener {
     fn name(&self) -> &'static str {
         match self {
             Self::WebSocket(_) => "ws",
+            Self::WebTransport(_) => "quic",
             Self::Admin(_) => "admin",
         }
     }
@@ -57,7 +74,8 @@ impl Listener {
     /// What it serves, for the start-up log.
     fn serves(&self) -> &'static str {
         match self {
-            Self::WebSocket(_) => "WebSocket clients at /ws",
+            Self::WebSocket(_) => "WebSocket clients at /ws, and /client.js",
+            Self::WebTransport(_) => "WebTransport clients at /wt (UDP)",
             Self::Admin(_) => "health, readiness, metrics, the server API and admin",
         }
     }
@@ -65,13 +83,19 @@ impl Listener {
     fn local_addr(&self) -> SocketAddr {
         match self {
             Self::WebSocket(l) | Self::Admin(l) => l.local_addr().expect("bound"),
+            Self::WebTransport(e) => e.local_addr().expect("bound"),
         }
     }
 }
 
 impl Server {
     /// Binds the listeners (port 0 picks a free port; see [`Server::ws_addr`]).
-    pub async fn bind(config: Config, verifier: Verifier, keys: ApiKeys) -> anyhow::Result<Self> {
+    pub async fn bind(
+        config: Config,
+        verifier: Verifier,
+        keys: ApiKeys,
+        options: Options,
+    ) -> anyhow::Result<Self> {
         let ws_addr = config.ws_addr;
         let admin_addr = config.admin_addr;
         let ws_listener = TcpListener::bind(ws_addr)
@@ -80,6 +104,16 @@ impl Server {
         let admin_listener = TcpListener::bind(admin_addr)
             .await
             .with_context(|| format!("cannot listen on admin_addr {admin_addr}"))?;
+        let quic = wt::listen(&config.quic, options.dev, config.data_dir())?;
+        let pages = Arc::new(Pages {
+            dev: options.dev.then(|| DevPages {
+                token_secret: options.dev_token_secret,
+                cert: quic.as_ref().map(|(endpoint, identity)| DevCert {
+                    sha256: tls::hex(&identity.sha256()),
+                    addr: endpoint.local_addr().expect("bound"),
+                }),
+            }),
+        });
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let plugins = crate::plugins::Plugins::start(&config, metrics.clone())?;
         let revocations = crate::auth::Revocations::open(config.data_dir())?;
@@ -104,13 +138,15 @@ impl Server {
             revocations,
             cluster.as_ref().map(|c| c.federation()),
         );
+        // Logged and started in this order: the WebSocket listener last.
+        let mut listeners = vec![Listener::Admin(admin_listener)];
+        listeners.extend(quic.map(|(endpoint, _)| Listener::WebTransport(endpoint)));
+        listeners.push(Listener::WebSocket(ws_listener));
         Ok(Self {
             node,
             cluster,
-            listeners: vec![
-                Listener::Admin(admin_listener),
-                Listener::WebSocket(ws_listener),
-            ],
+            listeners,
+            pages,
         })
     }
 
@@ -124,6 +160,14 @@ impl Server {
 
     pub fn ws_addr(&self) -> SocketAddr {
         self.addr_of(|l| matches!(l, Listener::WebSocket(_)))
+    }
+
+    /// The QUIC listener's address, when WebTransport is on.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.listeners.iter().find_map(|l| match l {
+            Listener::WebTransport(e) => e.local_addr().ok(),
+            _ => None,
+        })
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -155,7 +199,7 @@ impl Server {
         // shutdown begins.
         let admin_stop = tokio_util::sync::CancellationToken::new();
         let mut operations = Vec::new();
-        let mut clients = Vec::new();
+        let mut clients: Vec<futures_util::future::BoxFuture<'static, ()>> = Vec::new();
         for listener in self.listeners {
             match listener {
                 Listener::Admin(l) => {
@@ -167,7 +211,10 @@ impl Server {
                             .await
                     }));
                 }
-                Listener::WebSocket(l) => clients.push(ws::serve(l, node.clone())),
+                Listener::WebSocket(l) => {
+                    clients.push(Box::pin(ws::serve(l, node.clone(), self.pages.clone())));
+                }
+                Listener::WebTransport(e) => clients.push(Box::pin(wt::serve(e, node.clone()))),
             }
         }
         // The accept loops run here, on the main task, not spawned: what a connection

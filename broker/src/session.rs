@@ -167,10 +167,13 @@ async fn finish<T: Transport>(node: &Node, transport: &mut T, exit: Exit) {
     let close = async {
         match exit {
             Exit::Disconnect(d) => {
+                // Half the time for the push (a client that does not read may never take
+                // it), then the close: a transport with a close of its own (WebTransport's
+                // capsule) still says the code and reason.
                 let mut batch = VecDeque::from([d.encode()]);
-                if transport.send(&mut batch).await.is_ok() {
-                    transport.close(d.code, &d.reason).await;
-                }
+                let push = transport.send(&mut batch);
+                let _ = tokio::time::timeout(node.settings.pong_timeout / 2, push).await;
+                transport.close(d.code, &d.reason).await;
             }
             Exit::Close(code, reason) => transport.close(code, &reason).await,
             Exit::Gone(_) => {}

@@ -3,9 +3,11 @@
 //! same over WebSocket, WebTransport or in-memory channels in tests.
 
 pub mod ws;
+pub mod wt;
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -63,6 +65,15 @@ pub enum Keepalive {
     Transport,
 }
 
+/// A way around the connection's queue for frames worthless when late (volatile
+/// namespaces): WebTransport datagrams. Called by the publishing thread, under the
+/// channel's lock: it never waits.
+pub trait Datagrams: Send + Sync {
+    /// Sends `frame` as one datagram now; `false` when it cannot go so (larger than the
+    /// path takes, or the connection is gone), and the caller queues it as usual.
+    fn send(&self, frame: &EncodedFrame) -> bool;
+}
+
 /// A write failed; the connection is gone.
 #[derive(Debug, thiserror::Error)]
 #[error("transport write failed: {0}")]
@@ -75,6 +86,11 @@ pub trait Transport: Send {
     /// Who keeps the connection alive.
     fn keepalive(&self) -> Keepalive {
         Keepalive::Pings
+    }
+
+    /// Unreliable datagrams beside the stream, when the transport has them.
+    fn datagrams(&self) -> Option<Arc<dyn Datagrams>> {
+        None
     }
 
     /// The next inbound item. Must be cancel-safe: sessions poll it in `select!`.

@@ -59,7 +59,7 @@ async fn three(nats: &TestNats) -> (TestBroker, TestBroker, TestBroker) {
     )
 }
 
-async fn wait_ready(node: &TestBroker) {
+pub(crate) async fn wait_ready(node: &TestBroker) {
     let until = deadline();
     loop {
         let (status, body) = node.admin_get("/ready").await;

@@ -119,7 +119,7 @@ async fn a_binary_frame_flood_ends_in_4008() {
     let b = strict_frames().await;
     let mut c = b.client("flood", &["chat:*"]).await;
     for _ in 0..200 {
-        if c.ws
+        if c.ws()
             .send(Message::Binary(vec![0u8; 16].into()))
             .await
             .is_err()
@@ -153,7 +153,11 @@ async fn a_ping_frame_flood_ends_in_4008() {
     let b = strict_frames().await;
     let mut c = b.client("flood", &["chat:*"]).await;
     for _ in 0..200 {
-        if c.ws.send(Message::Ping(vec![1u8; 8].into())).await.is_err() {
+        if c.ws()
+            .send(Message::Ping(vec![1u8; 8].into()))
+            .await
+            .is_err()
+        {
             break;
         }
     }

@@ -72,11 +72,12 @@ async fn flood_history_reads(c: &mut Client, conn: usize, n: usize) {
         for i in 0..batch {
             let channel = format!("news:r{conn}x{}x{}", sent + i, rand::random::<u32>());
             let frame = json!({"id": sent + i + 1, "type": "history", "channel": channel});
-            c.ws.feed(Message::Text(frame.to_string().into()))
+            c.ws()
+                .feed(Message::Text(frame.to_string().into()))
                 .await
                 .unwrap();
         }
-        c.ws.flush().await.unwrap();
+        c.ws().flush().await.unwrap();
         for _ in 0..batch {
             let r = c.recv().await;
             assert_eq!(r["type"], "history", "{r}");

@@ -55,7 +55,8 @@ async fn malformed_frames_get_bad_request_and_the_connection_stays_usable() {
     assert_eq!(e["code"], "bad_request", "{e}");
     assert_eq!(e["id"], 41);
 
-    c.ws.send(Message::Binary(vec![1, 2, 3].into()))
+    c.ws()
+        .send(Message::Binary(vec![1, 2, 3].into()))
         .await
         .unwrap();
     let e = c.recv().await;

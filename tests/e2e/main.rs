@@ -5,6 +5,7 @@ mod http;
 
 mod api;
 mod auth;
+mod browser;
 mod channels;
 mod cli;
 mod cluster;
@@ -20,3 +21,4 @@ mod presence;
 mod protection;
 mod recovery;
 mod refresh;
+mod webtransport;

@@ -42,7 +42,7 @@ pub(crate) fn plugin_dir(files: &[(&Path, &str)]) -> tempfile::TempDir {
     dir
 }
 
-fn cache_dir() -> String {
+pub(crate) fn cache_dir() -> String {
     format!("{}/plugin-cache", env!("CARGO_TARGET_TMPDIR"))
 }
 

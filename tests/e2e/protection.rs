@@ -125,7 +125,7 @@ async fn a_flooding_client_is_cut_off_with_4008_while_a_well_behaved_one_gets_ev
     // The flooder sees `published` for what was accepted, rate_limited errors, then 4008.
     let mut accepted = Vec::new();
     let closed = loop {
-        let next = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut flood.ws))
+        let next = tokio::time::timeout(WAIT, futures_util::StreamExt::next(flood.ws()))
             .await
             .expect("flooder not closed in time");
         match next {

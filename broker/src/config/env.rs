@@ -298,7 +298,7 @@ mod tests {
         let c = Config::load(missing, true, &vars).unwrap().config;
         assert!(!c.namespaces["chat"].presence);
         assert_eq!(c.namespaces["chat"].history_size, 100);
-        assert_eq!(c.namespaces.len(), 3);
+        assert_eq!(c.namespaces.len(), 4);
         // A file without [namespaces] keeps the default ones under an override too.
         let c = load(
             "[limits]\nmax_frame_bytes = 1024\n",

@@ -24,6 +24,7 @@ fn peer(key: u64) -> Arc<ConnHandle> {
         user: format!("u{key}").into(),
         info: None,
         outbound: Outbound::new(4, 1 << 20),
+        datagrams: None,
         transport: crate::transport::TransportKind::Memory,
         remote: ([127, 0, 0, 1], 1).into(),
         connected_at_ms: 0,

@@ -73,6 +73,7 @@ pub(super) async fn handshake<T: Transport>(
             node.settings.outbound_queue_frames,
             node.settings.outbound_queue_bytes,
         ),
+        datagrams: transport.datagrams(),
         transport: transport.kind(),
         remote: conn.remote,
         connected_at_ms: protocol::now_ms(),

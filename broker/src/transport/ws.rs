@@ -17,6 +17,7 @@
 // tungstenite's upgrade callback returns its `ErrorResponse` by value.
 #![allow(clippy::result_large_err)]
 
+pub mod pages;
 mod upgrade;
 
 use std::collections::VecDeque;
@@ -42,6 +43,7 @@ use crate::limits::HandshakePermit;
 use crate::node::{Node, Settings};
 use crate::protocol::{CloseCode, EncodedFrame};
 use crate::transport::{Inbound, Transport, TransportKind, WriteError};
+use pages::Pages;
 use upgrade::check_upgrade;
 
 /// The path clients upgrade on.
@@ -52,7 +54,8 @@ pub const PATH: &str = "/ws";
 pub const FRAGMENT_BYTES: usize = 64 << 10;
 
 /// Accepts connections until shutdown; each runs in its own task on the node's tracker.
-pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+/// Requests for other paths than [`PATH`] get the plain HTTP [`pages`].
+pub async fn serve(listener: TcpListener, node: Arc<Node>, pages: Arc<Pages>) {
     let mut last_accept_warning: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -60,7 +63,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => match edge::begin(&node, remote) {
                     Some(permit) => {
-                        node.tasks.spawn(connection(stream, remote, node.clone(), permit));
+                        node.tasks.spawn(connection(stream, remote, node.clone(), permit, pages.clone()));
                     }
                     // Closed at once: no task, no buffer, not a byte read.
                     None => drop(stream),
@@ -98,10 +101,19 @@ fn connection(
     remote: SocketAddr,
     node: Arc<Node>,
     slot: HandshakePermit,
+    pages: Arc<Pages>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let opened = Instant::now();
         let _ = stream.set_nodelay(true);
+        match wants_upgrade(&stream, edge::deadline(&node, opened)).await {
+            Some(true) => drop(pages),
+            Some(false) => {
+                let deadline = edge::deadline(&node, opened);
+                return Box::pin(pages::serve(stream, remote, &node, &pages, deadline)).await;
+            }
+            None => return,
+        }
         let mut checked = Checked::default();
         let config = ws_config(&node.settings);
         // Boxed: the handshake's buffers live only while it runs, not in every connection task.
@@ -124,6 +136,27 @@ fn connection(
         // Connection limits answer with a WebSocket close (1013), so they are checked
         // after the upgrade.
         edge::run(node, WsTransport { ws }, remote, opened, slot, checked).await;
+    }
+}
+
+/// Whether the request is for [`PATH`] (`GET /ws `, `GET /ws?`), from its first bytes,
+/// peeked (tungstenite reads them again); `None` when the client sent nothing in time.
+async fn wants_upgrade(stream: &TcpStream, deadline: Instant) -> Option<bool> {
+    const PREFIX: &[u8] = b"GET /ws";
+    let mut head = [0u8; PREFIX.len() + 1];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut head))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if n == head.len() || !PREFIX.starts_with(&head[..n]) {
+            return Some(head.starts_with(PREFIX) && matches!(head[PREFIX.len()], b' ' | b'?'));
+        }
+        // A request line cut in its first bytes (rare): wait for the rest.
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

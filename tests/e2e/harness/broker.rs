@@ -19,6 +19,8 @@ pub struct TestBroker {
     pub(super) child: Child,
     pub ws_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The WebTransport listener, when it runs (`--dev`, or a certificate).
+    pub quic_addr: Option<SocketAddr>,
     pub(super) logs: Arc<Mutex<Vec<String>>>,
     pub(super) config_path: std::path::PathBuf,
     pub(super) _dir: tempfile::TempDir,

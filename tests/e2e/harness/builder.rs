@@ -34,6 +34,7 @@ pub struct Builder {
 const DEFAULT_ENV: &[(&str, &str)] = &[
     ("HOOKWIRE_WS_ADDR", "127.0.0.1:0"),
     ("HOOKWIRE_ADMIN_ADDR", "127.0.0.1:0"),
+    ("HOOKWIRE_QUIC_ADDR", "127.0.0.1:0"),
     ("HOOKWIRE_LOG_LEVEL", "debug"),
     ("HOOKWIRE_RATE_LIMITS_CONNECTION_FRAMES_PER_SEC", "0"),
     ("HOOKWIRE_RATE_LIMITS_CONNECTION_SUBSCRIBES_PER_SEC", "0"),
@@ -111,11 +112,13 @@ impl Builder {
         let mut child = self.command(&config_path).spawn().expect("start hookwire");
         let logs = Logs::default();
         let listening = capture_output(&mut child, &logs);
-        let (ws_addr, admin_addr) = wait_listening(&listening, &logs, self.start_timeout);
+        let (ws_addr, admin_addr, quic_addr) =
+            wait_listening(&listening, &logs, self.start_timeout);
         TestBroker {
             child,
             ws_addr,
             admin_addr,
+            quic_addr,
             logs,
             config_path,
             _dir: dir,
@@ -190,13 +193,14 @@ fn capture_output(child: &mut Child, logs: &Logs) -> Receiver<String> {
     rx
 }
 
-/// Waits for the `Listening` lines of both listeners: (WebSocket, admin) addresses.
+/// Waits for the `Listening` lines of both listeners: (WebSocket, admin, QUIC) addresses
+/// (the QUIC listener's line, when it runs, comes before the WebSocket one).
 fn wait_listening(
     listening: &Receiver<String>,
     logs: &Logs,
     timeout: Duration,
-) -> (SocketAddr, SocketAddr) {
-    let (mut ws_addr, mut admin_addr) = (None, None);
+) -> (SocketAddr, SocketAddr, Option<SocketAddr>) {
+    let (mut ws_addr, mut admin_addr, mut quic_addr) = (None, None, None);
     let deadline = std::time::Instant::now() + timeout;
     while ws_addr.is_none() || admin_addr.is_none() {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -211,10 +215,11 @@ fn wait_listening(
         match listener.as_str() {
             "ws" => ws_addr = Some(addr),
             "admin" => admin_addr = Some(addr),
+            "quic" => quic_addr = Some(addr),
             _ => {}
         }
     }
-    (ws_addr.unwrap(), admin_addr.unwrap())
+    (ws_addr.unwrap(), admin_addr.unwrap(), quic_addr)
 }
 
 /// (listener, address) of a `Listening` line, JSON or text

@@ -12,14 +12,21 @@ use tokio_tungstenite::tungstenite::{Message, http};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::wait::{WAIT, deadline};
+use super::wt::WtWire;
 
 pub struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    wire: Wire,
     next_id: u64,
     /// Pushes seen while waiting for a reply.
     pub pushes: std::collections::VecDeque<Value>,
     /// The subprotocol the server selected.
     pub subprotocol: Option<String>,
+}
+
+/// What the client speaks over.
+enum Wire {
+    WebSocket(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
+    WebTransport(Box<WtWire>),
 }
 
 /// How a connection ended, as the client saw it.
@@ -102,15 +109,53 @@ impl Client {
             .get("Sec-WebSocket-Protocol")
             .map(|v| v.to_str().unwrap().to_string());
         Self {
-            ws,
+            wire: Wire::WebSocket(Box::new(ws)),
             next_id: 1,
             pushes: Default::default(),
             subprotocol,
         }
     }
 
+    /// A WebTransport client of `broker` (started with `--dev`): the certificate's hash
+    /// from `GET /dev/cert-hash`, then one session and its stream.
+    pub async fn open_wt(broker: &super::TestBroker) -> Self {
+        Self::from_wt(
+            WtWire::open(broker, "/wt", None)
+                .await
+                .expect("WebTransport session"),
+        )
+    }
+
+    pub fn from_wt(wire: WtWire) -> Self {
+        Self {
+            wire: Wire::WebTransport(Box::new(wire)),
+            next_id: 1,
+            pushes: Default::default(),
+            subprotocol: None,
+        }
+    }
+
+    /// The WebSocket underneath (for tests of WebSocket framing).
+    pub fn ws(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
+        match &mut self.wire {
+            Wire::WebSocket(ws) => ws,
+            Wire::WebTransport(_) => panic!("a WebTransport client has no WebSocket"),
+        }
+    }
+
+    /// The WebTransport session underneath.
+    pub fn wt(&mut self) -> &mut WtWire {
+        match &mut self.wire {
+            Wire::WebTransport(wt) => wt,
+            Wire::WebSocket(_) => panic!("a WebSocket client has no WebTransport session"),
+        }
+    }
+
     pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::Text(text.into())).await.unwrap();
+        match &mut self.wire {
+            Wire::WebSocket(ws) => ws.send(Message::Text(text.into())).await.unwrap(),
+            Wire::WebTransport(wt) => wt.send_line(text).await,
+        }
     }
 
     pub async fn send(&mut self, frame: Value) {
@@ -127,8 +172,14 @@ impl Client {
 
     /// The next text frame from the socket, by `deadline` (control frames do not extend it).
     async fn recv_wire(&mut self, deadline: Instant) -> Value {
+        let ws = match &mut self.wire {
+            Wire::WebSocket(ws) => ws,
+            Wire::WebTransport(wt) => {
+                return wt.read_frame(deadline).await.expect("connection ended");
+            }
+        };
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+            let msg = tokio::time::timeout_at(deadline, ws.next())
                 .await
                 .expect("no frame from the server in time")
                 .expect("connection ended")
@@ -236,8 +287,27 @@ impl Client {
             }
         }
         let deadline = deadline();
+        let ws = match &mut self.wire {
+            Wire::WebSocket(ws) => ws,
+            Wire::WebTransport(wt) => {
+                while let Some(v) = wt.read_frame(deadline).await {
+                    if v["type"] == "disconnect" {
+                        disconnect = Some(v);
+                    } else {
+                        frames.push(v);
+                    }
+                }
+                let (code, reason) = wt.close_code(deadline).await;
+                return Closed {
+                    disconnect,
+                    code,
+                    reason,
+                    frames,
+                };
+            }
+        };
         loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
+            let next = tokio::time::timeout_at(deadline, ws.next())
                 .await
                 .expect("connection did not close in time");
             match next {
