@@ -1,5 +1,6 @@
 //! One client connection: dial from a chosen 127.0.0.x source address, upgrade to
-//! WebSocket, `connect` (and `subscribe`), then, for subscribers, count what arrives.
+//! WebSocket (or open a WebTransport session and its stream), `connect` (and
+//! `subscribe`), then, for subscribers, count what arrives.
 //!
 //! Failures are sorted into classes (`emfile`, `eaddrnotavail`, `refused`, `timeout`, …)
 //! because the point of a connection benchmark is often to find which cap is hit first.
@@ -12,14 +13,14 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::stats::{RecvStats, now_us};
 
-pub type Ws = WebSocketStream<TcpStream>;
+/// A client connection, over either transport (see `conn`).
+pub type Ws = crate::conn::Conn;
 
 /// Token lifetime: longer than any bench run, so no session expires mid-run.
 const TOKEN_TTL: Duration = Duration::from_secs(4 * 3600);
@@ -32,6 +33,27 @@ pub struct Dial {
     pub secret: Vec<u8>,
     pub config: WebSocketConfig,
     pub timeout: Duration,
+    /// Set: clients speak WebTransport instead (`--transport webtransport`).
+    pub wt: Option<WtDial>,
+}
+
+/// How clients reach the QUIC listener: one endpoint per worker, shared by its sessions.
+#[derive(Clone)]
+pub struct WtDial {
+    pub client: web_transport_quinn::Client,
+    pub url: url::Url,
+}
+
+impl WtDial {
+    /// A client that trusts the certificate with this SHA-256 (`/dev/cert-hash`).
+    pub fn new(url: &str, cert_sha256: Vec<u8>) -> anyhow::Result<Self> {
+        let client = web_transport_quinn::ClientBuilder::new()
+            .with_server_certificate_hashes(vec![cert_sha256])?;
+        Ok(Self {
+            client,
+            url: url.parse()?,
+        })
+    }
 }
 
 /// A connection attempt that failed, with its class.
@@ -148,19 +170,10 @@ async fn open_inner(
     channel: &str,
     subscribe: Option<String>,
 ) -> Result<(Ws, Option<String>), ConnectError> {
-    let socket = TcpSocket::new_v4().map_err(|e| io_error("socket", &e))?;
-    socket
-        .bind(SocketAddr::new(source.into(), 0))
-        .map_err(|e| io_error("bind", &e))?;
-    let stream = socket
-        .connect(dial.broker)
-        .await
-        .map_err(|e| io_error("connect", &e))?;
-    let _ = stream.set_nodelay(true);
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(dial.url.as_str(), stream, Some(dial.config))
-            .await
-            .map_err(|e| ws_error("upgrade", &e))?;
+    let mut ws = match &dial.wt {
+        Some(wt) => open_wt(wt).await?,
+        None => open_ws(dial, source).await?,
+    };
 
     let token = hookwire::auth::TokenSpec::new(sub, TOKEN_TTL)
         .channels([channel_claim(channel)])
@@ -219,6 +232,38 @@ async fn open_inner(
         "handshake",
         "too many frames before the reply",
     ))
+}
+
+async fn open_ws(dial: &Dial, source: Ipv4Addr) -> Result<Ws, ConnectError> {
+    let socket = TcpSocket::new_v4().map_err(|e| io_error("socket", &e))?;
+    socket
+        .bind(SocketAddr::new(source.into(), 0))
+        .map_err(|e| io_error("bind", &e))?;
+    let stream = socket
+        .connect(dial.broker)
+        .await
+        .map_err(|e| io_error("connect", &e))?;
+    let _ = stream.set_nodelay(true);
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(dial.url.as_str(), stream, Some(dial.config))
+            .await
+            .map_err(|e| ws_error("upgrade", &e))?;
+    Ok(crate::conn::Conn::Ws(Box::new(ws)))
+}
+
+async fn open_wt(wt: &WtDial) -> Result<Ws, ConnectError> {
+    let session = wt
+        .client
+        .connect(wt.url.clone())
+        .await
+        .map_err(|e| ConnectError::new("webtransport", format!("session: {e}")))?;
+    let (send, recv) = session
+        .open_bi()
+        .await
+        .map_err(|e| ConnectError::new("webtransport", format!("stream: {e}")))?;
+    Ok(crate::conn::Conn::Wt(Box::new(crate::conn::WtConn::new(
+        session, send, recv,
+    ))))
 }
 
 /// Subscriber: counts messages until the connection ends (or the worker exits), then

@@ -52,12 +52,30 @@ pub struct Common {
     /// Namespace of the bench channels; it must allow client publishes.
     #[arg(long, default_value = "chat")]
     pub namespace: String,
+    /// What every client speaks: `websocket` (to --url) or `webtransport` (to
+    /// --quic-url, trusting the certificate the broker serves at /dev/cert-hash on
+    /// --url's listener, so the broker runs with --dev; or give --cert-hash).
+    #[arg(long, value_enum, default_value = "websocket")]
+    pub transport: BenchTransport,
+    #[arg(long, default_value = "https://127.0.0.1:4433/wt")]
+    pub quic_url: String,
+    /// SHA-256 of the QUIC listener's certificate, hex (default: from /dev/cert-hash).
+    #[arg(long)]
+    pub cert_hash: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchTransport {
+    Websocket,
+    Webtransport,
 }
 
 /// A resolved target plus run-wide settings.
 pub struct Ctx {
     pub common: Common,
     pub broker: SocketAddr,
+    /// (URL, certificate SHA-256 hex) with `--transport webtransport`.
+    pub webtransport: Option<(String, String)>,
     pub run_id: String,
     pub ticks: f64,
 }
@@ -84,6 +102,26 @@ pub fn loopback_target(url: &str) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(ip.into(), port))
 }
 
+/// The QUIC listener's certificate hash from `GET /dev/cert-hash` (a `--dev` broker).
+fn dev_cert_hash(broker: SocketAddr) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(broker)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    stream.write_all(b"GET /dev/cert-hash HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).with_context(|| {
+        format!(
+            "GET /dev/cert-hash answered {body:?}: run the broker with --dev, or give --cert-hash"
+        )
+    })?;
+    v["hash"]
+        .as_str()
+        .map(str::to_string)
+        .context("GET /dev/cert-hash has no hash (is the QUIC listener on?)")
+}
+
 impl Ctx {
     pub fn new(common: Common) -> anyhow::Result<Ctx> {
         let broker = loopback_target(&common.url)?;
@@ -99,10 +137,26 @@ impl Ctx {
         if common.broker_pid.is_none() {
             eprintln!("note: without --broker-pid the broker's RSS and CPU are not measured");
         }
+        let webtransport = match common.transport {
+            BenchTransport::Websocket => None,
+            BenchTransport::Webtransport => {
+                let url: url::Url = common.quic_url.parse().context("--quic-url")?;
+                let loopback = matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback());
+                if url.scheme() != "https" || !loopback {
+                    bail!("--quic-url must be https://127.x.x.x:PORT/wt (a local broker)");
+                }
+                let hash = match &common.cert_hash {
+                    Some(hash) => hash.clone(),
+                    None => dev_cert_hash(broker)?,
+                };
+                Some((common.quic_url.clone(), hash))
+            }
+        };
         let run_id = format!("{:08x}", rand::random::<u32>());
         Ok(Ctx {
             common,
             broker,
+            webtransport,
             run_id,
             ticks: procfs::clock_ticks_per_sec(),
         })
@@ -138,6 +192,7 @@ impl Ctx {
                     connect_concurrency: self.common.connect_concurrency,
                     connect_timeout_ms: self.common.connect_timeout * 1000,
                     read_buffer: self.common.read_buffer,
+                    webtransport: self.webtransport.clone(),
                     first_client,
                     soak: None,
                 };

@@ -35,6 +35,10 @@ pub struct WorkerSpec {
     pub connect_concurrency: usize,
     pub connect_timeout_ms: u64,
     pub read_buffer: usize,
+    /// Set: clients speak WebTransport to this URL, trusting the certificate with this
+    /// SHA-256 (hex).
+    #[serde(default)]
+    pub webtransport: Option<(String, String)>,
     /// Global number of this worker's first client: spreads source addresses evenly.
     pub first_client: usize,
     /// `soak`: this worker runs the soak loop (see `soak_worker`) instead of the usual one.

@@ -15,6 +15,7 @@
 
 mod client;
 mod common;
+mod conn;
 mod fleet;
 mod hook;
 mod ipc;

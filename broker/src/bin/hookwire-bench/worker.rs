@@ -55,6 +55,16 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn hex(text: &str) -> anyhow::Result<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            let pair = text.get(i..i + 2).context("odd-length hex")?;
+            u8::from_str_radix(pair, 16).context("not hex")
+        })
+        .collect()
+}
+
 /// One event line on stdout (the coordinator reads them; diagnostics go to stderr).
 pub fn emit(event: &Event) {
     let mut out = std::io::stdout().lock();
@@ -126,6 +136,10 @@ async fn run() -> anyhow::Result<()> {
             .max_message_size(Some(1 << 20))
             .max_frame_size(Some(1 << 20)),
         timeout: Duration::from_millis(spec.connect_timeout_ms),
+        wt: match &spec.webtransport {
+            Some((url, hash)) => Some(client::WtDial::new(url, hex(hash)?)?),
+            None => None,
+        },
     };
     if spec.soak.is_some() {
         return crate::soak_worker::run(spec, stdin, dial, deadline).await;

@@ -1,0 +1,114 @@
+//! A client connection over either transport, as one `Stream` of tungstenite
+//! `Message`s and one `Sink` of them, so the scenarios read the same for both:
+//! WebSocket as it is, WebTransport as one bidirectional stream of newline-delimited
+//! JSON (each line a `Message::Text`; volatile datagrams are not read by the bench).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::{Sink, Stream};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
+
+/// Lines longer than this end the connection (the broker's replies are far smaller).
+const MAX_LINE: usize = 8 << 20;
+
+pub enum Conn {
+    Ws(Box<WebSocketStream<TcpStream>>),
+    Wt(Box<WtConn>),
+}
+
+pub struct WtConn {
+    /// Kept so the session lives as long as its stream.
+    session: web_transport_quinn::Session,
+    read: FramedRead<web_transport_quinn::RecvStream, LinesCodec>,
+    write: FramedWrite<web_transport_quinn::SendStream, LinesCodec>,
+}
+
+impl WtConn {
+    pub fn new(
+        session: web_transport_quinn::Session,
+        send: web_transport_quinn::SendStream,
+        recv: web_transport_quinn::RecvStream,
+    ) -> Self {
+        Self {
+            session,
+            read: FramedRead::new(recv, LinesCodec::new_with_max_length(MAX_LINE)),
+            write: FramedWrite::new(send, LinesCodec::new()),
+        }
+    }
+}
+
+fn io(e: impl std::fmt::Display) -> WsError {
+    WsError::Io(std::io::Error::other(e.to_string()))
+}
+
+impl Conn {
+    /// Closes: a WebSocket close frame, or the WebTransport session (code 1000).
+    pub async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), WsError> {
+        match self {
+            Self::Ws(ws) => ws.close(frame).await,
+            Self::Wt(wt) => {
+                wt.session.close(1000, b"bench done");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Stream for Conn {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            Self::Ws(ws) => Pin::new(ws.as_mut()).poll_next(cx),
+            Self::Wt(wt) => match Pin::new(&mut wt.read).poll_next(cx) {
+                Poll::Ready(Some(Ok(line))) => Poll::Ready(Some(Ok(Message::text(line)))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(io(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl Sink<Message> for Conn {
+    type Error = WsError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match self.get_mut() {
+            Self::Ws(ws) => Pin::new(ws.as_mut()).poll_ready(cx),
+            Self::Wt(wt) => Sink::<&str>::poll_ready(Pin::new(&mut wt.write), cx).map_err(io),
+        }
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+        match self.get_mut() {
+            Self::Ws(ws) => Pin::new(ws.as_mut()).start_send(item),
+            Self::Wt(wt) => match item {
+                Message::Text(text) => Pin::new(&mut wt.write)
+                    .start_send(text.as_str())
+                    .map_err(io),
+                // WebTransport has no pings or close frames on the stream.
+                _ => Ok(()),
+            },
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match self.get_mut() {
+            Self::Ws(ws) => Pin::new(ws.as_mut()).poll_flush(cx),
+            Self::Wt(wt) => Sink::<&str>::poll_flush(Pin::new(&mut wt.write), cx).map_err(io),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match self.get_mut() {
+            Self::Ws(ws) => Pin::new(ws.as_mut()).poll_close(cx),
+            Self::Wt(wt) => Sink::<&str>::poll_close(Pin::new(&mut wt.write), cx).map_err(io),
+        }
+    }
+}
