@@ -68,18 +68,27 @@ impl LogControl {
     }
 }
 
-/// The filter for a level: the plugin compiler's own chatter stays at `warn` unless the
-/// level names it.
+/// The filter for a level: the plugin compiler's and the QUIC stack's own chatter stays
+/// at `warn` unless the level names it; the WebTransport layer's at `error` (its
+/// warnings are about what a peer did, such as closing without a capsule: a client could
+/// fill the log with them).
 fn filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
     let mut filter = EnvFilter::try_new(level)?;
-    for quiet in [
-        "wasmtime",
-        "cranelift_codegen",
-        "cranelift_frontend",
-        "wasmtime_internal_cranelift",
-    ] {
-        if !level.contains(quiet) {
-            filter = filter.add_directive(format!("{quiet}=warn").parse()?);
+    let quiet = [
+        ("wasmtime", "warn"),
+        ("cranelift_codegen", "warn"),
+        ("cranelift_frontend", "warn"),
+        ("wasmtime_internal_cranelift", "warn"),
+        ("quinn", "warn"),
+        ("quinn_proto", "warn"),
+        ("quinn_udp", "warn"),
+        ("rustls", "warn"),
+        ("web_transport_proto", "error"),
+        ("web_transport_quinn", "error"),
+    ];
+    for (target, at) in quiet {
+        if !level.contains(target) {
+            filter = filter.add_directive(format!("{target}={at}").parse()?);
         }
     }
     Ok(filter)

@@ -145,8 +145,24 @@ impl Outbound {
     /// Waits for work. `batch` must be empty; on [`Next::Frames`] it holds the queued
     /// frames (the two buffers are swapped, so neither side allocates in steady state).
     pub async fn next_batch(&self, batch: &mut VecDeque<EncodedFrame>) -> Next {
+        self.next_batch_gathered(batch, false).await
+    }
+
+    /// [`Outbound::next_batch`]; with `gather`, once frames are there the writer first
+    /// lets the scheduler run one turn, so a fan-out in progress adds its frames to the
+    /// same batch (for transports where each write costs a packet: QUIC).
+    pub async fn next_batch_gathered(
+        &self,
+        batch: &mut VecDeque<EncodedFrame>,
+        gather: bool,
+    ) -> Next {
         debug_assert!(batch.is_empty());
+        let mut gathered = !gather;
         loop {
+            if !gathered && self.depth() > 0 {
+                gathered = true;
+                tokio::task::yield_now().await;
+            }
             {
                 let mut state = self.state.lock();
                 if !state.frames.is_empty() {
@@ -208,6 +224,19 @@ mod tests {
         ));
         let got: Vec<_> = batch.iter().map(|f| f.as_str().to_string()).collect();
         assert_eq!(got, vec!["\"0\"", "\"1\"", "\"2\""]);
+    }
+
+    #[tokio::test]
+    async fn a_gathered_batch_takes_what_arrives_during_one_scheduler_turn() {
+        let q = Outbound::new(8, 1 << 20);
+        q.push(frame("a"));
+        let mut batch = VecDeque::new();
+        // The writer yields once it sees a frame; the second one arrives meanwhile.
+        let (next, _) = tokio::join!(q.next_batch_gathered(&mut batch, true), async {
+            q.push(frame("b"))
+        });
+        assert!(matches!(next, Next::Frames { .. }));
+        assert_eq!(batch.len(), 2);
     }
 
     #[tokio::test]

@@ -88,6 +88,12 @@ pub trait Transport: Send {
         Keepalive::Pings
     }
 
+    /// Whether each write costs a packet of its own (QUIC): the session then lets a
+    /// batch gather for one scheduler turn before writing it.
+    fn gathers(&self) -> bool {
+        false
+    }
+
     /// Unreliable datagrams beside the stream, when the transport has them.
     fn datagrams(&self) -> Option<Arc<dyn Datagrams>> {
         None

@@ -29,6 +29,7 @@ impl Session {
     /// Serves requests, writes queued frames and keeps the connection alive until it ends.
     pub(super) async fn serve<T: Transport>(&mut self, transport: &mut T) -> Exit {
         let mut batch = VecDeque::new();
+        let gather = transport.gathers();
         let timer = tokio::time::sleep_until(self.next_deadline());
         tokio::pin!(timer);
         let mut draining = false;
@@ -42,7 +43,7 @@ impl Session {
                     draining = true;
                     self.start_drain();
                 }
-                next = self.handle.outbound.next_batch(&mut batch) => match next {
+                next = self.handle.outbound.next_batch_gathered(&mut batch, gather) => match next {
                     Next::Frames { probe } => {
                         let written = self.write_batch(transport, &mut batch).await;
                         if let Err(exit) = self.after_write(written, &mut batch, probe) {

@@ -56,8 +56,16 @@ pub fn listen(
         return Ok(None);
     };
     let server = identity.server_config(config)?;
-    let endpoint = quinn::Endpoint::server(server, config.addr)
+    let socket = udp_socket(config.addr, config.udp_buffer_bytes)
         .with_context(|| format!("cannot listen on quic.addr {} (UDP)", config.addr))?;
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .with_context(|| format!("cannot listen on quic.addr {} (UDP)", config.addr))?;
     if identity.source == tls::CertSource::DevSelfSigned {
         tracing::warn!(
             sha256 = %tls::hex(&identity.sha256()),
@@ -65,6 +73,14 @@ pub fn listen(
         );
     }
     Ok(Some((endpoint, identity)))
+}
+
+/// A UDP socket with larger buffers (best effort: the kernel caps them).
+pub fn udp_socket(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, buffer_bytes);
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, buffer_bytes);
+    Ok(socket)
 }
 
 /// Accepts QUIC connections until shutdown; each runs in its own task on the node's
@@ -201,6 +217,40 @@ impl WtTransport {
     }
 }
 
+/// The batch as stream chunks: small frames copied together with their newlines into
+/// one chunk (quinn keeps and walks every chunk until it is acknowledged, and encrypts
+/// the bytes into each connection's packets anyway, so a few hundred bytes copied cost
+/// less than two chunks a frame); a large frame goes as its own shared bytes, uncopied.
+fn gather(batch: &mut VecDeque<EncodedFrame>, chunks: &mut Vec<Bytes>) {
+    let mut small = BytesMut::new();
+    for frame in batch.drain(..) {
+        if frame.len() < COPY_BELOW {
+            if small.is_empty() {
+                small.reserve(GATHER_BYTES.max(frame.len() + 1));
+            }
+            small.extend_from_slice(frame.as_bytes());
+            small.extend_from_slice(b"\n");
+            if small.len() >= GATHER_BYTES {
+                chunks.push(small.split().freeze());
+            }
+            continue;
+        }
+        if !small.is_empty() {
+            chunks.push(small.split().freeze());
+        }
+        chunks.push(frame.into_bytes());
+        chunks.push(NEWLINE);
+    }
+    if !small.is_empty() {
+        chunks.push(small.freeze());
+    }
+}
+
+/// Frames under this size are copied into a gathered chunk.
+const COPY_BELOW: usize = 4 << 10;
+/// A gathered chunk is cut at about this size.
+const GATHER_BYTES: usize = 16 << 10;
+
 /// Newline-delimited frames out of a stream's chunks.
 struct Lines {
     /// What the last read returned and no line has taken yet.
@@ -266,6 +316,10 @@ impl Transport for WtTransport {
         Keepalive::Transport
     }
 
+    fn gathers(&self) -> bool {
+        true
+    }
+
     fn datagrams(&self) -> Option<Arc<dyn Datagrams>> {
         Some(self.datagrams.clone())
     }
@@ -290,10 +344,7 @@ impl Transport for WtTransport {
             return Err(WriteError("an earlier write was abandoned part-way".into()));
         }
         self.chunks.clear();
-        for frame in batch.drain(..) {
-            self.chunks.push(frame.into_bytes());
-            self.chunks.push(NEWLINE);
-        }
+        gather(batch, &mut self.chunks);
         // Torn until written whole: the session may drop this future while it waits.
         self.torn = true;
         let written = self.send.write_all_chunks(&mut self.chunks).await;

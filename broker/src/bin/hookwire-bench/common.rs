@@ -20,7 +20,8 @@ pub struct Common {
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
     /// Where publishers connect, when not to --url: another node of a cluster (the
-    /// subscribers stay on --url), to measure cross-node delivery.
+    /// subscribers stay on --url), to measure cross-node delivery. Publishers given it
+    /// speak WebSocket whatever --transport says.
     #[arg(long)]
     pub publish_url: Option<String>,
     /// HS256 secret the broker verifies tokens with (prefer the environment variable:

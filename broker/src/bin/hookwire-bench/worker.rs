@@ -157,9 +157,12 @@ async fn run() -> anyhow::Result<()> {
     let ips: &[Ipv4Addr] = &spec.source_ips;
     let run_id = &spec.run_id;
     let publish_dial = match &spec.publish_url {
+        // Always WebSocket: `--publish-url` is a ws:// URL, also with `--transport
+        // webtransport` (subscribers over WebTransport, publishers over WebSocket).
         Some(url) => Dial {
             broker: crate::common::loopback_target(url)?,
             url: url.clone(),
+            wt: None,
             ..dial.clone()
         },
         None => dial.clone(),

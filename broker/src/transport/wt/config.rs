@@ -43,6 +43,13 @@ pub struct QuicConfig {
     pub datagram_send_buffer_bytes: usize,
     /// QUIC handshakes waiting to be accepted, node-wide.
     pub max_pending_handshakes: u32,
+    /// The UDP socket's receive and send buffers (the kernel caps them at
+    /// net.core.rmem_max / wmem_max). A small buffer drops datagrams under bursts, and
+    /// QUIC then backs off and resends.
+    pub udp_buffer_bytes: usize,
+    /// The largest UDP payload path MTU discovery tries (1200 is always safe; a path
+    /// that takes less than what is tried is found by probing).
+    pub max_udp_payload_bytes: u16,
 }
 
 impl Default for QuicConfig {
@@ -62,6 +69,8 @@ impl Default for QuicConfig {
             max_datagram_bytes: 1_100,
             datagram_send_buffer_bytes: 64 << 10,
             max_pending_handshakes: 1_024,
+            udp_buffer_bytes: 4 << 20,
+            max_udp_payload_bytes: 1452,
         }
     }
 }
@@ -115,6 +124,18 @@ impl QuicConfig {
             self.datagram_send_buffer_bytes as u64,
             2 << 10,
             16 << 20,
+        );
+        p.range(
+            "quic.udp_buffer_bytes",
+            self.udp_buffer_bytes as u64,
+            64 << 10,
+            256 << 20,
+        );
+        p.range(
+            "quic.max_udp_payload_bytes",
+            self.max_udp_payload_bytes.into(),
+            1200,
+            65_527,
         );
         p.range(
             "quic.max_pending_handshakes",

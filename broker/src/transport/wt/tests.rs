@@ -1,3 +1,5 @@
+use std::collections::VecDeque;
+
 use super::*;
 
 fn texts(lines: &mut Lines) -> Vec<String> {
@@ -31,4 +33,20 @@ fn a_line_over_the_limit_is_too_large_even_before_its_newline() {
     lines.feed(Bytes::from_static(b"012\n0123456789\n"));
     assert!(matches!(lines.next(), Some(Inbound::Text(_))));
     assert!(matches!(lines.next(), Some(Inbound::TooLarge)));
+}
+
+#[test]
+fn a_batch_is_gathered_into_few_chunks_and_large_frames_stay_shared() {
+    let small = |s: &str| crate::protocol::encode(&s);
+    let large = crate::protocol::encode(&"x".repeat(COPY_BELOW));
+    let mut batch = VecDeque::from([small("a"), small("b"), large.clone(), small("c")]);
+    let mut chunks = Vec::new();
+    gather(&mut batch, &mut chunks);
+    assert!(batch.is_empty());
+    let text: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+    let expected = format!("\"a\"\n\"b\"\n{}\n\"c\"\n", large.as_str());
+    assert_eq!(String::from_utf8(text).unwrap(), expected);
+    // The two small frames in one chunk, the large one as its own bytes, its newline, the last small one.
+    assert_eq!(chunks.len(), 4);
+    assert_eq!(chunks[1].as_ptr(), large.as_bytes().as_ptr());
 }

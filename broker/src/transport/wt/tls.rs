@@ -189,10 +189,31 @@ fn transport_config(config: &QuicConfig) -> quinn::TransportConfig {
         .keep_alive_interval(
             (config.keep_alive_ms > 0).then(|| Duration::from_millis(config.keep_alive_ms)),
         )
+        // Ask clients that can (the ACK frequency extension) to acknowledge every 8th
+        // packet or after 25 ms, not every second one: fan-out sends far more than it
+        // receives, and each acknowledgement is a datagram to read and decrypt.
+        .ack_frequency_config(Some(ack_frequency()))
+        .mtu_discovery_config(Some(mtu_discovery(config.max_udp_payload_bytes)))
         // Client datagrams are not part of protocol v1: a small buffer, never read.
         .datagram_receive_buffer_size(Some(4 << 10))
         .datagram_send_buffer_size(config.datagram_send_buffer_bytes);
     t
+}
+
+/// Path MTU discovery up to `upper` bytes of UDP payload (paths that take less are found
+/// by probing; loopback and jumbo-frame networks take more, so fewer packets carry a
+/// burst).
+pub fn mtu_discovery(upper: u16) -> quinn::MtuDiscoveryConfig {
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(upper);
+    mtu
+}
+
+fn ack_frequency() -> quinn::AckFrequencyConfig {
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(7u32.into())
+        .max_ack_delay(Some(Duration::from_millis(25)));
+    ack
 }
 
 /// Writes a file only its owner can read, replacing what was there.
