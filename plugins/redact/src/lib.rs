@@ -1,14 +1,22 @@
-//! Masks e-mail addresses, card-like numbers (13 to 19 digits, maybe split by
-//! spaces or dashes) and configured words in every string of the payload, then
-//! sets `meta.redacted` to the number of masks. Config:
+//! Masks e-mail addresses, card numbers and configured words in every string of the
+//! payload, then sets `meta.redacted` to the number of masks. Config:
 //!
 //! ```json
 //! {"words": ["darn", "heck"], "emails": true, "cards": true}
 //! ```
 //!
-//! Words match whole and in any (ASCII) case, and become asterisks of the same length;
-//! addresses become `[email]` and numbers `[card]`. A payload with nothing to mask
-//! passes untouched.
+//! What each detector matches:
+//! - **words**: whole words in any (ASCII) case; they become asterisks of the same
+//!   length (`darn` → `****`, not inside `darning`).
+//! - **emails**: `local@domain.tld` (letters, digits, `._%+-` before the `@`, a dotted
+//!   domain with a 2-letter or longer top level); they become `[email]`.
+//! - **cards**: a run of 13 to 19 digits, maybe grouped by single spaces or dashes,
+//!   standing alone (not inside a longer run of digits or a word), **whose Luhn checksum
+//!   holds** (every payment card number's does); it becomes `[card]`. So ids,
+//!   timestamps in milliseconds and phone numbers (which fail the checksum nine times in
+//!   ten) pass unchanged; numbers in JSON (not strings) are never touched.
+//!
+//! A payload with nothing to mask passes untouched.
 
 use hookwire_plugin::prelude::*;
 use regex_lite::{Regex, escape};
@@ -49,6 +57,8 @@ impl Prefilter {
 enum Mask {
     Asterisks,
     Text(&'static str),
+    /// `[card]`, when the digits pass the Luhn check; otherwise the match stays.
+    Card,
 }
 
 #[derive(Deserialize)]
@@ -88,7 +98,7 @@ impl Plugin for Redact {
         if config.cards {
             masks.push((
                 Regex::new(CARD).expect("valid pattern"),
-                Mask::Text("[card]"),
+                Mask::Card,
                 Prefilter::Digits,
             ));
         }
@@ -151,16 +161,36 @@ fn whole_word(word: &str) -> String {
 }
 
 fn apply(re: &Regex, mask: Mask, text: &mut String) -> usize {
-    let count = re.find_iter(text).count();
+    let masked = |m: &str| match mask {
+        Mask::Asterisks => Some("*".repeat(m.chars().count())),
+        Mask::Text(text) => Some(text.to_owned()),
+        Mask::Card => luhn_valid(m).then(|| "[card]".to_owned()),
+    };
+    let count = re.find_iter(text).filter(|m| masked(m.as_str()).is_some()).count();
     if count > 0 {
         *text = re
-            .replace_all(text, |caps: &regex_lite::Captures| match mask {
-                Mask::Asterisks => "*".repeat(caps[0].chars().count()),
-                Mask::Text(text) => text.to_owned(),
+            .replace_all(text, |caps: &regex_lite::Captures| {
+                masked(&caps[0]).unwrap_or_else(|| caps[0].to_owned())
             })
             .into_owned();
     }
     count
+}
+
+/// The Luhn checksum over the digits of `candidate` (separators skipped): from the
+/// right, every second digit doubled (minus 9 past 9), the sum a multiple of 10.
+fn luhn_valid(candidate: &str) -> bool {
+    let mut sum = 0;
+    let digits = candidate.bytes().rev().filter(u8::is_ascii_digit);
+    for (i, d) in digits.enumerate() {
+        let d = u32::from(d - b'0');
+        sum += match i % 2 {
+            0 => d,
+            _ if d * 2 > 9 => d * 2 - 9,
+            _ => d * 2,
+        };
+    }
+    sum % 10 == 0
 }
 
 #[cfg(test)]
@@ -193,6 +223,28 @@ mod tests {
             }))
         );
         assert_eq!(count, Some(json!(5)));
+    }
+
+    #[test]
+    fn only_numbers_that_pass_the_luhn_check_are_cards() {
+        assert!(luhn_valid("4111 1111 1111 1111"));
+        assert!(luhn_valid("5500-0000-0000-0004"));
+        assert!(luhn_valid("378282246310005"));
+        assert!(!luhn_valid("4111 1111 1111 1112"));
+        // Ids and millisecond timestamps in text stay as they are...
+        let (data, count) = redact(json!({
+            "text": "order 1767225612345 at ts 1767225612346, user id 9007199254740993",
+            "card": "pay with 4111 1111 1111 1111 or 4111 1111 1111 1112",
+        }));
+        // ...and only the valid card number is masked.
+        assert_eq!(
+            data,
+            Some(json!({
+                "text": "order 1767225612345 at ts 1767225612346, user id 9007199254740993",
+                "card": "pay with [card] or 4111 1111 1111 1112",
+            }))
+        );
+        assert_eq!(count, Some(json!(1)));
     }
 
     #[test]
