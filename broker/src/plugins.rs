@@ -41,6 +41,7 @@ pub mod host;
 mod instance;
 mod load;
 mod meta;
+mod precheck;
 pub mod replay;
 mod runtime;
 mod set;

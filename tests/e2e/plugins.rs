@@ -519,3 +519,50 @@ plugins = ["schema-guard", "enrich"]
         assert!(metrics.contains(&line), "{plugin} ran again:\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn a_module_that_is_not_a_plugin_is_refused_before_compiling_in_one_line() {
+    // `plugin inspect`: garbage, a core module, a refused import: one line each.
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"this is not WebAssembly at all").unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let net = wasm(&test_plugins(), "net-import");
+    for (file, needle) in [
+        (&garbage, "not a WebAssembly file"),
+        (&core, "core WebAssembly module, not a component"),
+        (&net, "wasi:sockets"),
+    ] {
+        let (code, out) = run_hookwire(
+            &["plugin", "inspect", file.to_str().unwrap(), "--json"],
+            &[],
+        );
+        assert_eq!(code, 1, "{out}");
+        let report: Value = serde_json::from_str(&out).unwrap();
+        let refused = report["refused"].as_str().unwrap();
+        assert!(refused.contains(needle), "{refused}");
+        assert!(!refused.contains('\n'), "{refused}");
+    }
+
+    // A running broker: a reload to garbage keeps the previous version, and the log and
+    // /admin/plugins say why in one line.
+    let dir = plugin_dir(&[(&examples(), "schema-guard")]);
+    let b = start(
+        dir.path(),
+        "[plugins.modules.schema-guard.config]\nfields.text = { type = \"string\", required = true }\n",
+    )
+    .await;
+    std::fs::write(dir.path().join("schema-guard.wasm"), b"garbage, not wasm").unwrap();
+    let line = b.wait_log("Plugin reload failed").await;
+    assert!(line.contains("not a WebAssembly file"), "{line}");
+    let view = admin(&b, "GET", "/admin/plugins").await;
+    let error = view["failures"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("not a WebAssembly file") && !error.contains('\n'),
+        "{view}"
+    );
+}

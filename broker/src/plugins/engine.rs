@@ -114,7 +114,7 @@ pub fn import_use(name: &str) -> ImportUse {
 }
 
 /// Why an import is refused, in words an operator can act on.
-fn refusal_reason(name: &str) -> &'static str {
+pub(super) fn refusal_reason(name: &str) -> &'static str {
     if name.starts_with("wasi:sockets/") || name.starts_with("wasi:http/") {
         "plugins get no network access"
     } else if name.starts_with("wasi:") {
@@ -182,9 +182,10 @@ impl PluginEngine {
     /// compiled before by this build and the entry's tag verifies; a rejected entry is
     /// counted, logged and replaced.
     pub fn compile(&self, bytes: &[u8], sha256: &str) -> Result<Component, Error> {
+        // Refused in microseconds, before hundreds of milliseconds of compiling.
+        super::precheck::precheck(bytes)?;
         let Some(cache) = &self.cache else {
-            return Component::new(&self.engine, bytes)
-                .map_err(|e| Error::Compile(format!("{e:#}")));
+            return Component::new(&self.engine, bytes).map_err(|e| compile_error(&e));
         };
         let name = format!("{sha256}-{}.cwasm", self.compat);
         match cache.load(&name) {
@@ -198,7 +199,7 @@ impl PluginEngine {
         let artifact = self
             .engine
             .precompile_component(bytes)
-            .map_err(|e| Error::Compile(format!("{e:#}")))?;
+            .map_err(|e| compile_error(&e))?;
         if let Err(e) = cache.store(&name, &artifact) {
             tracing::warn!(dir = %cache.dir().display(), error = %e, "Cannot write the plugin cache; compiling without it");
         }
@@ -341,6 +342,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         let _ = write!(out, "{b:02x}");
     }
     out
+}
+
+/// A compile error on one line (wasmtime's are several, with their causes).
+fn compile_error(e: &wasmtime::Error) -> Error {
+    Error::Compile(super::precheck::one_line(&format!("{e:#}")))
 }
 
 /// Turns an artifact this process compiled, or whose cache tag verified, into a component.

@@ -11,6 +11,8 @@ pub enum Error {
     Read { path: String, message: String },
     #[error("not a WebAssembly component this broker can compile: {0}")]
     Compile(String),
+    #[error("not a plugin component: {0}")]
+    NotComponent(String),
     #[error(
         "imports {import}, which the broker does not provide ({why}); remove that dependency from the plugin"
     )]

@@ -166,7 +166,10 @@ fn apply(re: &Regex, mask: Mask, text: &mut String) -> usize {
         Mask::Text(text) => Some(text.to_owned()),
         Mask::Card => luhn_valid(m).then(|| "[card]".to_owned()),
     };
-    let count = re.find_iter(text).filter(|m| masked(m.as_str()).is_some()).count();
+    let count = re
+        .find_iter(text)
+        .filter(|m| masked(m.as_str()).is_some())
+        .count();
     if count > 0 {
         *text = re
             .replace_all(text, |caps: &regex_lite::Captures| {
