@@ -553,6 +553,7 @@ async fn a_module_that_is_not_a_plugin_is_refused_before_compiling_in_one_line()
         "[plugins.modules.schema-guard.config]\nfields.text = { type = \"string\", required = true }\n",
     )
     .await;
+    b.wait_log("Watching plugins").await;
     std::fs::write(dir.path().join("schema-guard.wasm"), b"garbage, not wasm").unwrap();
     let line = b.wait_log("Plugin reload failed").await;
     assert!(line.contains("not a WebAssembly file"), "{line}");
@@ -565,4 +566,26 @@ async fn a_module_that_is_not_a_plugin_is_refused_before_compiling_in_one_line()
         error.contains("not a WebAssembly file") && !error.contains('\n'),
         "{view}"
     );
+}
+
+#[tokio::test]
+async fn a_plugin_file_no_module_loads_is_named_in_the_log() {
+    // Cargo writes `schema_guard.wasm`; the module `schema-guard` looks for
+    // `schema-guard.wasm`. The broker says so instead of ignoring the file.
+    let dir = plugin_dir(&[(&examples(), "schema-guard")]);
+    std::fs::copy(
+        dir.path().join("schema-guard.wasm"),
+        dir.path().join("schema_guard.wasm"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("stray.wasm"), b"\0asm\x0d\0\x01\0").unwrap();
+    let b = start(
+        dir.path(),
+        "[plugins.modules.schema-guard.config]\nfields.text = { type = \"string\" }\n",
+    )
+    .await;
+    let line = b.wait_log("schema_guard.wasm: no module loads it").await;
+    assert!(line.contains("Cargo writes underscores"), "{line}");
+    let line = b.wait_log("stray.wasm: no module loads it").await;
+    assert!(line.contains("[plugins.modules.stray]"), "{line}");
 }

@@ -58,7 +58,42 @@ pub fn load_set(
             }
         }
     }
+    report.ignored = ignored_files(settings);
     (PluginSet::build(generation, plugins, settings), report)
+}
+
+/// The `.wasm` files in `plugins.dir` that no module loads, each with what to do: a
+/// file nothing names is otherwise ignored without a word (Cargo writes `rate_words.wasm`
+/// for the module `rate-words`).
+fn ignored_files(settings: &PluginsSettings) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(&settings.dir) else {
+        return Vec::new();
+    };
+    let used: Vec<&std::path::Path> = settings
+        .modules
+        .values()
+        .map(|m| m.file.as_path())
+        .collect();
+    let mut ignored: Vec<String> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm") && !used.contains(&p.as_path()))
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .map(|file| {
+            let stem = file.trim_end_matches(".wasm");
+            let dashed = stem.replace('_', "-");
+            match settings.modules.contains_key(&dashed) && dashed != stem {
+                true => format!(
+                    "{file}: no module loads it; module {dashed:?} looks for {dashed}.wasm (Cargo writes underscores): rename the file or set file = {file:?}"
+                ),
+                false => format!(
+                    "{file}: no module loads it; add [plugins.modules.{dashed}] to the config to load it"
+                ),
+            }
+        })
+        .collect();
+    ignored.sort();
+    ignored
 }
 
 enum Outcome {

@@ -59,6 +59,9 @@ impl ReloadReport {
                 "Plugin reload failed; the previous version keeps running"
             );
         }
+        for hint in &self.ignored {
+            tracing::warn!(trigger, file = %hint, "A plugin file in plugins.dir is not loaded");
+        }
         for p in self.changed.iter().filter_map(|name| set.plugins.get(name)) {
             tracing::info!(
                 trigger, plugin = %p.id.name, version = p.id.version.as_str(), sha256 = %p.id.sha256,
@@ -144,6 +147,9 @@ impl Plugins {
                 plugin = %p.id.name, version = p.id.version.as_str(), sha256 = %p.id.sha256,
                 hooks = ?hook_names(p.hooks), "Plugin loaded"
             );
+        }
+        for hint in &report.ignored {
+            tracing::warn!(file = %hint, "A plugin file in plugins.dir is not loaded");
         }
         Ok(Arc::new(Self {
             engine: Some(engine),

@@ -136,6 +136,8 @@ pub struct ReloadReport {
     pub changed: Vec<String>,
     pub unchanged: Vec<String>,
     pub failed: Vec<Failure>,
+    /// `.wasm` files in `plugins.dir` that no module loads (each with a hint).
+    pub ignored: Vec<String>,
     /// Time spent reading, compiling, instantiating and initialising, in milliseconds.
     pub took_ms: f64,
 }
