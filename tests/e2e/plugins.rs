@@ -589,3 +589,39 @@ async fn a_plugin_file_no_module_loads_is_named_in_the_log() {
     let line = b.wait_log("stray.wasm: no module loads it").await;
     assert!(line.contains("[plugins.modules.stray]"), "{line}");
 }
+
+#[tokio::test]
+async fn a_pinned_module_loads_only_with_its_sha256() {
+    use sha2::Digest;
+    let dir = plugin_dir(&[(&examples(), "schema-guard")]);
+    let bytes = std::fs::read(dir.path().join("schema-guard.wasm")).unwrap();
+    let pin: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let b = start(
+        dir.path(),
+        &format!(
+            "[plugins.modules.schema-guard]\nsha256 = \"{pin}\"\n[plugins.modules.schema-guard.config]\nfields.text = {{ type = \"string\", required = true }}\n[namespaces.chat]\nplugins = [\"schema-guard\"]\n"
+        ),
+    )
+    .await;
+    let view = admin(&b, "GET", "/admin/plugins").await;
+    assert_eq!(view["plugins"][0]["sha256"], pin.as_str(), "{view}");
+    // Another build of the module (here: the same component with a byte appended in a
+    // custom section) is refused, and the pinned one keeps running.
+    b.wait_log("Watching plugins").await;
+    let mut other = bytes.clone();
+    other.extend_from_slice(&[0x00, 0x04, 0x01, b'x', 0x00, 0x00]);
+    std::fs::write(dir.path().join("schema-guard.wasm"), &other).unwrap();
+    let line = b.wait_log("Plugin reload failed").await;
+    assert!(line.contains("the config pins"), "{line}");
+    let view = admin(&b, "GET", "/admin/plugins").await;
+    assert_eq!(view["plugins"][0]["sha256"], pin.as_str(), "{view}");
+    let (mut c, _) = b.connect(&token_with("alice", json!({}))).await;
+    c.expect_error(
+        json!({"type": "publish", "channel": "chat:a", "data": {"text": 1}}),
+        "rejected",
+    )
+    .await;
+}

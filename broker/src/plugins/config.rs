@@ -82,6 +82,10 @@ pub struct PluginModuleConfig {
     pub timeout_ms: u64,
     /// Overrides `plugins.memory_mib` (0: inherit).
     pub memory_mib: u32,
+    /// Pins the module: the file's SHA-256 (64 hex digits, as `hookwire plugin inspect`
+    /// prints it) must be this, or it is refused (a reload keeps the running version).
+    /// Empty: any file.
+    pub sha256: String,
     /// The plugin's own configuration, given to its `init` as JSON.
     pub config: toml::Table,
 }
@@ -185,6 +189,14 @@ impl PluginModuleConfig {
                 self.file
             ));
         }
+        if !self.sha256.is_empty()
+            && (self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            errs.push(format!(
+                "{key}.sha256 = {:?}: must be 64 hex digits (hookwire plugin inspect prints the file's), or empty",
+                self.sha256
+            ));
+        }
     }
 }
 
@@ -204,6 +216,23 @@ mod tests {
             .try_into::<Root>()
             .map(|r| r.plugins)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_pin_must_be_a_sha256() {
+        let check = |pin: &str| {
+            let p = parse(&format!("[plugins.modules.x]\nsha256 = \"{pin}\"\n")).unwrap();
+            let mut errs = Problems::default();
+            p.modules["x"].validate("plugins.modules.x", "x", &mut errs);
+            errs.into_result()
+        };
+        assert!(check(&"ab".repeat(32)).is_ok());
+        assert!(check("").is_ok());
+        let e = check("abc").unwrap_err().join("\n");
+        assert!(
+            e.contains("plugins.modules.x.sha256") && e.contains("64 hex digits"),
+            "{e}"
+        );
     }
 
     #[test]

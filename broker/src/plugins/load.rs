@@ -116,6 +116,14 @@ fn load_one(
         },
     })?;
     let sha256 = sha256_hex(&bytes);
+    if let Some(pinned) = &module.sha256
+        && *pinned != sha256
+    {
+        return Err(Error::Pinned {
+            actual: sha256,
+            pinned: pinned.clone(),
+        });
+    }
     if let Some(old) = old
         && old.id.sha256 == sha256
         && old.settings == *module

@@ -286,6 +286,7 @@ fn replay_plugins(
         on_error: OnError::Reject,
         config: config_json,
         instances: 1,
+        sha256: None,
     };
     let settings = PluginsSettings {
         dir: plugin.parent().map(Path::to_path_buf).unwrap_or_default(),

@@ -22,6 +22,8 @@ pub struct ModuleSettings {
     pub config: String,
     /// Idle instances kept.
     pub instances: usize,
+    /// The SHA-256 the file must have (lower-case hex), when pinned.
+    pub sha256: Option<String>,
 }
 
 impl ModuleSettings {
@@ -53,6 +55,7 @@ impl ModuleSettings {
             on_error: m.on_error.unwrap_or(p.on_error),
             config: serde_json::to_string(&m.config).expect("TOML values serialize to JSON"),
             instances,
+            sha256: (!m.sha256.is_empty()).then(|| m.sha256.to_ascii_lowercase()),
         }
     }
 }

@@ -14,6 +14,10 @@ pub enum Error {
     #[error("not a plugin component: {0}")]
     NotComponent(String),
     #[error(
+        "its sha256 is {actual}, but the config pins {pinned}; put the pinned file in place, or change sha256 in [plugins.modules] to deploy this one"
+    )]
+    Pinned { actual: String, pinned: String },
+    #[error(
         "imports {import}, which the broker does not provide ({why}); remove that dependency from the plugin"
     )]
     Import { import: String, why: &'static str },
