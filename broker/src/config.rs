@@ -216,9 +216,22 @@ impl Config {
             .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
         let table = toml::Table::try_from(&base).expect("config serializes to TOML");
         let (table, applied_env, unknown_env) = env.apply(table, &base)?;
-        let config: Config = table
+        let mut config: Config = table
             .try_into()
             .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        // `plugins.dir` from a file is relative to that file (so the broker finds the
+        // plugins whatever directory it starts in); from the environment or the embedded
+        // defaults, to the working directory.
+        if let Some(file) = path
+            && !applied_env.iter().any(|v| v == "HOOKWIRE_PLUGINS_DIR")
+            && Path::new(&config.plugins.dir).is_relative()
+        {
+            let beside = file
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(&config.plugins.dir);
+            config.plugins.dir = beside.to_string_lossy().into_owned();
+        }
         config.validate().map_err(Error::Invalid)?;
         Ok(LoadedConfig {
             config,
@@ -300,6 +313,9 @@ mod tests {
         assert!(shipped.validate().is_ok(), "{:?}", shipped.validate());
         // The example plugins are the one addition to the defaults.
         assert_eq!(shipped.plugins.modules.len(), 5);
+        // Its plugins.dir is relative to the file (config/): the same directory.
+        assert_eq!(shipped.plugins.dir, "../plugins/dist");
+        shipped.plugins.dir = Config::default().plugins.dir;
         shipped.plugins.modules.clear();
         shipped.plugins.connection.clear();
         for ns in shipped.namespaces.values_mut() {
@@ -307,6 +323,28 @@ mod tests {
         }
         assert_eq!(shipped, Config::default());
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn plugins_dir_in_a_file_is_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("conf/hookwire.toml");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "[plugins]\ndir = \"../wasm\"\n").unwrap();
+        let none = EnvOverrides::default();
+        let c = Config::load(&file, false, &none).unwrap().config;
+        assert_eq!(Path::new(&c.plugins.dir), dir.path().join("conf/../wasm"));
+        // An override is relative to the working directory, as given.
+        let env = EnvOverrides::from_pairs([("HOOKWIRE_PLUGINS_DIR", "here/wasm")]);
+        let c = Config::load(&file, false, &env).unwrap().config;
+        assert_eq!(c.plugins.dir, "here/wasm");
+        // Absolute stays; the embedded defaults are relative to the working directory.
+        std::fs::write(&file, "[plugins]\ndir = \"/srv/wasm\"\n").unwrap();
+        let c = Config::load(&file, false, &none).unwrap().config;
+        assert_eq!(c.plugins.dir, "/srv/wasm");
+        let missing = dir.path().join("nothing.toml");
+        let c = Config::load(&missing, true, &none).unwrap().config;
+        assert_eq!(c.plugins.dir, "plugins/dist");
     }
 
     #[test]

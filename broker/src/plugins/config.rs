@@ -27,7 +27,9 @@ pub enum OnError {
 pub struct PluginsConfig {
     /// Whether plugins load at all.
     pub enabled: bool,
-    /// Where plugin modules are loaded from and watched. `HOOKWIRE_PLUGINS_DIR`.
+    /// Where plugin modules are loaded from and watched: in a file, relative to the file
+    /// (`Config::load` resolves it); `HOOKWIRE_PLUGINS_DIR` and the embedded default,
+    /// relative to the working directory.
     pub dir: String,
     /// Compiled modules, by sha256: native code, so a private directory (0700, the
     /// broker's user, not a symlink; otherwise refused) outside `dir`, its entries tagged
