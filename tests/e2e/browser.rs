@@ -102,6 +102,29 @@ async fn the_demo_page_chats_over_webtransport_with_a_rust_client() {
     assert!(error.contains("rejected"), "{error}");
     assert!(error.contains("2000"), "{error}");
 
+    // The session-close capsule reaches the browser: a raw WebTransport session from the
+    // page, with a bad token, ends with `closed` resolving to 4001 and a reason.
+    let closed = browser
+        .eval(
+            r#"(async () => {
+                const { url, hash } = await (await fetch('/dev/cert-hash')).json();
+                const value = new Uint8Array(hash.match(/../g).map((h) => parseInt(h, 16)));
+                const wt = new WebTransport(url, { serverCertificateHashes: [{ algorithm: 'sha-256', value }] });
+                await wt.ready;
+                const stream = await wt.createBidirectionalStream();
+                const writer = stream.writable.getWriter();
+                await writer.write(new TextEncoder().encode('{"type":"connect","id":1,"token":"not-a-token"}\n'));
+                const info = await wt.closed;
+                return { code: info.closeCode, reason: info.reason };
+            })()"#,
+        )
+        .await;
+    assert_eq!(closed["code"], 4001, "{closed}");
+    assert!(
+        !closed["reason"].as_str().unwrap_or("").is_empty(),
+        "{closed}"
+    );
+
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo.png");
     browser.screenshot(&shot).await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 1_000);
