@@ -5,6 +5,7 @@
 //! wrap its answers; errors become responses in one place ([`ApiError`]).
 
 mod api;
+mod capture;
 pub mod config;
 
 use std::sync::Arc;
@@ -42,6 +43,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/admin/connections", get(connections))
         .route("/admin/plugins", get(plugins))
         .route("/admin/plugins/reload", post(reload_plugins))
+        .route(
+            "/admin/plugins/capture",
+            post(capture::start)
+                .get(capture::read)
+                .delete(capture::stop),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(node.clone(), count_requests))
         .layer(DefaultBodyLimit::max(node.config.api.max_body_bytes))
@@ -179,6 +186,7 @@ async fn count_requests(State(node): State<Arc<Node>>, req: Request, next: Next)
         "/admin/connections",
         "/admin/plugins",
         "/admin/plugins/reload",
+        "/admin/plugins/capture",
     ];
     let route = ROUTES.iter().find(|r| **r == req.uri().path()).copied();
     let response = next.run(req).await;

@@ -203,6 +203,11 @@ impl Namespaces {
         Self { by_name, default }
     }
 
+    /// Whether `[namespaces]` has this one.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
     pub fn resolve(&self, channel: &ChannelName) -> Option<&Arc<Namespace>> {
         match channel.namespace() {
             Some(ns) => self.by_name.get(ns),

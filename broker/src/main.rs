@@ -48,17 +48,27 @@ enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Replay recorded events (JSONL) through a plugin and print each decision as a
-    /// JSON line; exit 1 when an event's `expect` is not met, 2 when it cannot run.
+    /// Replay recorded events (JSONL) through a plugin, or with --namespace through a
+    /// namespace's whole configured chain, and print each decision as a JSON line; exit
+    /// 1 when an event's `expect` is not met, 2 when it cannot run.
     Test {
-        file: PathBuf,
+        /// The plugin module (not with --namespace).
+        #[arg(required_unless_present = "namespace")]
+        file: Option<PathBuf>,
         /// The events, one JSON object per line: {"hook":"publish","channel":"chat:a",
-        /// "data":{…},"user":"alice","claims":{…},"expect":"refuse"}.
+        /// "data":{…},"user":"alice","claims":{…},"expect":"refuse"} (what
+        /// /admin/plugins/capture records).
         #[arg(long)]
         events: PathBuf,
-        /// The plugin's configuration (a JSON object), as `[plugins.modules.NAME.config]` would give it.
+        /// With a FILE: the plugin's configuration (a JSON object), as
+        /// `[plugins.modules.NAME.config]` would give it. With --namespace: the broker's
+        /// config file (default config/hookwire.toml), whose plugins and chains run.
         #[arg(long)]
         config: Option<String>,
+        /// Replay through this namespace's configured chain (and the connection chain
+        /// for connect and disconnect events) instead of one plugin.
+        #[arg(long, conflicts_with = "file")]
+        namespace: Option<String>,
     },
 }
 
@@ -182,9 +192,25 @@ fn plugin(command: PluginCommand) -> ExitCode {
             file,
             events,
             config,
+            namespace,
         } => {
             let mut out = std::io::stdout().lock();
-            match replay::test(&file, &events, config.as_deref(), &mut out) {
+            let ran = match (file, namespace) {
+                (Some(file), _) => replay::test(&file, &events, config.as_deref(), &mut out),
+                (None, Some(ns)) => {
+                    let args = ConfigArgs {
+                        config: config.map(PathBuf::from),
+                        dev: false,
+                    };
+                    let loaded = match load(&args) {
+                        Ok(loaded) => loaded,
+                        Err(code) => return code,
+                    };
+                    replay::test_chain(&loaded.config, &ns, &events, &mut out)
+                }
+                (None, None) => unreachable!("clap requires FILE or --namespace"),
+            };
+            match ran {
                 Ok(0) => ExitCode::SUCCESS,
                 Ok(unmet) => {
                     eprintln!("hookwire: {unmet} expectation(s) not met");

@@ -34,6 +34,7 @@
 pub(crate) mod answer;
 mod audit;
 mod cache;
+pub mod capture;
 pub mod config;
 mod deadline;
 pub mod engine;

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::hub::{NewPublication, Published};
 use crate::limits::{Exceeded, RateLimits};
 use crate::metrics::{Metrics, PublicationSource};
+use crate::plugins::capture::Seen;
 use crate::plugins::{Emit, Hook, PluginConn, Plugins, PublicationState, PublishSource};
 use crate::protocol::{ErrorCode, ErrorReply, now_ms};
 use crate::sequencer::{Acked, Sequencer, Sequencing};
@@ -230,6 +231,17 @@ impl Pipeline {
         if ns.volatile() {
             self.fits_a_datagram(&channel, &req)?;
         }
+        self.plugins.capture.publication(Seen {
+            namespace: &ns.name,
+            channel: channel.as_str(),
+            source: req.source.metric().label(),
+            user: req.source.user(),
+            claims: match req.source {
+                Source::Client { conn, .. } => conn.map(|c| &*c.claims),
+                Source::Api | Source::Nats => None,
+            },
+            data: req.data,
+        });
         if self.plugins.publishes_through(&ns.name) {
             // A repeat is answered before the chain: the plugins see a publication once.
             if let Some(offset) = self.repeat_of(&req, &ns, &channel) {

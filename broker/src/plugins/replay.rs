@@ -198,9 +198,51 @@ pub fn test(
         ));
     };
     let plugins = replay_plugins(plugin, &name, config_json, &parsed)?;
+    Ok(replay(&plugins, parsed, out))
+}
+
+/// Replays `events` through `namespace`'s chain as `config` sets it up (and the
+/// connection chain for connect and disconnect events); events of other namespaces are
+/// refused, so a capture of one namespace is not run through another's chain by mistake.
+pub fn test_chain(
+    config: &crate::config::Config,
+    namespace: &str,
+    events: &Path,
+    out: &mut impl Write,
+) -> Result<usize, TestError> {
+    if !config.namespaces.contains_key(namespace) {
+        return Err(TestError::Load(format!(
+            "the config has no namespace {namespace:?}"
+        )));
+    }
+    let parsed = read_events(events)?;
+    if let Some((line, e)) = parsed.iter().find(|(_, e)| {
+        e.channel
+            .as_deref()
+            .is_some_and(|c| namespace_of(c) != namespace)
+    }) {
+        return Err(TestError::Line {
+            line: *line,
+            message: format!(
+                "channel {:?} is not in namespace {namespace:?}",
+                e.channel.as_deref().unwrap_or("")
+            ),
+        });
+    }
+    let settings = PluginsSettings::from_config(config).ok_or_else(|| {
+        TestError::Load("the config loads no plugins (plugins.enabled, plugins.modules)".into())
+    })?;
+    let plugins = Plugins::with_settings(settings, Arc::new(Metrics::new()))
+        .map_err(|e| TestError::Load(format!("{e:#}")))?;
+    Ok(replay(&plugins, parsed, out))
+}
+
+/// Runs each event, checks its `expect`, writes one JSON line each; answers how many
+/// `expect`s were not met.
+fn replay(plugins: &Plugins, parsed: Vec<(usize, Event)>, out: &mut impl Write) -> usize {
     let mut unmet = 0;
     for (line, event) in parsed {
-        let mut outcome = run(&plugins, &event);
+        let mut outcome = run(plugins, &event);
         if let Some(expect) = &event.expect {
             match check(expect, &outcome) {
                 Ok(()) => outcome["expect"] = json!("met"),
@@ -216,7 +258,7 @@ pub fn test(
         }
         let _ = writeln!(out, "{record}");
     }
-    Ok(unmet)
+    unmet
 }
 
 /// `--config`, checked to be a JSON object (`{}` without one).

@@ -92,6 +92,8 @@ pub struct Plugins {
     metrics: Arc<Metrics>,
     /// Where connections' hook calls run (`None` with plugins off).
     threads: Option<PluginThreads>,
+    /// Recording real events for `plugin test` (`/admin/plugins/capture`).
+    pub capture: super::capture::Capture,
 }
 
 impl Plugins {
@@ -105,6 +107,7 @@ impl Plugins {
             audit: audit::Audit::tracing_only(metrics.plugin_audit_dropped.clone()),
             metrics,
             threads: None,
+            capture: Default::default(),
         })
     }
 
@@ -160,6 +163,7 @@ impl Plugins {
             audit,
             metrics,
             threads: Some(threads),
+            capture: Default::default(),
         }))
     }
 
