@@ -39,6 +39,7 @@ pub mod config;
 mod deadline;
 pub mod engine;
 pub mod host;
+pub mod imports;
 mod instance;
 mod load;
 mod meta;

@@ -3,7 +3,7 @@
 //! Compiling takes hundreds of milliseconds and fails with a multi-line dump; this
 //! answers in a few microseconds, with one line an operator can act on.
 
-use super::engine::{ImportUse, import_use, refusal_reason};
+use super::imports::{ImportUse, import_use, refusal_reason};
 use super::types::Error;
 
 /// The first eight bytes of a component: `\0asm`, version 0x0d, layer 1.

@@ -12,9 +12,10 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::config::OnError;
-use super::engine::{EngineSettings, PluginEngine, import_use, sha256_hex};
+use super::engine::{EngineSettings, PluginEngine, sha256_hex};
 use super::host::hook_names;
 use super::host::{PluginConn, PublicationState, PublishSource};
+use super::imports::{ImportUse, import_use};
 use super::instance::Pool;
 use super::runtime::Plugins;
 use super::settings::{ModuleSettings, PluginsSettings};
@@ -77,32 +78,7 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
 pub fn inspect(path: &Path) -> Result<Inspection, Error> {
     let bytes = read(path)?;
     let sha256 = sha256_hex(&bytes);
-    // Refused before compiling (not a component, a refused import): one line, at once.
-    if let Err(refused) = super::precheck::precheck(&bytes) {
-        let imports = super::precheck::top_level_imports(&bytes).unwrap_or_default();
-        return Ok(Inspection {
-            file: path.display().to_string(),
-            sha256,
-            size: bytes.len() as u64,
-            world: None,
-            name: None,
-            version: None,
-            hooks: Vec::new(),
-            imports: imports
-                .into_iter()
-                .map(|name| Import {
-                    served: import_use(&name).label(),
-                    name,
-                })
-                .collect(),
-            exports: Vec::new(),
-            refused: Some(refused.to_string()),
-        });
-    }
-    let engine = PluginEngine::new(&engine_settings(), None)?;
-    let component = engine.compile(&bytes, &sha256)?;
-    let (imports, exports) = engine.describe(&component);
-    let mut out = Inspection {
+    let facts = |imports: Vec<(String, ImportUse)>, exports, refused| Inspection {
         file: path.display().to_string(),
         sha256: sha256.clone(),
         size: bytes.len() as u64,
@@ -118,8 +94,24 @@ pub fn inspect(path: &Path) -> Result<Inspection, Error> {
             })
             .collect(),
         exports,
-        refused: None,
+        refused,
     };
+    // Refused before compiling (not a component, a refused import): one line, at once.
+    if let Err(refused) = super::precheck::precheck(&bytes) {
+        let imports = super::precheck::top_level_imports(&bytes)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|name| {
+                let served = import_use(&name);
+                (name, served)
+            })
+            .collect();
+        return Ok(facts(imports, Vec::new(), Some(refused.to_string())));
+    }
+    let engine = PluginEngine::new(&engine_settings(), None)?;
+    let component = engine.compile(&bytes, &sha256)?;
+    let (imports, exports) = engine.describe(&component);
+    let mut out = facts(imports, exports, None);
     // Linked from the compiled component above: one compile (the cache is off here).
     match super::load::link_compiled(&engine, &component) {
         Ok(pre) => {
