@@ -231,7 +231,8 @@ impl Pipeline {
         if ns.volatile() {
             self.fits_a_datagram(&channel, &req)?;
         }
-        self.plugins.capture.publication(Seen {
+        self.plugins.capture.event(Seen {
+            hook: "publish",
             namespace: &ns.name,
             channel: channel.as_str(),
             source: req.source.metric().label(),
@@ -240,7 +241,7 @@ impl Pipeline {
                 Source::Client { conn, .. } => conn.map(|c| &*c.claims),
                 Source::Api | Source::Nats => None,
             },
-            data: req.data,
+            data: Some(req.data),
         });
         if self.plugins.publishes_through(&ns.name) {
             // A repeat is answered before the chain: the plugins see a publication once.

@@ -639,13 +639,14 @@ async fn captured_traffic_replays_through_the_configured_chain() {
         "POST",
         "/admin/plugins/capture",
         Some(ADMIN_KEY),
-        Some(r#"{"namespace": "chat", "max_events": 3, "redact_claims": ["email"]}"#),
+        Some(r#"{"namespace": "chat", "max_events": 4, "redact_claims": ["email"]}"#),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let (mut c, _) = b
         .connect(&token_with("alice", json!({"email": "alice@example.com"})))
         .await;
+    c.subscribe("chat:a").await;
     c.publish("chat:a", json!({"text": "well darn"})).await;
     c.expect_error(
         json!({"type": "publish", "channel": "chat:a", "data": {"txt": 1}}),
@@ -668,12 +669,13 @@ async fn captured_traffic_replays_through_the_configured_chain() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3, "{}", r.body);
+    assert_eq!(lines.len(), 4, "{}", r.body);
+    assert_eq!(lines[0]["hook"], "subscribe", "{}", r.body);
     assert_eq!(
-        lines[0]["data"]["text"], "well darn",
+        lines[1]["data"]["text"], "well darn",
         "recorded before the chain"
     );
-    assert_eq!(lines[0]["claims"]["email"], "[redacted]");
+    assert_eq!(lines[1]["claims"]["email"], "[redacted]");
     assert!(!r.body.contains("alice@example.com"));
 
     // Replayed through the chain the config sets up: the same decisions.
@@ -703,9 +705,10 @@ async fn captured_traffic_replays_through_the_configured_chain() {
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(decisions.len(), 3, "{out}");
-    assert_eq!(decisions[0]["decision"], "modify", "{out}");
-    assert_eq!(decisions[0]["data"]["text"], "well ****", "{out}");
-    assert_eq!(decisions[1]["decision"], "refuse", "{out}");
-    assert_eq!(decisions[2]["decision"], "allow", "{out}");
+    assert_eq!(decisions.len(), 4, "{out}");
+    assert_eq!(decisions[0]["decision"], "allow", "{out}");
+    assert_eq!(decisions[1]["decision"], "modify", "{out}");
+    assert_eq!(decisions[1]["data"]["text"], "well ****", "{out}");
+    assert_eq!(decisions[2]["decision"], "refuse", "{out}");
+    assert_eq!(decisions[3]["decision"], "allow", "{out}");
 }

@@ -1,11 +1,11 @@
 //! Recording real events for `hookwire plugin test`: `POST /admin/plugins/capture` starts
-//! a bounded, sampled recording of one namespace's publications (claims the request
-//! names are redacted), `GET` answers what was recorded so far as JSONL in the format
+//! a bounded, sampled recording of one namespace's publications and subscriptions (claims
+//! the request names are redacted), `GET` answers what was recorded so far as JSONL in the format
 //! `plugin test` reads, `DELETE` stops it. A team replays yesterday's traffic through a
 //! new version (`hookwire plugin test --config hookwire.toml --namespace chat --events
 //! captured.jsonl`).
 //!
-//! Costs nothing while off: one relaxed atomic load per publication.
+//! Costs nothing while off: one relaxed atomic load per publication or subscription.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -65,7 +65,7 @@ pub struct CaptureStatus {
     pub events: usize,
     pub max_events: usize,
     pub sample_percent: u8,
-    /// Publications of the namespace seen while recording (recorded or not).
+    /// Events of the namespace seen while recording (recorded or not).
     pub seen: u64,
 }
 
@@ -76,16 +76,20 @@ struct Recording {
     recording: bool,
 }
 
-/// One publication, as the pipeline hands it to the capture.
+/// One event (a publication from the pipeline, a subscription from a session), as it
+/// is handed to the capture.
 pub struct Seen<'a> {
+    /// `publish` or `subscribe`.
+    pub hook: &'static str,
     pub namespace: &'a str,
     pub channel: &'a str,
-    /// `client`, `api` or `nats`.
+    /// `client`, `api` or `nats` (publications).
     pub source: &'static str,
     pub user: Option<&'a str>,
     /// The token's claims as JSON (clients with plugins on).
     pub claims: Option<&'a str>,
-    pub data: &'a RawValue,
+    /// The payload (publications).
+    pub data: Option<&'a RawValue>,
 }
 
 #[derive(Default)]
@@ -130,8 +134,8 @@ impl Capture {
         Some((status(r), text))
     }
 
-    /// A publication on its way into the plugin chain.
-    pub fn publication(&self, seen: Seen<'_>) {
+    /// An event on its way into the plugin chain.
+    pub fn event(&self, seen: Seen<'_>) {
         if !self.active.load(Ordering::Relaxed) {
             return;
         }
@@ -170,9 +174,11 @@ fn status(r: &Recording) -> CaptureStatus {
 
 /// The event as `plugin test` reads it.
 fn line(seen: &Seen<'_>, redact: &[String]) -> Value {
-    let data: Value = serde_json::from_str(seen.data.get()).unwrap_or(Value::Null);
-    let mut event =
-        json!({"hook": "publish", "channel": seen.channel, "source": seen.source, "data": data});
+    let mut event = json!({"hook": seen.hook, "channel": seen.channel});
+    if let Some(data) = seen.data {
+        event["source"] = json!(seen.source);
+        event["data"] = serde_json::from_str(data.get()).unwrap_or(Value::Null);
+    }
     if let Some(user) = seen.user {
         event["user"] = json!(user);
     }
@@ -205,13 +211,14 @@ mod tests {
 
     fn publish(capture: &Capture, ns: &str, n: u32) {
         let data = RawValue::from_string(format!(r#"{{"n":{n}}}"#)).unwrap();
-        capture.publication(Seen {
+        capture.event(Seen {
+            hook: "publish",
             namespace: ns,
             channel: &format!("{ns}:a"),
             source: "client",
             user: Some("alice"),
             claims: Some(r#"{"sub":"alice","email":"a@example.com","role":"x"}"#),
-            data: &data,
+            data: Some(&data),
         });
     }
 

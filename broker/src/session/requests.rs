@@ -17,6 +17,7 @@ use crate::auth;
 use crate::channel::ChannelName;
 use crate::channel::Namespace;
 use crate::hub::{ConnHandle, Joined};
+use crate::plugins::capture::Seen;
 use crate::plugins::{Hook, PluginConn};
 use crate::protocol::{
     self, CloseCode, Disconnect, ErrorCode, ErrorReply, Recovery, Request, RequestBody,
@@ -311,6 +312,17 @@ impl Session {
         self.check_subscribe_rate()?;
         let (channel, ns) = access::resolve(&self.node.namespaces, channel)?;
         access::can_subscribe(&ns, &channel, &self.claims)?;
+        if let Some(conn) = &self.plugin_conn {
+            self.node.plugins.capture.event(Seen {
+                hook: "subscribe",
+                namespace: &ns.name,
+                channel: channel.as_str(),
+                source: "client",
+                user: Some(&conn.user),
+                claims: Some(&conn.claims),
+                data: None,
+            });
+        }
         if let Some(conn) = &self.plugin_conn
             && self.node.plugins.subscribes_through(&ns.name)
         {
