@@ -17,6 +17,7 @@ pub mod tls;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -196,6 +197,7 @@ pub struct WtTransport {
     /// A write was abandoned part-way (a stalled client cut off): the stream ends inside
     /// a line, so nothing more may be written to it.
     torn: bool,
+    readable: Arc<Readable>,
     datagrams: Arc<WtDatagrams>,
 }
 
@@ -213,6 +215,11 @@ impl WtTransport {
             lines: Lines::new(max_frame),
             chunks: Vec::new(),
             torn: false,
+            // Asked at once the first time.
+            readable: Arc::new(Readable {
+                news: AtomicBool::new(true),
+                task: Default::default(),
+            }),
         }
     }
 }
@@ -251,8 +258,9 @@ const COPY_BELOW: usize = 4 << 10;
 /// A gathered chunk is cut at about this size.
 const GATHER_BYTES: usize = 16 << 10;
 
-/// Newline-delimited frames out of a stream's chunks.
-struct Lines {
+/// Newline-delimited frames out of a stream's chunks (the broker's reader, and the
+/// bench client's).
+pub struct Lines {
     /// What the last read returned and no line has taken yet.
     unread: Bytes,
     /// An incomplete line (empty, without capacity, between lines).
@@ -261,7 +269,7 @@ struct Lines {
 }
 
 impl Lines {
-    fn new(max_frame: usize) -> Self {
+    pub fn new(max_frame: usize) -> Self {
         Self {
             unread: Bytes::new(),
             partial: BytesMut::new(),
@@ -269,8 +277,8 @@ impl Lines {
         }
     }
 
-    /// A chunk read from the stream (only once [`Lines::next`] answered `None`).
-    fn feed(&mut self, chunk: Bytes) {
+    /// A chunk read from the stream (only once [`Lines::next_line`] answered `None`).
+    pub fn feed(&mut self, chunk: Bytes) {
         debug_assert!(self.unread.is_empty());
         self.unread = chunk;
     }
@@ -278,7 +286,7 @@ impl Lines {
     /// The next complete line, without copying when it lies in one chunk; a line (or an
     /// incomplete one) over the limit is [`Inbound::TooLarge`]. Empty lines and a `\r`
     /// before the `\n` are ignored.
-    fn next(&mut self) -> Option<Inbound> {
+    pub fn next_line(&mut self) -> Option<Inbound> {
         while !self.unread.is_empty() {
             let Some(end) = self.unread.iter().position(|&b| b == b'\n') else {
                 self.partial.extend_from_slice(&self.unread);
@@ -307,6 +315,50 @@ impl Lines {
     }
 }
 
+impl WtTransport {
+    /// Reads a chunk, asking quinn only once it said the stream has news: the session
+    /// polls `recv` each time it wakes to write, and each ask takes the connection's
+    /// lock, which its driver wants for sending.
+    fn poll_chunk(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Option<quinn::Chunk>, web_transport_quinn::ReadError>> {
+        self.readable.task.register(cx.waker());
+        if !self.readable.news.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Pending;
+        }
+        // Quinn keeps this waker with the stream (not in the read future, so dropping a
+        // pending read loses nothing; a chunk is either returned whole or not taken).
+        let waker = std::task::Waker::from(self.readable.clone());
+        let read = std::pin::pin!(self.recv.read_chunk(usize::MAX, true));
+        let polled = read.poll(&mut std::task::Context::from_waker(&waker));
+        if polled.is_ready() {
+            // More may wait behind this chunk: only a pending read leaves quinn the
+            // waker to say so.
+            self.readable.news.store(true, Ordering::Release);
+        }
+        polled
+    }
+}
+
+/// Set when quinn wakes the stream's reader (data, a finish, a reset, the connection's
+/// end); wakes the session.
+struct Readable {
+    news: AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for Readable {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.news.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
 impl Transport for WtTransport {
     fn kind(&self) -> TransportKind {
         TransportKind::WebTransport
@@ -326,11 +378,10 @@ impl Transport for WtTransport {
 
     async fn recv(&mut self) -> Inbound {
         loop {
-            if let Some(inbound) = self.lines.next() {
+            if let Some(inbound) = self.lines.next_line() {
                 return inbound;
             }
-            // Cancel-safe: a chunk is either returned whole or not taken from the stream.
-            match self.recv.read_chunk(usize::MAX, true).await {
+            match std::future::poll_fn(|cx| self.poll_chunk(cx)).await {
                 Ok(Some(chunk)) => self.lines.feed(chunk.bytes),
                 // The client finished its side of the stream, or the session is gone.
                 Ok(None) | Err(_) => return Inbound::Closed,

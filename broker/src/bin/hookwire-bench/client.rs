@@ -39,17 +39,27 @@ pub struct Dial {
     pub wt: Option<WtDial>,
 }
 
-/// How clients reach the QUIC listener: one endpoint per worker, shared by its sessions.
+/// The largest UDP payload a bench client takes (the broker sends up to its
+/// `quic.max_udp_payload_bytes`; loopback carries 64 KiB).
+const MAX_UDP_PAYLOAD: u16 = 65_527;
+
+/// UDP sockets (QUIC endpoints) per worker, taken in turn by its sessions: a browser
+/// has a socket per connection; one socket for hundreds of sessions overflows its
+/// receive buffer under fan-out, and QUIC then backs off and resends.
+const ENDPOINTS: usize = 4;
+
+/// How clients reach the QUIC listener: a few endpoints per worker, shared by its
+/// sessions in turn.
 #[derive(Clone)]
 pub struct WtDial {
-    pub client: web_transport_quinn::Client,
+    clients: Vec<web_transport_quinn::Client>,
+    next: std::rc::Rc<std::cell::Cell<usize>>,
     pub url: url::Url,
 }
 
 impl WtDial {
-    /// A client that trusts the certificate with this SHA-256 (`/dev/cert-hash`), on
-    /// one UDP socket with 4 MiB buffers (the default 208 KiB drops datagrams when a
-    /// few hundred sessions receive at once, and QUIC then backs off).
+    /// Clients that trust the certificate with this SHA-256 (`/dev/cert-hash`), each on
+    /// its own UDP socket with 4 MiB buffers.
     pub fn new(url: &str, cert_sha256: Vec<u8>) -> anyhow::Result<Self> {
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -61,16 +71,29 @@ impl WtDial {
             }))
             .with_no_client_auth();
         tls.alpn_protocols = vec![web_transport_quinn::ALPN.as_bytes().to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-        let config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
-        let socket = hookwire::transport::wt::udp_socket(([127, 0, 0, 1], 0).into(), 4 << 20)?;
-        let runtime = quinn::default_runtime().context("no runtime")?;
-        let endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
+        let crypto = std::sync::Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?);
+        let mut clients = Vec::with_capacity(ENDPOINTS);
+        for _ in 0..ENDPOINTS {
+            let socket = hookwire::transport::wt::udp_socket(([127, 0, 0, 1], 0).into(), 4 << 20)?;
+            let runtime = quinn::default_runtime().context("no runtime")?;
+            let mut endpoint_config = quinn::EndpointConfig::default();
+            endpoint_config.max_udp_payload_size(MAX_UDP_PAYLOAD)?;
+            let endpoint = quinn::Endpoint::new(endpoint_config, None, socket, runtime)?;
+            let config = quinn::ClientConfig::new(crypto.clone());
+            clients.push(web_transport_quinn::Client::new(endpoint, config));
+        }
         Ok(Self {
-            client: web_transport_quinn::Client::new(endpoint, config),
+            clients,
+            next: Default::default(),
             url: url.parse()?,
         })
+    }
+
+    /// The next session's client.
+    pub fn client(&self) -> &web_transport_quinn::Client {
+        let i = self.next.get();
+        self.next.set((i + 1) % self.clients.len());
+        &self.clients[i]
     }
 }
 
@@ -271,7 +294,7 @@ async fn open_ws(dial: &Dial, source: Ipv4Addr) -> Result<Ws, ConnectError> {
 
 async fn open_wt(wt: &WtDial) -> Result<Ws, ConnectError> {
     let session = wt
-        .client
+        .client()
         .connect(wt.url.clone())
         .await
         .map_err(|e| ConnectError::new("webtransport", format!("session: {e}")))?;

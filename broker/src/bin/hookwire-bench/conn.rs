@@ -7,11 +7,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::{Sink, Stream};
+use hookwire::transport::Inbound;
+use hookwire::transport::wt::Lines;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
+use tokio_util::codec::{FramedWrite, LinesCodec};
 
 /// Lines longer than this end the connection (the broker's replies are far smaller).
 const MAX_LINE: usize = 8 << 20;
@@ -24,7 +27,9 @@ pub enum Conn {
 pub struct WtConn {
     /// Kept so the session lives as long as its stream.
     session: web_transport_quinn::Session,
-    read: FramedRead<web_transport_quinn::RecvStream, LinesCodec>,
+    recv: web_transport_quinn::RecvStream,
+    /// Lines out of the chunks read, without a copy (as the broker reads them).
+    lines: Lines,
     write: FramedWrite<web_transport_quinn::SendStream, LinesCodec>,
 }
 
@@ -36,7 +41,8 @@ impl WtConn {
     ) -> Self {
         Self {
             session,
-            read: FramedRead::new(recv, LinesCodec::new_with_max_length(MAX_LINE)),
+            recv,
+            lines: Lines::new(MAX_LINE),
             write: FramedWrite::new(send, LinesCodec::new()),
         }
     }
@@ -65,12 +71,32 @@ impl Stream for Conn {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.get_mut() {
             Self::Ws(ws) => Pin::new(ws.as_mut()).poll_next(cx),
-            Self::Wt(wt) => match Pin::new(&mut wt.read).poll_next(cx) {
-                Poll::Ready(Some(Ok(line))) => Poll::Ready(Some(Ok(Message::text(line)))),
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(io(e)))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            Self::Wt(wt) => wt.poll_line(cx),
+        }
+    }
+}
+
+impl WtConn {
+    /// The next line as a text message: split out of the last chunk read, or a chunk
+    /// read first (a read future polled once and dropped when pending is fine: quinn
+    /// keeps the waker with the stream, and a chunk is returned whole or not taken).
+    fn poll_line(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, WsError>>> {
+        loop {
+            match self.lines.next_line() {
+                Some(Inbound::Text(line)) => {
+                    return Poll::Ready(Some(
+                        Utf8Bytes::try_from(line).map(Message::Text).map_err(io),
+                    ));
+                }
+                Some(_) => return Poll::Ready(Some(Err(io("a line over the limit")))),
+                None => {}
+            }
+            let read = std::pin::pin!(self.recv.read_chunk(usize::MAX, true));
+            match std::task::ready!(read.poll(cx)) {
+                Ok(Some(chunk)) => self.lines.feed(chunk.bytes),
+                Ok(None) => return Poll::Ready(None),
+                Err(e) => return Poll::Ready(Some(Err(io(e)))),
+            }
         }
     }
 }

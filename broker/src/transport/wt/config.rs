@@ -48,7 +48,8 @@ pub struct QuicConfig {
     /// QUIC then backs off and resends.
     pub udp_buffer_bytes: usize,
     /// The largest UDP payload path MTU discovery tries (1200 is always safe; a path
-    /// that takes less than what is tried is found by probing).
+    /// that takes less than what is tried is found by probing). Each connection keeps
+    /// a transmit buffer of the largest packet it built.
     pub max_udp_payload_bytes: u16,
 }
 

@@ -4,7 +4,7 @@ use super::*;
 
 fn texts(lines: &mut Lines) -> Vec<String> {
     let mut out = Vec::new();
-    while let Some(inbound) = lines.next() {
+    while let Some(inbound) = lines.next_line() {
         match inbound {
             Inbound::Text(t) => out.push(String::from_utf8(t.to_vec()).unwrap()),
             other => out.push(format!("{other:?}")),
@@ -28,11 +28,11 @@ fn lines_split_across_and_within_chunks() {
 fn a_line_over_the_limit_is_too_large_even_before_its_newline() {
     let mut lines = Lines::new(8);
     lines.feed(Bytes::from_static(b"0123456789"));
-    assert!(matches!(lines.next(), Some(Inbound::TooLarge)));
+    assert!(matches!(lines.next_line(), Some(Inbound::TooLarge)));
     let mut lines = Lines::new(8);
     lines.feed(Bytes::from_static(b"012\n0123456789\n"));
-    assert!(matches!(lines.next(), Some(Inbound::Text(_))));
-    assert!(matches!(lines.next(), Some(Inbound::TooLarge)));
+    assert!(matches!(lines.next_line(), Some(Inbound::Text(_))));
+    assert!(matches!(lines.next_line(), Some(Inbound::TooLarge)));
 }
 
 #[test]
