@@ -7,6 +7,7 @@
 mod api;
 mod capture;
 pub mod config;
+mod rollout;
 
 use std::sync::Arc;
 
@@ -43,6 +44,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/admin/connections", get(connections))
         .route("/admin/plugins", get(plugins))
         .route("/admin/plugins/reload", post(reload_plugins))
+        .route("/admin/plugins/{name}/promote", post(rollout::promote))
+        .route("/admin/plugins/{name}/rollback", post(rollout::rollback))
         .route(
             "/admin/plugins/capture",
             post(capture::start)
@@ -188,7 +191,17 @@ async fn count_requests(State(node): State<Arc<Node>>, req: Request, next: Next)
         "/admin/plugins/reload",
         "/admin/plugins/capture",
     ];
-    let route = ROUTES.iter().find(|r| **r == req.uri().path()).copied();
+    let path = req.uri().path();
+    let route = ROUTES.iter().find(|r| **r == path).copied().or_else(|| {
+        let name = path.strip_prefix("/admin/plugins/")?;
+        [
+            ("/promote", "/admin/plugins/{name}/promote"),
+            ("/rollback", "/admin/plugins/{name}/rollback"),
+        ]
+        .into_iter()
+        .find(|(end, _)| name.ends_with(end))
+        .map(|(_, route)| route)
+    });
     let response = next.run(req).await;
     if let Some(route) = route {
         let status = format!("{}xx", response.status().as_u16() / 100);

@@ -118,6 +118,7 @@ pub struct Metrics {
     plugin_calls: IntCounterVec,
     plugin_errors: IntCounterVec,
     plugin_seconds: HistogramVec,
+    plugin_shadow: IntCounterVec,
     plugin_loads: IntCounterVec,
     plugin_cache_rejected: IntCounterVec,
     plugin_overloaded: IntCounterVec,
@@ -275,16 +276,19 @@ impl Metrics {
             )
             .expect("valid metric"),
             plugin_calls: IntCounterVec::new(
-                opts("plugin_calls_total", "Plugin hook calls, by plugin and hook."),
-                &["plugin", "hook"],
+                opts(
+                    "plugin_calls_total",
+                    "Plugin hook calls, by plugin, version, role (live, canary, shadow) and hook.",
+                ),
+                &["plugin", "version", "role", "hook"],
             )
             .expect("valid metric"),
             plugin_errors: IntCounterVec::new(
                 opts(
                     "plugin_errors_total",
-                    "Failed plugin hook calls, by plugin and kind (trap, timeout, memory, output).",
+                    "Failed plugin hook calls, by plugin, version, role and kind (trap, timeout, memory, output).",
                 ),
-                &["plugin", "kind"],
+                &["plugin", "version", "role", "kind"],
             )
             .expect("valid metric"),
             plugin_seconds: HistogramVec::new(
@@ -293,7 +297,15 @@ impl Metrics {
                     .buckets(vec![
                         1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2,
                     ]),
-                &["plugin", "hook"],
+                &["plugin", "version", "role", "hook"],
+            )
+            .expect("valid metric"),
+            plugin_shadow: IntCounterVec::new(
+                opts(
+                    "plugin_shadow_total",
+                    "A shadow version's decisions compared with the live version's, by plugin and outcome (agree, or live→shadow such as allowed→refused).",
+                ),
+                &["plugin", "outcome"],
             )
             .expect("valid metric"),
             plugin_loads: IntCounterVec::new(
@@ -347,6 +359,7 @@ impl Metrics {
         register(Box::new(m.plugin_calls.clone()));
         register(Box::new(m.plugin_errors.clone()));
         register(Box::new(m.plugin_seconds.clone()));
+        register(Box::new(m.plugin_shadow.clone()));
         register(Box::new(m.plugin_loads.clone()));
         register(Box::new(m.plugin_cache_rejected.clone()));
         register(Box::new(m.plugin_overloaded.clone()));
@@ -356,18 +369,29 @@ impl Metrics {
         m
     }
 
-    /// The call counter of one plugin's hook (label values come from the config, so
-    /// the set is bounded).
-    pub fn plugin_calls(&self, plugin: &str, hook: &str) -> IntCounter {
-        self.plugin_calls.with_label_values(&[plugin, hook])
+    /// The call counter of one plugin version's hook: plugin, version, role, hook
+    /// (label values come from the config and the loaded modules, so the set is
+    /// bounded).
+    pub fn plugin_calls(&self, labels: [&str; 4]) -> IntCounter {
+        self.plugin_calls.with_label_values(&labels)
     }
 
-    pub fn plugin_seconds(&self, plugin: &str, hook: &str) -> Histogram {
-        self.plugin_seconds.with_label_values(&[plugin, hook])
+    /// Hook time of one plugin version's hook (labels as for [`Metrics::plugin_calls`]).
+    pub fn plugin_seconds(&self, labels: [&str; 4]) -> Histogram {
+        self.plugin_seconds.with_label_values(&labels)
     }
 
-    pub fn plugin_error(&self, plugin: &str, kind: &str) {
-        self.plugin_errors.with_label_values(&[plugin, kind]).inc();
+    /// A failed call: plugin, version, role, kind.
+    pub fn plugin_error(&self, labels: [&str; 4]) {
+        self.plugin_errors.with_label_values(&labels).inc();
+    }
+
+    /// A shadow's decision compared with the live version's: plugin, `agree` or the
+    /// kind of difference (`allowed→refused`...).
+    pub fn plugin_shadow(&self, plugin: &str, outcome: &str) {
+        self.plugin_shadow
+            .with_label_values(&[plugin, outcome])
+            .inc();
     }
 
     pub fn plugin_load(&self, result: &str) {

@@ -5,12 +5,16 @@
 //!   config           [plugins] / [plugins.modules.NAME]: PluginsConfig, OnError; validation
 //!   settings         the config resolved: ModuleSettings, PluginsSettings
 //!   types            Error, PluginId, PluginLimits, Hook
-//!   runtime          Plugins: start, the one reload entry point (reload_and_log),
-//!                    running the connect/subscribe/publish/disconnect chains
+//!   runtime          Plugins: start, running the connect/subscribe/publish/disconnect
+//!                    chains (a canary's share to the canary, a shadow beside)
+//!   reload           the one reload entry point (reload_and_log); promote, rollback
 //!   answer           a plugin's answer checked and applied (publish edits, connection
 //!                    meta, refusals); pure, no Wasm
 //!   meta             JSON-object metadata fields (set a key, write the object)
 //!   set              the loaded set: LoadedPlugin, PluginSet (the chains)
+//!   rollout          canaries (a stable share of events) and shadows (compared, never
+//!                    applied) beside a live version
+//!   shadow           running a shadow beside the live version and comparing verdicts
 //!   view             the /admin/plugins view
 //!   engine           one wasmtime Engine + epoch ticker; compile (disk cache); import policy
 //!   cache            the compile cache: a private directory, HMAC-tagged entries
@@ -44,10 +48,13 @@ mod instance;
 mod load;
 mod meta;
 mod precheck;
+mod reload;
 pub mod replay;
+pub mod rollout;
 mod runtime;
 mod set;
 mod settings;
+mod shadow;
 mod stats;
 mod threads;
 mod types;
@@ -57,7 +64,8 @@ mod watch;
 pub use answer::{Emit, Refusal};
 pub use config::{OnError, PluginModuleConfig, PluginsConfig};
 pub use host::{PluginConn, PublicationState, PublishSource};
-pub use runtime::{Plugins, ReloadTrigger};
+pub use reload::{ReloadTrigger, RolloutError};
+pub use runtime::Plugins;
 pub use set::{LoadedPlugin, PluginSet};
 pub use settings::{ModuleSettings, PluginsSettings};
 pub use threads::Overloaded;

@@ -13,6 +13,7 @@ mod capture;
 mod failures;
 mod loading;
 mod reload;
+mod rollout;
 
 const ADMIN_KEY: &str = "admin-key-for-plugin-tests";
 
@@ -104,6 +105,14 @@ async fn admin(b: &TestBroker, method: &str, path: &str) -> Value {
     let r = request(b.admin_addr, method, path, Some(ADMIN_KEY), None).await;
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()
+}
+
+/// Whether `/metrics` text has a sample whose name and first labels are `prefix`, with
+/// this value.
+pub(crate) fn has_metric(metrics: &str, prefix: &str, value: u64) -> bool {
+    metrics
+        .lines()
+        .any(|l| l.starts_with(prefix) && l.ends_with(&format!("}} {value}")))
 }
 
 /// The `misbehave` test plugin on `chat`, one warm instance.
@@ -517,7 +526,12 @@ plugins = ["schema-guard", "enrich"]
     assert!(!bob.pushes.iter().any(|m| m["type"] == "message"));
     let (_, metrics) = b.admin_get("/metrics").await;
     for plugin in ["schema-guard", "enrich"] {
-        let line = format!("hookwire_plugin_calls_total{{hook=\"publish\",plugin=\"{plugin}\"}} 1");
-        assert!(metrics.contains(&line), "{plugin} ran again:\n{metrics}");
+        let line = format!(
+            "hookwire_plugin_calls_total{{hook=\"publish\",plugin=\"{plugin}\",role=\"live\",version="
+        );
+        assert!(
+            has_metric(&metrics, &line, 1),
+            "{plugin} ran again:\n{metrics}"
+        );
     }
 }

@@ -90,6 +90,71 @@ pub struct PluginModuleConfig {
     pub sha256: String,
     /// The plugin's own configuration, given to its `init` as JSON.
     pub config: toml::Table,
+    /// A new version taking a stable share of the events (by connection or channel):
+    /// `canary = { file = "x-v2.wasm", percent = 10 }`.
+    pub canary: Option<CanaryConfig>,
+    /// A new version run on a copy of each event, its answer compared with the live
+    /// version's and never applied: `shadow = "x-v2.wasm"` (or a table like `canary`'s
+    /// without `percent` and `by`).
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// What a canary's share is stable by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CanaryBy {
+    /// Every event of a connection goes to the same version (events without a
+    /// connection, such as server-API publications, go by channel).
+    #[default]
+    Connection,
+    /// Every event of a channel goes to the same version (connect and disconnect, which
+    /// have no channel, go by connection).
+    Channel,
+}
+
+/// `[plugins.modules.NAME.canary]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// The new version's module, relative to `plugins.dir`.
+    pub file: String,
+    /// Percent of events (0 to 100) the new version handles.
+    pub percent: u8,
+    pub by: CanaryBy,
+    /// Pins the new version's file, as `sha256` does the module's.
+    pub sha256: String,
+    /// The new version's `init` configuration (absent: the module's).
+    pub config: Option<toml::Table>,
+}
+
+/// `[plugins.modules.NAME] shadow`: a file name, or a table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ShadowConfig {
+    File(String),
+    Version(ShadowVersion),
+}
+
+/// `[plugins.modules.NAME.shadow]` as a table.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShadowVersion {
+    pub file: String,
+    pub sha256: String,
+    pub config: Option<toml::Table>,
+}
+
+impl ShadowConfig {
+    /// The table form (a bare file name is a table with only `file`).
+    pub fn version(&self) -> ShadowVersion {
+        match self {
+            Self::File(file) => ShadowVersion {
+                file: file.clone(),
+                ..ShadowVersion::default()
+            },
+            Self::Version(v) => v.clone(),
+        }
+    }
 }
 
 impl Default for PluginsConfig {
@@ -185,20 +250,41 @@ impl PluginModuleConfig {
                 4_096,
             );
         }
-        if self.file.contains("..") {
-            errs.push(format!(
-                "{key}.file = {:?}: must stay inside plugins.dir",
-                self.file
-            ));
+        check_file(&format!("{key}.file"), &self.file, errs);
+        check_pin(&format!("{key}.sha256"), &self.sha256, errs);
+        if let Some(canary) = &self.canary {
+            let key = format!("{key}.canary");
+            if canary.file.is_empty() {
+                errs.push(format!("{key}.file: the new version's file is required"));
+            }
+            check_file(&format!("{key}.file"), &canary.file, errs);
+            check_pin(&format!("{key}.sha256"), &canary.sha256, errs);
+            errs.range(&format!("{key}.percent"), canary.percent.into(), 0, 100);
         }
-        if !self.sha256.is_empty()
-            && (self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            errs.push(format!(
-                "{key}.sha256 = {:?}: must be 64 hex digits (hookwire plugin inspect prints the file's), or empty",
-                self.sha256
-            ));
+        if let Some(shadow) = &self.shadow {
+            let v = shadow.version();
+            if v.file.is_empty() {
+                errs.push(format!(
+                    "{key}.shadow: the shadow version's file is required"
+                ));
+            }
+            check_file(&format!("{key}.shadow.file"), &v.file, errs);
+            check_pin(&format!("{key}.shadow.sha256"), &v.sha256, errs);
         }
+    }
+}
+
+fn check_file(key: &str, file: &str, errs: &mut Problems) {
+    if file.contains("..") {
+        errs.push(format!("{key} = {file:?}: must stay inside plugins.dir"));
+    }
+}
+
+fn check_pin(key: &str, pin: &str, errs: &mut Problems) {
+    if !pin.is_empty() && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit())) {
+        errs.push(format!(
+            "{key} = {pin:?}: must be 64 hex digits (hookwire plugin inspect prints the file's), or empty"
+        ));
     }
 }
 
@@ -235,6 +321,40 @@ mod tests {
             e.contains("plugins.modules.x.sha256") && e.contains("64 hex digits"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn canary_and_shadow_are_read_and_checked() {
+        let p = parse(
+            "[plugins.modules.x]\ncanary = { file = \"x-v2.wasm\", percent = 10, by = \"channel\" }\nshadow = \"x-v3.wasm\"\n",
+        )
+        .unwrap();
+        let x = &p.modules["x"];
+        let canary = x.canary.as_ref().unwrap();
+        assert_eq!((canary.file.as_str(), canary.percent), ("x-v2.wasm", 10));
+        assert_eq!(canary.by, CanaryBy::Channel);
+        assert_eq!(x.shadow.as_ref().unwrap().version().file, "x-v3.wasm");
+        let p = parse("[plugins.modules.x]\nshadow = { file = \"y.wasm\", config = { a = 1 } }\n")
+            .unwrap();
+        let shadow = p.modules["x"].shadow.as_ref().unwrap().version();
+        assert_eq!(shadow.file, "y.wasm");
+        assert!(shadow.config.is_some());
+
+        let p = parse(
+            "[plugins.modules.x]\ncanary = { file = \"../x.wasm\", percent = 101 }\nshadow = { sha256 = \"no\" }\n",
+        )
+        .unwrap();
+        let mut errs = Problems::default();
+        p.modules["x"].validate("plugins.modules.x", "x", &mut errs);
+        let e = errs.into_result().unwrap_err().join("\n");
+        for part in [
+            "plugins.modules.x.canary.file = \"../x.wasm\": must stay inside plugins.dir",
+            "plugins.modules.x.canary.percent",
+            "plugins.modules.x.shadow: the shadow version's file is required",
+            "plugins.modules.x.shadow.sha256",
+        ] {
+            assert!(e.contains(part), "{part:?} not in {e}");
+        }
     }
 
     #[test]

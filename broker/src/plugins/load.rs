@@ -11,6 +11,7 @@ use super::engine::{PluginEngine, sha256_hex};
 use super::host::hook_names;
 use super::host::{HookSet, PluginPre, StoreData};
 use super::instance::Pool;
+use super::rollout::{Canary, Role, Rollout, Shadow};
 use super::set::{LoadedPlugin, PluginSet};
 use super::settings::{ModuleSettings, PluginsSettings};
 use super::stats::Stats;
@@ -34,32 +35,91 @@ pub fn load_set(
     let mut plugins = BTreeMap::new();
     for (name, module) in &settings.modules {
         let old = previous.and_then(|p| p.plugins.get(name));
-        match load_one(engine, module, old, metrics) {
-            Ok(Outcome::Unchanged(p)) => {
-                report.unchanged.push(name.clone());
-                plugins.insert(name.clone(), p);
-            }
-            Ok(Outcome::Loaded(p)) => {
-                metrics.plugin_load("ok");
-                report.changed.push(name.clone());
-                plugins.insert(name.clone(), p);
-            }
-            Err(e) => {
-                metrics.plugin_load("failed");
-                report.failed.push(Failure {
-                    name: name.clone(),
-                    file: module.file.display().to_string(),
-                    error: e.to_string(),
-                    at_ms: now_ms(),
-                });
-                if let Some(old) = old {
-                    plugins.insert(name.clone(), old.clone());
-                }
-            }
+        let version = Version {
+            label: name.clone(),
+            role: Role::Live,
+        };
+        if let Some(p) = load_version(engine, module, old, metrics, version, &mut report) {
+            plugins.insert(name.clone(), p);
         }
     }
+    let mut rollouts = BTreeMap::new();
+    for (name, r) in &settings.rollouts {
+        let old = previous.and_then(|p| p.rollouts.get(name));
+        let mut rollout = Rollout::default();
+        if let Some((module, split)) = &r.canary {
+            let old = old.and_then(|o| o.canary.as_ref()).map(|c| &c.plugin);
+            let version = Version {
+                label: format!("{name} (canary)"),
+                role: Role::Canary,
+            };
+            if let Some(plugin) = load_version(engine, module, old, metrics, version, &mut report) {
+                let split = *split;
+                rollout.canary = Some(Canary { plugin, split });
+            }
+        }
+        if let Some(module) = &r.shadow {
+            let old = old.and_then(|o| o.shadow.as_ref());
+            let version = Version {
+                label: format!("{name} (shadow)"),
+                role: Role::Shadow,
+            };
+            let old_plugin = old.map(|s| &s.plugin);
+            if let Some(plugin) =
+                load_version(engine, module, old_plugin, metrics, version, &mut report)
+            {
+                // The comparison so far belongs to this shadow version.
+                let diff = old
+                    .filter(|s| Arc::ptr_eq(&s.plugin, &plugin))
+                    .map_or_else(Default::default, |s| s.diff.clone());
+                rollout.shadow = Some(Shadow { plugin, diff });
+            }
+        }
+        rollouts.insert(name.clone(), rollout);
+    }
     report.ignored = ignored_files(settings);
-    (PluginSet::build(generation, plugins, settings), report)
+    (
+        PluginSet::build(generation, plugins, rollouts, settings),
+        report,
+    )
+}
+
+/// Which version of a module is loaded: its name in reports, and its role.
+struct Version {
+    label: String,
+    role: Role,
+}
+
+/// Loads one version and reports how it went; a failure keeps `old` (when there is one).
+fn load_version(
+    engine: &PluginEngine,
+    module: &ModuleSettings,
+    old: Option<&Arc<LoadedPlugin>>,
+    metrics: &Metrics,
+    version: Version,
+    report: &mut ReloadReport,
+) -> Option<Arc<LoadedPlugin>> {
+    match load_one(engine, module, old, metrics, version.role) {
+        Ok(Outcome::Unchanged(p)) => {
+            report.unchanged.push(version.label);
+            Some(p)
+        }
+        Ok(Outcome::Loaded(p)) => {
+            metrics.plugin_load("ok");
+            report.changed.push(version.label);
+            Some(p)
+        }
+        Err(e) => {
+            metrics.plugin_load("failed");
+            report.failed.push(Failure {
+                name: version.label,
+                file: module.file.display().to_string(),
+                error: e.to_string(),
+                at_ms: now_ms(),
+            });
+            old.cloned()
+        }
+    }
 }
 
 /// The `.wasm` files in `plugins.dir` that no module loads, each with what to do: a
@@ -106,6 +166,7 @@ fn load_one(
     module: &ModuleSettings,
     old: Option<&Arc<LoadedPlugin>>,
     metrics: &Metrics,
+    role: Role,
 ) -> Result<Outcome, Error> {
     let bytes = std::fs::read(&module.file).map_err(|e| Error::Read {
         path: module.file.display().to_string(),
@@ -130,7 +191,7 @@ fn load_one(
     {
         return Ok(Outcome::Unchanged(old.clone()));
     }
-    let loaded = prepare(engine, &bytes, sha256, module, metrics)?;
+    let loaded = prepare(engine, &bytes, sha256, module, metrics, role)?;
     Ok(Outcome::Loaded(Arc::new(loaded)))
 }
 
@@ -162,6 +223,7 @@ pub fn prepare(
     sha256: String,
     module: &ModuleSettings,
     metrics: &Metrics,
+    role: Role,
 ) -> Result<LoadedPlugin, Error> {
     let pre = link(engine, bytes, &sha256)?;
     let (pool, info) = Pool::start(
@@ -199,8 +261,16 @@ pub fn prepare(
         }
     };
     let id = pool.id().clone();
-    let calls = Hook::ALL.map(|h| metrics.plugin_calls(&id.name, h.label()));
-    let seconds = Hook::ALL.map(|h| metrics.plugin_seconds(&id.name, h.label()));
+    let labels = |h: Hook| {
+        [
+            id.name.as_str(),
+            id.version.as_str(),
+            role.label(),
+            h.label(),
+        ]
+    };
+    let calls = Hook::ALL.map(|h| metrics.plugin_calls(labels(h)));
+    let seconds = Hook::ALL.map(|h| metrics.plugin_seconds(labels(h)));
     tracing::debug!(plugin = %id.name, hooks = ?hook_names(hooks), "Plugin prepared");
     Ok(LoadedPlugin {
         id,
@@ -209,6 +279,7 @@ pub fn prepare(
         implements: info.hooks,
         hooks,
         loaded_at_ms: now_ms(),
+        role,
         pool,
         stats: Stats::default(),
         calls,

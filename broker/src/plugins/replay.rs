@@ -330,6 +330,7 @@ fn replay_plugins(
         threads: 1,
         queue: 16,
         modules: BTreeMap::from([(name.to_string(), module)]),
+        rollouts: BTreeMap::new(),
         connection: vec![name.to_string()],
         namespaces,
     };

@@ -16,80 +16,33 @@ use super::audit::{self, Record};
 use super::config::OnError;
 use super::engine::PluginEngine;
 use super::host::hook_names;
-use super::host::{ConnectDecision, Decision, PluginConn, PublicationState, publication_handle};
+use super::host::{
+    ConnectDecision, Decision, PluginConn, PublicationState, PublishDecision, publication_handle,
+};
 use super::instance::Warm;
 use super::load;
 use super::meta::{self, MetaFields};
+use super::rollout::{Compared, EventKey};
 use super::set::{LoadedPlugin, PluginSet};
 use super::settings::PluginsSettings;
+use super::shadow::{connect_verdict, decision_verdict, publish_verdict, refusal_of};
 use super::threads::{Overloaded, PluginThreads};
-use super::types::{Error, Failure, Hook, ReloadReport};
+use super::types::{Error, Failure, Hook};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::now_ms;
-
-/// What asked for a reload (the `trigger` field of the reload log lines).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadTrigger {
-    /// A `.wasm` file in the plugins directory changed.
-    Watcher,
-    /// SIGHUP (also re-reads the plugin settings from the config file).
-    Signal,
-    /// `POST /admin/plugins/reload`.
-    Admin,
-}
-
-impl ReloadTrigger {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Watcher => "watcher",
-            Self::Signal => "signal",
-            Self::Admin => "admin",
-        }
-    }
-}
-
-impl ReloadReport {
-    /// One line per failed and per changed plugin, then the summary.
-    fn log(&self, trigger: ReloadTrigger, set: &PluginSet) {
-        let trigger = trigger.label();
-        for f in &self.failed {
-            tracing::error!(
-                trigger, plugin = %f.name, file = %f.file, error = %f.error,
-                "Plugin reload failed; the previous version keeps running"
-            );
-        }
-        for hint in &self.ignored {
-            tracing::warn!(trigger, file = %hint, "A plugin file in plugins.dir is not loaded");
-        }
-        for p in self.changed.iter().filter_map(|name| set.plugins.get(name)) {
-            tracing::info!(
-                trigger, plugin = %p.id.name, version = p.id.version.as_str(), sha256 = %p.id.sha256,
-                "Plugin reloaded"
-            );
-        }
-        tracing::info!(
-            trigger,
-            generation = self.generation,
-            changed = ?self.changed,
-            failed = self.failed.len(),
-            load_ms = self.took_ms,
-            "Plugin reload done"
-        );
-    }
-}
 
 /// The plugin runtime of a node. With plugins off it holds an empty set and every hook
 /// is a no-op.
 pub struct Plugins {
     pub(super) engine: Option<Arc<PluginEngine>>,
-    settings: Mutex<Option<PluginsSettings>>,
+    pub(super) settings: Mutex<Option<PluginsSettings>>,
     pub(super) current: ArcSwap<PluginSet>,
     pub(super) failures: Mutex<BTreeMap<String, Failure>>,
     /// One reload at a time.
-    reloading: Mutex<()>,
+    pub(super) reloading: Mutex<()>,
     audit: audit::Audit,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
     /// Where connections' hook calls run (`None` with plugins off).
     threads: Option<PluginThreads>,
     /// Recording real events for `plugin test` (`/admin/plugins/capture`).
@@ -178,67 +131,6 @@ impl Plugins {
         settings.as_ref().filter(|s| s.watch).map(|s| s.dir.clone())
     }
 
-    /// The one way to reload (the directory watcher, SIGHUP and `POST
-    /// /admin/plugins/reload` all come here): reloads from disk (and, when given, with
-    /// the plugin settings of a newly read config) and logs what happened, tagged with
-    /// the `trigger`. Blocking: compiles; run it off the async workers. A plugin that
-    /// fails keeps its running version. With plugins off it does nothing.
-    pub fn reload_and_log(&self, config: Option<&Config>, trigger: ReloadTrigger) -> ReloadReport {
-        let Some(engine) = &self.engine else {
-            return ReloadReport::default();
-        };
-        let _one = self.reloading.lock();
-        let (set, report) = self.reload(engine, config);
-        report.log(trigger, &set);
-        report
-    }
-
-    /// Builds and stores the new set; the caller holds `reloading`.
-    fn reload(
-        &self,
-        engine: &PluginEngine,
-        config: Option<&Config>,
-    ) -> (Arc<PluginSet>, ReloadReport) {
-        let settings = {
-            let mut current = self.settings.lock();
-            if let Some(new) = config.and_then(PluginsSettings::from_config) {
-                let fixed = |s: &PluginsSettings| {
-                    (s.engine.clone(), s.audit_file.clone(), s.threads, s.queue)
-                };
-                if current.as_ref().map(fixed) != Some(fixed(&new)) {
-                    tracing::warn!(
-                        "Plugin engine settings (instances, memory, stack, cache, audit file, threads, queue) need a restart; the rest is reloaded"
-                    );
-                }
-                *current = Some(new);
-            }
-            current.clone().expect("an engine implies settings")
-        };
-        let started = Instant::now();
-        let previous = self.current.load_full();
-        let (set, mut report) = load::load_set(
-            engine,
-            &settings,
-            Some(&previous),
-            &self.metrics,
-            previous.generation + 1,
-        );
-        {
-            let mut failures = self.failures.lock();
-            for name in report.changed.iter().chain(&report.unchanged) {
-                failures.remove(name);
-            }
-            for f in &report.failed {
-                failures.insert(f.name.clone(), f.clone());
-            }
-        }
-        engine.prune_cache(&set.sha256s());
-        let set = Arc::new(set);
-        self.current.store(set.clone());
-        report.took_ms = started.elapsed().as_secs_f64() * 1e3;
-        (set, report)
-    }
-
     /// The loaded set now (one snapshot per event; a guard, not a reference count, so
     /// that threads do not contend on the set's counter on every event).
     pub fn set(&self) -> arc_swap::Guard<Arc<PluginSet>> {
@@ -304,13 +196,41 @@ impl Plugins {
     pub fn on_connect(&self, conn: &mut PluginConn) -> Result<(), Refusal> {
         let set = self.set();
         let mut meta = MetaFields::new();
-        for p in set.connection.iter().filter(|p| p.has(Hook::Connect)) {
+        let key = EventKey {
+            connection: Some(&conn.client),
+            channel: None,
+        };
+        for live in set.connection.iter().filter(|p| p.has(Hook::Connect)) {
+            let p = set.pick(live, key);
             let wit = conn.to_wit();
-            let answer = self.call(p, Hook::Connect, |w| {
-                w.bindings
-                    .hookwire_plugin_hooks()
-                    .call_on_connect(&mut w.store, &wit)
-            });
+            let connect = |p: &LoadedPlugin| {
+                self.call(p, Hook::Connect, |w| {
+                    w.bindings
+                        .hookwire_plugin_hooks()
+                        .call_on_connect(&mut w.store, &wit)
+                })
+            };
+            let answer = if p.has(Hook::Connect) {
+                connect(p)
+            } else {
+                Ok(ConnectDecision::Accept)
+            };
+            if let Some(shadow) = set.shadow_of(live).filter(|s| s.plugin.has(Hook::Connect)) {
+                let event = Compared {
+                    hook: Hook::Connect,
+                    channel: None,
+                    user: Some(&conn.user),
+                };
+                self.compare_shadow(shadow, &event, &connect_verdict(&answer), |sp| {
+                    let answer = connect(sp);
+                    let reason = self.shadow_reason(sp, Hook::Connect, answer.as_ref().err());
+                    let refusal = match &answer {
+                        Ok(ConnectDecision::Refuse(reason)) => Some(reason.clone()),
+                        _ => None,
+                    };
+                    (connect_verdict(&answer), reason.or(refusal))
+                });
+            }
             let subject = Subject {
                 channel: None,
                 user: Some(&conn.user),
@@ -347,17 +267,49 @@ impl Plugins {
             user: Some(&conn.user),
             client: Some(&conn.client),
         };
-        for p in set
+        let key = EventKey {
+            connection: Some(&conn.client),
+            channel: Some(channel),
+        };
+        for live in set
             .chain(namespace)
             .iter()
             .filter(|p| p.has(Hook::Subscribe))
         {
+            let p = set.pick(live, key);
             let wit = conn.to_wit();
-            let answer = self.call(p, Hook::Subscribe, |w| {
-                w.bindings
-                    .hookwire_plugin_hooks()
-                    .call_on_subscribe(&mut w.store, &wit, channel)
-            });
+            let subscribe = |p: &LoadedPlugin| {
+                self.call(p, Hook::Subscribe, |w| {
+                    w.bindings.hookwire_plugin_hooks().call_on_subscribe(
+                        &mut w.store,
+                        &wit,
+                        channel,
+                    )
+                })
+            };
+            let answer = if p.has(Hook::Subscribe) {
+                subscribe(p)
+            } else {
+                Ok(Decision::Allow)
+            };
+            if let Some(shadow) = set
+                .shadow_of(live)
+                .filter(|s| s.plugin.has(Hook::Subscribe))
+            {
+                let event = Compared {
+                    hook: Hook::Subscribe,
+                    channel: Some(channel),
+                    user: Some(&conn.user),
+                };
+                self.compare_shadow(shadow, &event, &decision_verdict(&answer), |sp| {
+                    let answer = subscribe(sp);
+                    let reason = self.shadow_reason(sp, Hook::Subscribe, answer.as_ref().err());
+                    (
+                        decision_verdict(&answer),
+                        reason.or_else(|| refusal_of(&answer)),
+                    )
+                });
+            }
             match answer {
                 Ok(Decision::Allow) => {}
                 Ok(Decision::Refuse(reason)) => {
@@ -397,16 +349,20 @@ impl Plugins {
             user: user.as_deref(),
             client: client.as_deref(),
         };
-        for p in set.chain(namespace).iter().filter(|p| p.has(Hook::Publish)) {
-            let answer = self.call(p, Hook::Publish, |w| {
-                w.store.data_mut().publication = publication.take();
-                let answer = w
-                    .bindings
-                    .hookwire_plugin_hooks()
-                    .call_on_publish(&mut w.store, publication_handle());
-                *publication = w.store.data_mut().publication.take();
-                answer
-            });
+        let key = EventKey {
+            connection: client.as_deref(),
+            channel: original.as_deref(),
+        };
+        for live in set.chain(namespace).iter().filter(|p| p.has(Hook::Publish)) {
+            let p = set.pick(live, key);
+            if !p.has(Hook::Publish) {
+                continue;
+            }
+            let shadow = set.shadow_of(live).filter(|s| s.plugin.has(Hook::Publish));
+            // The shadow's copy of the event, as the live version gets it.
+            let copy = shadow.and_then(|_| publication.clone());
+            let emitted_before = emits.len();
+            let answer = self.call_publish(p, publication);
             let Some(current) = publication.as_mut() else {
                 unreachable!("the publication comes back from the store, whatever the call did")
             };
@@ -414,6 +370,17 @@ impl Plugins {
             let outcome = answer.and_then(|answer| {
                 answer::apply_publish(answer, &p.id.name, max, current, &mut emits, valid_channel)
             });
+            if let (Some(shadow), Some(copy)) = (shadow, copy) {
+                let event = Compared {
+                    hook: Hook::Publish,
+                    channel: original.as_deref(),
+                    user: user.as_deref(),
+                };
+                let verdict = publish_verdict(&outcome, current, &emits[emitted_before..]);
+                self.compare_shadow(shadow, &event, &verdict, |sp| {
+                    self.shadow_publish(sp, copy, valid_channel)
+                });
+            }
             match outcome {
                 Ok(PublishOutcome::Unchanged) => {}
                 Ok(PublishOutcome::Refused(reason)) => {
@@ -430,7 +397,15 @@ impl Plugins {
     /// Runs the disconnect chain (notification only; failures are counted and logged).
     pub fn on_disconnect(&self, conn: &PluginConn, reason: &str) {
         let set = self.set();
-        for p in set.connection.iter().filter(|p| p.has(Hook::Disconnect)) {
+        let key = EventKey {
+            connection: Some(&conn.client),
+            channel: None,
+        };
+        for live in set.connection.iter().filter(|p| p.has(Hook::Disconnect)) {
+            let p = set.pick(live, key);
+            if !p.has(Hook::Disconnect) {
+                continue;
+            }
             let wit = conn.to_wit();
             if let Err(e) = self.call(p, Hook::Disconnect, |w| {
                 w.bindings
@@ -447,8 +422,26 @@ impl Plugins {
         }
     }
 
+    /// One publish call: the publication moves into the instance's store for the call
+    /// and back out after it (whatever the call did).
+    pub(super) fn call_publish(
+        &self,
+        p: &LoadedPlugin,
+        publication: &mut Option<PublicationState>,
+    ) -> Result<PublishDecision, Error> {
+        self.call(p, Hook::Publish, |w| {
+            w.store.data_mut().publication = publication.take();
+            let answer = w
+                .bindings
+                .hookwire_plugin_hooks()
+                .call_on_publish(&mut w.store, publication_handle());
+            *publication = w.store.data_mut().publication.take();
+            answer
+        })
+    }
+
     /// One timed, counted call.
-    fn call<R>(
+    pub(super) fn call<R>(
         &self,
         p: &LoadedPlugin,
         hook: Hook,
@@ -489,7 +482,7 @@ impl Plugins {
         if matches!(e, Error::Timeout { .. }) {
             p.stats.timeouts.fetch_add(1, Relaxed);
         }
-        self.metrics.plugin_error(&p.id.name, e.kind());
+        self.metrics.plugin_error(p.labels(e.kind()));
         tracing::warn!(
             plugin = %p.id.name, version = p.id.version.as_str(), hook = hook.label(),
             kind = e.kind(), error = e.to_string().as_str(), on_error = ?p.settings.on_error,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::host::HookSet;
 use super::instance::Pool;
+use super::rollout::{EventKey, Role, Rollout, Shadow};
 use super::settings::{ModuleSettings, PluginsSettings};
 use super::stats::Stats;
 use super::types::{Hook, PluginId};
@@ -20,6 +21,8 @@ pub struct LoadedPlugin {
     /// The hooks the broker calls: implemented and bound.
     pub hooks: HookSet,
     pub loaded_at_ms: u64,
+    /// Live, or a canary or shadow beside the live version.
+    pub role: Role,
     pub(super) pool: Pool,
     pub stats: Stats,
     pub(super) calls: [prometheus::IntCounter; 4],
@@ -29,6 +32,11 @@ pub struct LoadedPlugin {
 impl LoadedPlugin {
     pub fn has(&self, hook: Hook) -> bool {
         self.hooks.contains(hook.flag())
+    }
+
+    /// This version's labels on a per-plugin metric, the last one given.
+    pub(super) fn labels<'a>(&'a self, last: &'a str) -> [&'a str; 4] {
+        [&self.id.name, &self.id.version, self.role.label(), last]
     }
 }
 
@@ -40,12 +48,15 @@ pub struct PluginSet {
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     pub(super) connection: Vec<Arc<LoadedPlugin>>,
     by_namespace: HashMap<String, Vec<Arc<LoadedPlugin>>>,
+    /// Canaries and shadows, by the name of the module they roll out.
+    pub rollouts: BTreeMap<String, Rollout>,
 }
 
 impl PluginSet {
     pub(super) fn build(
         generation: u64,
         plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+        rollouts: BTreeMap<String, Rollout>,
         settings: &PluginsSettings,
     ) -> Self {
         let pick = |names: &[String]| -> Vec<Arc<LoadedPlugin>> {
@@ -63,13 +74,50 @@ impl PluginSet {
                 .map(|(ns, names)| (ns.clone(), pick(names)))
                 .collect(),
             plugins,
+            rollouts,
         }
     }
 
-    /// The sha256 of every loaded module.
+    /// The version of `live` that handles an event: its canary for the canary's share,
+    /// otherwise `live` itself.
+    pub(super) fn pick<'a>(
+        &'a self,
+        live: &'a Arc<LoadedPlugin>,
+        key: EventKey<'_>,
+    ) -> &'a Arc<LoadedPlugin> {
+        if self.rollouts.is_empty() {
+            return live;
+        }
+        match self
+            .rollouts
+            .get(&live.settings.name)
+            .and_then(|r| r.canary.as_ref())
+        {
+            Some(canary) if canary.takes(key) => &canary.plugin,
+            _ => live,
+        }
+    }
+
+    /// The shadow running beside a live plugin, if any.
+    pub(super) fn shadow_of(&self, live: &LoadedPlugin) -> Option<&Shadow> {
+        if self.rollouts.is_empty() {
+            return None;
+        }
+        self.rollouts
+            .get(&live.settings.name)
+            .and_then(|r| r.shadow.as_ref())
+    }
+
+    /// The sha256 of every loaded module (canaries and shadows too).
     pub fn sha256s(&self) -> Vec<&str> {
+        let rollouts = self.rollouts.values().flat_map(|r| {
+            let canary = r.canary.as_ref().map(|c| &c.plugin);
+            let shadow = r.shadow.as_ref().map(|s| &s.plugin);
+            canary.into_iter().chain(shadow)
+        });
         self.plugins
             .values()
+            .chain(rollouts)
             .map(|p| p.id.sha256.as_str())
             .collect()
     }

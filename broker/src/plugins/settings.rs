@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::config::{OnError, PluginModuleConfig, PluginsConfig};
+use super::config::{CanaryBy, OnError, PluginModuleConfig, PluginsConfig};
 use super::engine::EngineSettings;
 use super::types::{Hook, PluginLimits};
 use crate::config::Config;
@@ -60,6 +60,55 @@ impl ModuleSettings {
     }
 }
 
+impl ModuleSettings {
+    /// Another version of this module: its own file, pin and (when given) `init`
+    /// configuration; the rest as the module's.
+    fn version(&self, dir: &Path, file: &str, sha256: &str, config: Option<&toml::Table>) -> Self {
+        Self {
+            file: dir.join(file),
+            sha256: (!sha256.is_empty()).then(|| sha256.to_ascii_lowercase()),
+            config: config.map_or_else(
+                || self.config.clone(),
+                |c| serde_json::to_string(c).expect("TOML values serialize to JSON"),
+            ),
+            ..self.clone()
+        }
+    }
+}
+
+/// A module's new versions being rolled out: a canary taking a share of the events, a
+/// shadow run beside the live version.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RolloutSettings {
+    pub canary: Option<(ModuleSettings, Split)>,
+    pub shadow: Option<ModuleSettings>,
+}
+
+/// The canary's share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    pub percent: u8,
+    pub by: CanaryBy,
+}
+
+impl RolloutSettings {
+    fn resolve(module: &ModuleSettings, m: &PluginModuleConfig, dir: &Path) -> Option<Self> {
+        let canary = m.canary.as_ref().map(|c| {
+            let version = module.version(dir, &c.file, &c.sha256, c.config.as_ref());
+            let split = Split {
+                percent: c.percent,
+                by: c.by,
+            };
+            (version, split)
+        });
+        let shadow = m.shadow.as_ref().map(|s| {
+            let v = s.version();
+            module.version(dir, &v.file, &v.sha256, v.config.as_ref())
+        });
+        (canary.is_some() || shadow.is_some()).then_some(Self { canary, shadow })
+    }
+}
+
 /// The plugin part of the config, resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginsSettings {
@@ -71,6 +120,8 @@ pub struct PluginsSettings {
     pub threads: usize,
     pub queue: usize,
     pub modules: BTreeMap<String, ModuleSettings>,
+    /// Modules with a canary or a shadow, by name.
+    pub rollouts: BTreeMap<String, RolloutSettings>,
     /// Plugins whose connect/disconnect hooks run, in order.
     pub connection: Vec<String>,
     /// Namespace → plugins whose subscribe/publish hooks run there, in order.
@@ -98,6 +149,13 @@ impl PluginsSettings {
                     name.clone(),
                     ModuleSettings::resolve(name, m, p, &dir, instances),
                 )
+            })
+            .collect();
+        let rollouts = p
+            .modules
+            .iter()
+            .filter_map(|(name, m)| {
+                RolloutSettings::resolve(&modules[name], m, &dir).map(|r| (name.clone(), r))
             })
             .collect();
         let max_memory_bytes = modules
@@ -131,6 +189,7 @@ impl PluginsSettings {
             },
             queue: p.queue,
             modules,
+            rollouts,
             connection: p.connection.clone(),
             namespaces,
         })

@@ -5,9 +5,11 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde::Serialize;
 
-use super::config::OnError;
+use super::config::{CanaryBy, OnError};
 use super::host::hook_names;
+use super::rollout::DiffView;
 use super::runtime::Plugins;
+use super::set::LoadedPlugin;
 use super::types::Failure;
 
 impl Plugins {
@@ -35,6 +37,23 @@ impl Plugins {
                 timeouts: p.stats.timeouts.load(Relaxed),
                 p99_us: p.stats.quantile(0.99).map(|d| d.as_secs_f64() * 1e6),
                 p50_us: p.stats.quantile(0.5).map(|d| d.as_secs_f64() * 1e6),
+                canary: set
+                    .rollouts
+                    .get(&p.settings.name)
+                    .and_then(|r| r.canary.as_ref())
+                    .map(|c| CanaryView {
+                        percent: c.split.percent,
+                        by: c.split.by,
+                        version: VersionView::of(&c.plugin),
+                    }),
+                shadow: set
+                    .rollouts
+                    .get(&p.settings.name)
+                    .and_then(|r| r.shadow.as_ref())
+                    .map(|s| ShadowView {
+                        version: VersionView::of(&s.plugin),
+                        comparison: s.diff.view(),
+                    }),
             })
             .collect();
         let failures: Vec<Failure> = self.failures.lock().values().cloned().collect();
@@ -83,4 +102,51 @@ pub struct PluginView {
     /// Hook time quantiles in microseconds (upper bounds within 25%); null before any call.
     pub p99_us: Option<f64>,
     pub p50_us: Option<f64>,
+    /// A new version taking a share of the events.
+    pub canary: Option<CanaryView>,
+    /// A new version run beside this one, compared and never applied.
+    pub shadow: Option<ShadowView>,
+}
+
+/// A canary and its share.
+#[derive(Debug, Serialize)]
+pub struct CanaryView {
+    pub percent: u8,
+    pub by: CanaryBy,
+    #[serde(flatten)]
+    pub version: VersionView,
+}
+
+/// A shadow and how its decisions compare with the live version's.
+#[derive(Debug, Serialize)]
+pub struct ShadowView {
+    #[serde(flatten)]
+    pub version: VersionView,
+    pub comparison: DiffView,
+}
+
+/// One loaded version beside the live one.
+#[derive(Debug, Serialize)]
+pub struct VersionView {
+    pub version: String,
+    pub sha256: String,
+    pub file: String,
+    pub hooks: Vec<&'static str>,
+    pub calls: u64,
+    pub errors: u64,
+    pub p99_us: Option<f64>,
+}
+
+impl VersionView {
+    fn of(p: &LoadedPlugin) -> Self {
+        Self {
+            version: p.id.version.clone(),
+            sha256: p.id.sha256.clone(),
+            file: p.settings.file.display().to_string(),
+            hooks: hook_names(p.hooks),
+            calls: p.stats.calls.load(Relaxed),
+            errors: p.stats.errors.load(Relaxed),
+            p99_us: p.stats.quantile(0.99).map(|d| d.as_secs_f64() * 1e6),
+        }
+    }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 
-use super::runtime::{Plugins, ReloadTrigger};
+use super::reload::ReloadTrigger;
+use super::runtime::Plugins;
 
 /// How long the directory must be quiet before a reload.
 const QUIET: Duration = Duration::from_millis(150);

@@ -37,9 +37,13 @@ async fn a_failing_plugin_is_contained_replaced_and_its_policy_applies() {
     let (_, metrics) = b.admin_get("/metrics").await;
     for kind in ["timeout", "memory", "trap"] {
         assert!(
-            metrics.contains(&format!(
-                "hookwire_plugin_errors_total{{kind=\"{kind}\",plugin=\"misbehave\"}} 1"
-            )),
+            has_metric(
+                &metrics,
+                &format!(
+                    "hookwire_plugin_errors_total{{kind=\"{kind}\",plugin=\"misbehave\",role=\"live\",version="
+                ),
+                1
+            ),
             "{kind} not counted:\n{}",
             metrics
                 .lines()
