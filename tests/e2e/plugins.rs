@@ -11,6 +11,7 @@ use crate::http::request;
 
 mod capture;
 mod failures;
+mod languages;
 mod loading;
 mod reload;
 mod rollout;
@@ -368,79 +369,6 @@ async fn plugin_inspect_and_test_report_and_check_decisions() {
 
 /// The Python example (plugins/py-moderator) is built by its own script, and is named
 /// `moderator` (what its `info` says) with a file of another name, as its README shows.
-const MODERATOR_PY: &str = r#"
-[plugins.modules.moderator]
-file = "moderator-py.wasm"
-[plugins.modules.moderator.config]
-words = ["spam", "scam"]
-[namespaces.chat]
-plugins = ["moderator"]
-"#;
-
-#[tokio::test]
-async fn the_python_example_plugin_refuses_blocked_words_and_tags_the_rest() {
-    let module = examples().join("moderator-py.wasm");
-    assert!(
-        module.exists(),
-        "{} is missing: run plugins/py-moderator/build (tests/run does)",
-        module.display()
-    );
-    let dir = plugin_dir(&[(&examples(), "moderator-py")]);
-    // The debug broker compiles the ~18 MB component (CPython inside) before it listens
-    // when the shared cache does not have it yet: seconds, more than the harness's
-    // usual start timeout on a busy machine.
-    let b = broker(dir.path(), MODERATOR_PY)
-        .start_timeout(Duration::from_secs(120))
-        .start()
-        .await;
-
-    let (mut alice, _) = b.connect(&token_with("alice", json!({}))).await;
-    let (mut bob, _) = b.connect(&token_with("bob", json!({}))).await;
-    bob.subscribe("chat:lobby").await;
-
-    // Refused, case-insensitively, with the word in the reason; "scam" comes from the
-    // module's config (the plugin's default list has only "spam").
-    for (text, word) in [("cheap SPAM here", "spam"), ("a scam, surely", "scam")] {
-        let e = alice
-            .expect_error(
-                json!({"type": "publish", "channel": "chat:lobby", "data": {"text": text}}),
-                "rejected",
-            )
-            .await;
-        let message = e["message"].as_str().unwrap();
-        assert!(
-            message.contains(&format!("message contains a blocked word: {word}")),
-            "{e}"
-        );
-    }
-
-    // Let through and tagged; the first message bob gets, so the refused ones were not
-    // delivered.
-    alice
-        .publish("chat:lobby", json!({"text": "hello, all"}))
-        .await;
-    let got = bob.messages("chat:lobby", 1).await.remove(0);
-    assert_eq!(got["data"], json!({"text": "hello, all"}), "{got}");
-    assert_eq!(got["meta"]["moderated_by"], "moderator-py", "{got}");
-    assert!(
-        !bob.pushes.iter().any(|p| p["type"] == "message"),
-        "{:?}",
-        bob.pushes
-    );
-
-    let view = admin(&b, "GET", "/admin/plugins").await;
-    let plugins = view["plugins"].as_array().unwrap();
-    assert_eq!(plugins.len(), 1, "{view}");
-    let p = &plugins[0];
-    assert_eq!(p["name"], "moderator", "{view}");
-    let sha256 = hookwire::plugins::engine::sha256_hex(&std::fs::read(&module).unwrap());
-    assert_eq!(p["sha256"], sha256, "{view}");
-    assert_eq!(p["hooks"], json!(["publish"]), "{view}");
-    assert_eq!(p["namespaces"], json!(["chat"]), "{view}");
-    assert!(p["calls"].as_u64().unwrap() >= 2, "{view}");
-    assert_eq!(p["errors"], 0, "{view}");
-}
-
 #[tokio::test]
 async fn one_plugin_runs_twice_under_names_of_its_own() {
     // schema-guard.wasm, loaded as two modules with different rules, both on `chat`.
