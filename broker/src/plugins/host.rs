@@ -216,8 +216,10 @@ impl StoreData {
 /// The memory cap of one instance. Unlike `StoreLimits` it records that it refused a
 /// growth, so a trap that follows is reported as the memory cap rather than a crash.
 pub struct Limiter {
-    max_bytes: usize,
+    pub max_bytes: usize,
     pub refused: bool,
+    /// The size of the instance's largest memory so far (memories never shrink).
+    pub largest: usize,
 }
 
 impl Limiter {
@@ -225,6 +227,7 @@ impl Limiter {
         Self {
             max_bytes,
             refused: false,
+            largest: 0,
         }
     }
 }
@@ -243,6 +246,7 @@ impl wasmtime::ResourceLimiter for Limiter {
             self.refused = true;
             return Ok(false);
         }
+        self.largest = self.largest.max(desired);
         Ok(true)
     }
 

@@ -2,6 +2,7 @@
 //! applied and its failure classified.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 use wasmtime::Store;
@@ -13,6 +14,19 @@ use super::types::{Error, PluginId, PluginLimits};
 pub struct Warm {
     pub store: Store<StoreData>,
     pub bindings: PluginBindings,
+    /// The largest memory's size once `init` returned.
+    baseline: usize,
+}
+
+impl Warm {
+    /// Whether the instance has used half of the memory it had left after `init`: a
+    /// guest that leaks (a garbage-collected language's bindings, a cache without a
+    /// bound) is retired between calls, before an event meets its memory cap.
+    fn worn(&self) -> bool {
+        let limiter = &self.store.data().limiter;
+        let headroom = limiter.max_bytes.saturating_sub(self.baseline);
+        limiter.largest.saturating_sub(self.baseline) > headroom / 2
+    }
 }
 
 /// The instances of one plugin version. A call takes an idle instance (or makes one),
@@ -29,6 +43,7 @@ pub struct Pool {
     keep: usize,
     /// The log-rate gate every instance of this version shares.
     log: Arc<LogGate>,
+    retired: AtomicU64,
 }
 
 impl Pool {
@@ -62,6 +77,7 @@ impl Pool {
         });
         warm.store.data_mut().plugin = id.clone();
         init(&mut warm, &limits, &config)?;
+        warm.baseline = warm.store.data().limiter.largest;
         let pool = Self {
             pre,
             id,
@@ -70,6 +86,7 @@ impl Pool {
             idle: Mutex::new(vec![warm]),
             keep: keep.max(1),
             log,
+            retired: AtomicU64::new(0),
         };
         Ok((pool, info))
     }
@@ -101,6 +118,15 @@ impl Pool {
         };
         let result = guarded(&mut warm, &self.limits, f);
         if result.is_ok() {
+            if warm.worn() {
+                self.retired.fetch_add(1, Relaxed);
+                tracing::debug!(
+                    plugin = %self.id.name, version = self.id.version.as_str(),
+                    memory_bytes = warm.store.data().limiter.largest,
+                    "Plugin instance retired: it used half of its memory headroom"
+                );
+                return result;
+            }
             let mut idle = self.idle.lock();
             if idle.len() < self.keep {
                 idle.push(warm);
@@ -109,9 +135,15 @@ impl Pool {
         result
     }
 
+    /// Instances retired for their memory so far.
+    pub fn retired(&self) -> u64 {
+        self.retired.load(Relaxed)
+    }
+
     fn fresh(&self) -> Result<Warm, Error> {
         let mut warm = instantiate(&self.pre, &self.id, &self.limits, &self.log)?;
         init(&mut warm, &self.limits, &self.config)?;
+        warm.baseline = warm.store.data().limiter.largest;
         Ok(warm)
     }
 }
@@ -134,7 +166,11 @@ fn instantiate(
     let bindings = pre
         .instantiate(&mut store)
         .map_err(|e| classify(e, &store, limits, "instantiating"))?;
-    Ok(Warm { store, bindings })
+    Ok(Warm {
+        store,
+        bindings,
+        baseline: 0,
+    })
 }
 
 fn init(warm: &mut Warm, limits: &PluginLimits, config: &str) -> Result<(), Error> {

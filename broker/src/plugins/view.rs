@@ -35,6 +35,7 @@ impl Plugins {
                 calls: p.stats.calls.load(Relaxed),
                 errors: p.stats.errors.load(Relaxed),
                 timeouts: p.stats.timeouts.load(Relaxed),
+                retired: p.pool.retired(),
                 p99_us: p.stats.quantile(0.99).map(|d| d.as_secs_f64() * 1e6),
                 p50_us: p.stats.quantile(0.5).map(|d| d.as_secs_f64() * 1e6),
                 canary: set
@@ -99,6 +100,9 @@ pub struct PluginView {
     pub calls: u64,
     pub errors: u64,
     pub timeouts: u64,
+    /// Instances retired between calls for their memory (half the headroom they had
+    /// after `init` used: a leaking guest), replaced by fresh ones.
+    pub retired: u64,
     /// Hook time quantiles in microseconds (upper bounds within 25%); null before any call.
     pub p99_us: Option<f64>,
     pub p50_us: Option<f64>,

@@ -156,3 +156,31 @@ async fn a_newline_in_a_plugin_log_line_is_escaped() {
         .collect();
     assert!(forged.is_empty(), "a forged log line: {forged:#?}");
 }
+
+#[tokio::test]
+async fn a_leaking_instance_is_retired_between_calls_before_an_event_fails() {
+    // Each "leak" keeps 1 MiB for good; a 16 MiB cap would be met within 16 calls.
+    // The instance is retired once it used half of its headroom, so no event fails.
+    let dir = plugin_dir(&[(&test_plugins(), "misbehave")]);
+    let b = start(dir.path(), &misbehave_toml("memory_mib = 16")).await;
+    let (mut c, _) = b.connect(&token_with("alice", json!({}))).await;
+    let (mut sub, _) = b.connect(&token_with("bob", json!({}))).await;
+    sub.subscribe("chat:room").await;
+    for _ in 0..40 {
+        c.publish("chat:room", json!({"do": "leak"})).await;
+    }
+    let got = sub.messages("chat:room", 40).await;
+    let calls: Vec<u64> = got
+        .iter()
+        .map(|m| m["meta"]["calls"].as_u64().unwrap())
+        .collect();
+    // A fresh instance starts counting again: the count went back to 1 at least twice.
+    assert!(
+        calls.iter().skip(1).filter(|n| **n == 1).count() >= 2,
+        "{calls:?}"
+    );
+    let view = admin(&b, "GET", "/admin/plugins").await;
+    let p = &view["plugins"][0];
+    assert_eq!(p["errors"], 0, "{view}");
+    assert!(p["retired"].as_u64().unwrap() >= 2, "{view}");
+}

@@ -12,6 +12,7 @@
 //! | `"refuse"` | refuses with "asked to refuse"                           |
 //! | `"log"`    | logs "asked to log" at info level, then as below         |
 //! | `"echo"`   | logs the payload's `"text"` at info level, then as below |
+//! | `"leak"`   | keeps a touched 1 MiB block for good, then as below      |
 //! | other      | allows, adding `meta.calls` and `meta.tag`               |
 //!
 //! `meta.calls` counts the publications this instance has handled, so it starts
@@ -37,6 +38,7 @@ struct Config {
 pub struct Misbehave {
     tag: String,
     calls: u64,
+    leaked: Vec<Vec<u8>>,
 }
 
 impl Plugin for Misbehave {
@@ -52,6 +54,7 @@ impl Plugin for Misbehave {
         Ok(Self {
             tag: config.tag,
             calls: 0,
+            leaked: Vec::new(),
         })
     }
 
@@ -73,6 +76,7 @@ impl Plugin for Misbehave {
         match action {
             "big" => publication.set_data(json!("x".repeat(1 << 20))),
             "log" => hookwire_plugin::log::info!("asked to log"),
+            "leak" => self.leaked.push(black_box(vec![1u8; 1 << 20])),
             "echo" => {
                 let text = publication
                     .data()
