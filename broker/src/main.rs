@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use hookwire::auth::{self, SecretSource, TokenSpec, Verifier};
 use hookwire::config::{self, Config, EnvOverrides, LogFormat};
 use hookwire::node::ApiKeys;
+use hookwire::plugins::scaffold;
 use hookwire::server::{self, Server};
 
 /// Exit code for a bad config or bad arguments (EX_USAGE).
@@ -40,6 +41,23 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Write a new plugin project (source, build script, events.jsonl with the
+    /// decisions it must get, README) that builds and passes `plugin test` as written.
+    New {
+        /// The plugin's name: a-z, 0-9 and dashes (e.g. no-shouting).
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: scaffold::Lang,
+        /// Where to write it (default: ./NAME); must not exist, or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Rust: the plugin SDK's path as the project's Cargo.toml gives it (relative to
+        /// the project). Default: the SDK of the source tree this binary was built from,
+        /// when it is there; otherwise the crates.io version.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Show a plugin module's sha256, size, world, every import (and how the broker
     /// serves it) and every export; exit 1 when the broker would refuse to load it.
     Inspect {
@@ -188,6 +206,31 @@ fn plugin(command: PluginCommand) -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        PluginCommand::New {
+            name,
+            lang,
+            dir,
+            sdk,
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let sdk = sdk.or_else(scaffold::default_sdk);
+            match scaffold::new_project(&name, lang, &dir, sdk.as_deref()) {
+                Ok(files) => {
+                    for f in &files {
+                        println!("wrote {}", f.display());
+                    }
+                    println!(
+                        "next: cd {} && ./build && hookwire plugin test {name}.wasm --events events.jsonl --config '{{\"max_len\": 20}}'",
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hookwire: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         PluginCommand::Test {
             file,
             events,

@@ -27,6 +27,7 @@
 //!   stats            per-plugin counts and hook-time quantiles
 //!   watch            the plugins directory watcher
 //!   replay           `hookwire plugin inspect` / `hookwire plugin test`
+//!   scaffold         `hookwire plugin new`: a project per language, from scaffold/
 //! ```
 //!
 //! Every event takes one snapshot of the loaded set, so it is handled by exactly one
@@ -52,6 +53,7 @@ mod reload;
 pub mod replay;
 pub mod rollout;
 mod runtime;
+pub mod scaffold;
 mod set;
 mod settings;
 mod shadow;

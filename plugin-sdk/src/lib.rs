@@ -24,14 +24,16 @@ pub use serde_json::{self, Value, json};
 pub use bindings::exports::hookwire::plugin::hooks::HookSet as Hooks;
 pub use bindings::hookwire::plugin::types::{ConnectDecision, Decision, PublishSource, Transport};
 
-/// Bindings generated from `wit/hookwire.wit`, the single source of truth for the
-/// contract. Plugin authors use the types re-exported at the crate root instead.
+/// Bindings generated from the crate's own copy of `wit/hookwire.wit` (so the crate
+/// can be published on its own; a test keeps the copy equal to the repository's, the
+/// single source of truth for the contract). Plugin authors use the types
+/// re-exported at the crate root instead.
 #[doc(hidden)]
 #[allow(unsafe_code, missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "plugin",
-        path: "../wit",
+        path: "wit",
         // `export!` is expanded in the plugin's crate, not here.
         pub_export_macro: true,
         // Plugin tests compare decisions with `assert_eq!`.
@@ -149,4 +151,15 @@ macro_rules! export {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::export::{Adapter, Exported};
+}
+
+#[cfg(test)]
+mod wit_copy {
+    #[test]
+    fn the_crates_wit_is_the_repositorys() {
+        assert!(
+            include_str!("../wit/hookwire.wit") == include_str!("../../wit/hookwire.wit"),
+            "plugin-sdk/wit/hookwire.wit differs from wit/hookwire.wit: copy it over"
+        );
+    }
 }

@@ -31,7 +31,7 @@ pub use broker::TestBroker;
 pub use browser::Browser;
 pub use builder::Builder;
 pub use client::Client;
-pub use command::{run_hookwire, run_hookwire_in};
+pub use command::{run_hookwire, run_hookwire_in, run_hookwire_within};
 pub use nats::TestNats;
 pub use raw_client::RawClient;
 pub use tokens::{SECRET, forged_token, now_s, sign_claims, sign_with, spec, token};

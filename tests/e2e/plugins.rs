@@ -15,6 +15,7 @@ mod languages;
 mod loading;
 mod reload;
 mod rollout;
+mod scaffold;
 
 const ADMIN_KEY: &str = "admin-key-for-plugin-tests";
 

@@ -18,6 +18,17 @@ pub fn run_hookwire_in(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (i32, String) {
+    run_hookwire_within(dir, args, env, WAIT)
+}
+
+/// [`run_hookwire_in`] allowed `wait` to exit (a command that compiles a large plugin
+/// in the debug build takes seconds).
+pub fn run_hookwire_within(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    wait: Duration,
+) -> (i32, String) {
     use std::io::Read;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookwire"));
     cmd.args(args)
@@ -46,7 +57,7 @@ pub fn run_hookwire_in(
         })
     })
     .collect();
-    let deadline = std::time::Instant::now() + WAIT;
+    let deadline = std::time::Instant::now() + wait;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -54,7 +65,7 @@ pub fn run_hookwire_in(
         if std::time::Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("hookwire {args:?} did not exit within {WAIT:?}");
+            panic!("hookwire {args:?} did not exit within {wait:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
