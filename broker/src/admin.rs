@@ -322,15 +322,19 @@ async fn reload_plugins(
         ));
     }
     let plugins = node.plugins.clone();
-    let report =
-        tokio::task::spawn_blocking(move || plugins.reload_and_log(None, ReloadTrigger::Admin))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorCode::Internal,
-                    format!("the reload task failed: {e}"),
-                )
-            })?;
+    let report = reloading(move || plugins.reload_and_log(None, ReloadTrigger::Admin)).await?;
     Ok(Json(report))
+}
+
+/// Runs a plugin reload (it compiles) off the async workers.
+async fn reloading<R: Send + 'static>(
+    reload: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, ApiError> {
+    tokio::task::spawn_blocking(reload).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            format!("the reload task failed: {e}"),
+        )
+    })
 }

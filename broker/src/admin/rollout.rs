@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json};
 use serde_json::json;
 
-use super::{ApiError, Scope, authorize};
+use super::{ApiError, Scope, authorize, reloading};
 use crate::node::Node;
 use crate::plugins::{Plugins, ReloadReport, RolloutError};
 use crate::protocol::ErrorCode;
@@ -41,16 +41,7 @@ async fn change(
     authorize(&node, &headers, Scope::Admin)?;
     let plugins = node.plugins.clone();
     let plugin = name.clone();
-    // A reload compiles: off the async workers.
-    let done = tokio::task::spawn_blocking(move || change(&plugins, &plugin))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                format!("the reload task failed: {e}"),
-            )
-        })?;
+    let done = reloading(move || change(&plugins, &plugin)).await?;
     match done {
         Ok((report, config)) => Ok(Json(json!({ "report": report, "config": config }))),
         Err(e @ RolloutError::Unknown) => Err(ApiError::new(

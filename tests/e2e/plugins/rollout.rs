@@ -18,6 +18,10 @@ tag = "v1"
 plugins = ["misbehave"]
 "#;
 
+async fn post(b: &crate::harness::TestBroker, path: &str) -> crate::http::Response {
+    request(b.admin_addr, "POST", path, Some(ADMIN_KEY), None).await
+}
+
 /// Publishes once to each channel and answers the tag each delivery carries.
 async fn tags(
     c: &mut crate::harness::Client,
@@ -85,14 +89,7 @@ async fn a_canary_takes_a_stable_share_and_promotion_makes_it_live() {
     );
 
     // Promote: the canary (file and config) is the live version for every channel.
-    let r = request(
-        b.admin_addr,
-        "POST",
-        "/admin/plugins/misbehave/promote",
-        Some(ADMIN_KEY),
-        None,
-    )
-    .await;
+    let r = post(&b, "/admin/plugins/misbehave/promote").await;
     assert_eq!(r.status, 200, "{}", r.body);
     let answer = r.json();
     assert!(
@@ -115,24 +112,10 @@ async fn a_canary_takes_a_stable_share_and_promotion_makes_it_live() {
     );
 
     // Nothing left to promote, and an unknown plugin: refused with a sentence.
-    let r = request(
-        b.admin_addr,
-        "POST",
-        "/admin/plugins/misbehave/promote",
-        Some(ADMIN_KEY),
-        None,
-    )
-    .await;
+    let r = post(&b, "/admin/plugins/misbehave/promote").await;
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(r.body.contains("no canary or shadow"), "{}", r.body);
-    let r = request(
-        b.admin_addr,
-        "POST",
-        "/admin/plugins/nope/rollback",
-        Some(ADMIN_KEY),
-        None,
-    )
-    .await;
+    let r = post(&b, "/admin/plugins/nope/rollback").await;
     assert_eq!(r.status, 404, "{}", r.body);
 }
 
@@ -202,14 +185,7 @@ async fn a_shadow_is_compared_and_never_applied_and_rollback_drops_it() {
     }
 
     // Rollback: no shadow; the live version goes on alone.
-    let r = request(
-        b.admin_addr,
-        "POST",
-        "/admin/plugins/misbehave/rollback",
-        Some(ADMIN_KEY),
-        None,
-    )
-    .await;
+    let r = post(&b, "/admin/plugins/misbehave/rollback").await;
     assert_eq!(r.status, 200, "{}", r.body);
     let view = admin(&b, "GET", "/admin/plugins").await;
     assert!(view["plugins"][0]["shadow"].is_null(), "{view}");
