@@ -1,10 +1,5 @@
 //! The `hookwire` binary: parses the CLI, loads config, sets up logs and calls the library.
 
-/// mimalloc instead of glibc's malloc: the per-message path allocates from several
-/// threads, and glibc's per-thread arenas cost `mprotect` calls and lock traffic there.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
