@@ -25,7 +25,7 @@ use super::meta::{self, MetaFields};
 use super::rollout::{Compared, EventKey};
 use super::set::{LoadedPlugin, PluginSet};
 use super::settings::PluginsSettings;
-use super::shadow::{connect_verdict, decision_verdict, publish_verdict, refusal_of};
+use super::shadow::{judge_connect, judge_decision, judge_publish, owned, verdict};
 use super::threads::{Overloaded, PluginThreads};
 use super::types::{Error, Failure, Hook};
 use crate::config::Config;
@@ -221,14 +221,9 @@ impl Plugins {
                     channel: None,
                     user: Some(&conn.user),
                 };
-                self.compare_shadow(shadow, &event, &connect_verdict(&answer), |sp| {
-                    let answer = connect(sp);
-                    let reason = self.shadow_reason(sp, Hook::Connect, answer.as_ref().err());
-                    let refusal = match &answer {
-                        Ok(ConnectDecision::Refuse(reason)) => Some(reason.clone()),
-                        _ => None,
-                    };
-                    (connect_verdict(&answer), reason.or(refusal))
+                let live = verdict(&answer, judge_connect);
+                self.compare_shadow(shadow, &event, &live, |sp| {
+                    connect(sp).map(|a| owned(judge_connect(&a)))
                 });
             }
             let subject = Subject {
@@ -301,13 +296,9 @@ impl Plugins {
                     channel: Some(channel),
                     user: Some(&conn.user),
                 };
-                self.compare_shadow(shadow, &event, &decision_verdict(&answer), |sp| {
-                    let answer = subscribe(sp);
-                    let reason = self.shadow_reason(sp, Hook::Subscribe, answer.as_ref().err());
-                    (
-                        decision_verdict(&answer),
-                        reason.or_else(|| refusal_of(&answer)),
-                    )
+                let live = verdict(&answer, judge_decision);
+                self.compare_shadow(shadow, &event, &live, |sp| {
+                    subscribe(sp).map(|a| owned(judge_decision(&a)))
                 });
             }
             match answer {
@@ -376,8 +367,9 @@ impl Plugins {
                     channel: original.as_deref(),
                     user: user.as_deref(),
                 };
-                let verdict = publish_verdict(&outcome, current, &emits[emitted_before..]);
-                self.compare_shadow(shadow, &event, &verdict, |sp| {
+                let emitted = &emits[emitted_before..];
+                let live = verdict(&outcome, |o| judge_publish(o, current, emitted));
+                self.compare_shadow(shadow, &event, &live, |sp| {
                     self.shadow_publish(sp, copy, valid_channel)
                 });
             }

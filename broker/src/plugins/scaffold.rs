@@ -29,11 +29,14 @@ pub enum ScaffoldError {
     Write { path: String, message: String },
 }
 
-/// One file of a project: its path in the project, its text, whether it runs.
+/// One file of a project: its path in the project, its text, whether it runs, and
+/// whether its placeholders are filled (the WIT goes as it is: its braces are not
+/// placeholders).
 struct File {
     path: &'static str,
     text: &'static str,
     executable: bool,
+    fill: bool,
 }
 
 const fn file(path: &'static str, text: &'static str) -> File {
@@ -41,14 +44,21 @@ const fn file(path: &'static str, text: &'static str) -> File {
         path,
         text,
         executable: false,
+        fill: true,
     }
 }
 
 const fn script(path: &'static str, text: &'static str) -> File {
     File {
-        path,
-        text,
         executable: true,
+        ..file(path, text)
+    }
+}
+
+const fn raw(path: &'static str, text: &'static str) -> File {
+    File {
+        fill: false,
+        ..file(path, text)
     }
 }
 
@@ -66,7 +76,7 @@ const PYTHON: &[File] = &[
         include_str!("scaffold/python/requirements.txt"),
     ),
     script("build", include_str!("scaffold/python/build")),
-    file("wit/hookwire.wit", WIT),
+    raw("wit/hookwire.wit", WIT),
     file(".gitignore", ".venv/\n__pycache__/\n*.wasm\n"),
 ];
 
@@ -74,7 +84,7 @@ const JS: &[File] = &[
     file("src/plugin.js", include_str!("scaffold/js/plugin.js")),
     file("package.json", include_str!("scaffold/js/package.json")),
     script("build", include_str!("scaffold/js/build")),
-    file("wit/hookwire.wit", WIT),
+    raw("wit/hookwire.wit", WIT),
     file(".gitignore", "node_modules/\n*.wasm\n"),
 ];
 
@@ -152,11 +162,10 @@ pub fn new_project(
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(fail)?;
         }
-        // The WIT goes as it is: its braces are not placeholders.
-        let text = if f.text == WIT {
-            WIT.to_string()
-        } else {
+        let text = if f.fill {
             fill(f.text)
+        } else {
+            f.text.to_string()
         };
         std::fs::write(&path, text).map_err(fail)?;
         if f.executable {

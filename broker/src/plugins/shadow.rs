@@ -8,56 +8,49 @@ use super::meta;
 use super::rollout::{Compared, Shadow, Verdict};
 use super::runtime::Plugins;
 use super::set::LoadedPlugin;
-use super::types::{Error, Hook};
+use super::types::Error;
+
+/// An answer judged: its verdict, and the refusal's reason when it refused.
+pub(super) type Judged<'a> = (Verdict, Option<&'a str>);
 
 impl Plugins {
-    /// Runs the shadow (`run`, on its own loaded version) and records how its verdict
-    /// compares with the live one's, in its diff and in `hookwire_plugin_shadow_total`.
+    /// Runs the shadow (`run`, on its own loaded version: its answer judged, or its
+    /// failure) and records how its verdict compares with the live one's, in its diff
+    /// and in `hookwire_plugin_shadow_total`.
     pub(super) fn compare_shadow(
         &self,
         shadow: &Shadow,
         event: &Compared<'_>,
         live: &Verdict,
-        run: impl FnOnce(&LoadedPlugin) -> (Verdict, Option<String>),
+        run: impl FnOnce(&LoadedPlugin) -> Result<(Verdict, Option<String>), Error>,
     ) {
-        let (verdict, reason) = run(&shadow.plugin);
+        let p = &shadow.plugin;
+        let (verdict, reason) = run(p).unwrap_or_else(|e| {
+            use std::sync::atomic::Ordering::Relaxed;
+            p.stats.errors.fetch_add(1, Relaxed);
+            if matches!(e, Error::Timeout { .. }) {
+                p.stats.timeouts.fetch_add(1, Relaxed);
+            }
+            self.metrics.plugin_error(p.labels(e.kind()));
+            tracing::debug!(
+                plugin = %p.id.name, version = p.id.version.as_str(), hook = event.hook.label(),
+                error = e.to_string().as_str(), "Shadow plugin call failed (not applied)"
+            );
+            (Verdict::Failed, Some(format!("it {e}")))
+        });
         let outcome = shadow.diff.record(event, live, &verdict, reason.as_deref());
-        self.metrics.plugin_shadow(
-            &shadow.plugin.settings.name,
-            outcome.as_deref().unwrap_or("agree"),
-        );
+        self.metrics
+            .plugin_shadow(&p.settings.name, outcome.as_deref().unwrap_or("agree"));
     }
 
-    /// A shadow's failed call: counted under its labels, logged at debug (the live
-    /// version answered the event), and its description for the sample.
-    pub(super) fn shadow_reason(
-        &self,
-        p: &LoadedPlugin,
-        hook: Hook,
-        error: Option<&Error>,
-    ) -> Option<String> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let e = error?;
-        p.stats.errors.fetch_add(1, Relaxed);
-        if matches!(e, Error::Timeout { .. }) {
-            p.stats.timeouts.fetch_add(1, Relaxed);
-        }
-        self.metrics.plugin_error(p.labels(e.kind()));
-        tracing::debug!(
-            plugin = %p.id.name, version = p.id.version.as_str(), hook = hook.label(),
-            error = e.to_string().as_str(), "Shadow plugin call failed (not applied)"
-        );
-        Some(format!("it {e}"))
-    }
-
-    /// The shadow's publish hook on its copy of the publication, judged as the live
-    /// version's answer would be.
+    /// The shadow's publish hook on its copy of the publication, applied to the copy
+    /// and judged as the live version's answer would be.
     pub(super) fn shadow_publish(
         &self,
         p: &LoadedPlugin,
         copy: PublicationState,
         valid_channel: &dyn Fn(&str) -> Result<(), String>,
-    ) -> (Verdict, Option<String>) {
+    ) -> Result<(Verdict, Option<String>), Error> {
         let mut slot = Some(copy);
         let answer = self.call_publish(p, &mut slot);
         let Some(mut copy) = slot else {
@@ -65,37 +58,38 @@ impl Plugins {
         };
         let mut emits = Vec::new();
         let max = p.settings.limits.max_output_bytes;
-        let outcome = answer.and_then(|answer| {
-            answer::apply_publish(
-                answer,
-                &p.id.name,
-                max,
-                &mut copy,
-                &mut emits,
-                valid_channel,
-            )
-        });
-        let verdict = publish_verdict(&outcome, &copy, &emits);
-        let reason = match &outcome {
-            Ok(PublishOutcome::Refused(reason)) => Some(reason.clone()),
-            Err(e) => self.shadow_reason(p, Hook::Publish, Some(e)),
-            Ok(_) => None,
-        };
-        (verdict, reason)
+        let outcome = answer::apply_publish(
+            answer?,
+            &p.id.name,
+            max,
+            &mut copy,
+            &mut emits,
+            valid_channel,
+        )?;
+        Ok(owned(judge_publish(&outcome, &copy, &emits)))
     }
 }
 
+/// A judged answer that outlives the answer.
+pub(super) fn owned((verdict, reason): Judged<'_>) -> (Verdict, Option<String>) {
+    (verdict, reason.map(str::to_string))
+}
+
+/// The verdict of a call's result: its answer judged, or `Failed`.
+pub(super) fn verdict<T>(answer: &Result<T, Error>, judge: impl Fn(&T) -> Judged<'_>) -> Verdict {
+    answer.as_ref().map_or(Verdict::Failed, |a| judge(a).0)
+}
+
 /// A publish answer, applied to `publication` (with `emits`, what this plugin emitted).
-pub(super) fn publish_verdict(
-    outcome: &Result<PublishOutcome, Error>,
+pub(super) fn judge_publish<'a>(
+    outcome: &'a PublishOutcome,
     publication: &PublicationState,
     emits: &[Emit],
-) -> Verdict {
+) -> Judged<'a> {
     match outcome {
-        Ok(PublishOutcome::Unchanged) => Verdict::Allowed,
-        Ok(PublishOutcome::Refused(_)) => Verdict::Refused,
-        Err(_) => Verdict::Failed,
-        Ok(PublishOutcome::Modified(_)) => {
+        PublishOutcome::Unchanged => (Verdict::Allowed, None),
+        PublishOutcome::Refused(reason) => (Verdict::Refused, Some(reason)),
+        PublishOutcome::Modified(_) => {
             let meta = meta::object_text(&publication.meta);
             let channels = publication.channels.join(",");
             let mut parts: Vec<&[u8]> = vec![
@@ -108,32 +102,22 @@ pub(super) fn publish_verdict(
                 parts.push(e.data.get().as_bytes());
                 parts.push(e.meta.as_ref().map_or(&b""[..], |m| m.get().as_bytes()));
             }
-            Verdict::modified(&parts)
+            (Verdict::modified(&parts), None)
         }
     }
 }
 
-pub(super) fn connect_verdict(answer: &Result<ConnectDecision, Error>) -> Verdict {
+pub(super) fn judge_connect(answer: &ConnectDecision) -> Judged<'_> {
     match answer {
-        Ok(ConnectDecision::Accept) => Verdict::Allowed,
-        Ok(ConnectDecision::AcceptWithMeta(json)) => Verdict::modified(&[json.as_bytes()]),
-        Ok(ConnectDecision::Refuse(_)) => Verdict::Refused,
-        Err(_) => Verdict::Failed,
+        ConnectDecision::Accept => (Verdict::Allowed, None),
+        ConnectDecision::AcceptWithMeta(json) => (Verdict::modified(&[json.as_bytes()]), None),
+        ConnectDecision::Refuse(reason) => (Verdict::Refused, Some(reason)),
     }
 }
 
-pub(super) fn decision_verdict(answer: &Result<Decision, Error>) -> Verdict {
+pub(super) fn judge_decision(answer: &Decision) -> Judged<'_> {
     match answer {
-        Ok(Decision::Allow) => Verdict::Allowed,
-        Ok(Decision::Refuse(_)) => Verdict::Refused,
-        Err(_) => Verdict::Failed,
-    }
-}
-
-/// The refusal reason of a subscribe or similar answer.
-pub(super) fn refusal_of(answer: &Result<Decision, Error>) -> Option<String> {
-    match answer {
-        Ok(Decision::Refuse(reason)) => Some(reason.clone()),
-        _ => None,
+        Decision::Allow => (Verdict::Allowed, None),
+        Decision::Refuse(reason) => (Verdict::Refused, Some(reason)),
     }
 }

@@ -198,6 +198,8 @@ pub struct WtTransport {
     /// a line, so nothing more may be written to it.
     torn: bool,
     readable: Arc<Readable>,
+    /// `readable` as the waker quinn keeps for the stream (made once).
+    read_waker: std::task::Waker,
     datagrams: Arc<WtDatagrams>,
 }
 
@@ -205,6 +207,11 @@ const NEWLINE: Bytes = Bytes::from_static(b"\n");
 
 impl WtTransport {
     fn new(session: Session, send: SendStream, recv: RecvStream, max_frame: usize) -> Self {
+        // Asked at once the first time.
+        let readable = Arc::new(Readable {
+            news: AtomicBool::new(true),
+            task: Default::default(),
+        });
         Self {
             datagrams: Arc::new(WtDatagrams {
                 session: session.clone(),
@@ -215,11 +222,8 @@ impl WtTransport {
             lines: Lines::new(max_frame),
             chunks: Vec::new(),
             torn: false,
-            // Asked at once the first time.
-            readable: Arc::new(Readable {
-                news: AtomicBool::new(true),
-                task: Default::default(),
-            }),
+            read_waker: std::task::Waker::from(readable.clone()),
+            readable,
         }
     }
 }
@@ -329,9 +333,8 @@ impl WtTransport {
         }
         // Quinn keeps this waker with the stream (not in the read future, so dropping a
         // pending read loses nothing; a chunk is either returned whole or not taken).
-        let waker = std::task::Waker::from(self.readable.clone());
         let read = std::pin::pin!(self.recv.read_chunk(usize::MAX, true));
-        let polled = read.poll(&mut std::task::Context::from_waker(&waker));
+        let polled = read.poll(&mut std::task::Context::from_waker(&self.read_waker));
         if polled.is_ready() {
             // More may wait behind this chunk: only a pending read leaves quinn the
             // waker to say so.
