@@ -77,7 +77,6 @@ impl Pool {
         });
         warm.store.data_mut().plugin = id.clone();
         init(&mut warm, &limits, &config)?;
-        warm.baseline = warm.store.data().limiter.largest;
         let pool = Self {
             pre,
             id,
@@ -143,7 +142,6 @@ impl Pool {
     fn fresh(&self) -> Result<Warm, Error> {
         let mut warm = instantiate(&self.pre, &self.id, &self.limits, &self.log)?;
         init(&mut warm, &self.limits, &self.config)?;
-        warm.baseline = warm.store.data().limiter.largest;
         Ok(warm)
     }
 }
@@ -173,12 +171,14 @@ fn instantiate(
     })
 }
 
+/// `init` with the configuration; the memory it leaves is the instance's baseline.
 fn init(warm: &mut Warm, limits: &PluginLimits, config: &str) -> Result<(), Error> {
     let config = config.to_string();
     let answer = guarded(warm, limits, |w| {
         let hooks = w.bindings.hookwire_plugin_hooks();
         hooks.call_init(&mut w.store, &config)
     })?;
+    warm.baseline = warm.store.data().limiter.largest;
     answer.map_err(Error::Init)
 }
 

@@ -139,7 +139,8 @@ impl Plugins {
                 Some((canary, _)) => (canary, "canary"),
                 None => (rollout.shadow.take().ok_or(RolloutError::Nothing)?, "shadow"),
             };
-            if rollout.canary.is_none() && rollout.shadow.is_none() {
+            // Promoting the canary keeps a shadow running beside the new live version.
+            if rollout.shadow.is_none() {
                 rollouts.remove(name);
             }
             let edit = format!(
