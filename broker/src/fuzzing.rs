@@ -374,7 +374,7 @@ fn decode_answer(input: &[u8]) -> (usize, PublishDecision) {
     }
     let decision = match decision {
         Decision::Allow => PublishDecision::Allow,
-        Decision::Refuse(reason) => PublishDecision::Refuse(reason),
+        Decision::Refuse(reason) => PublishDecision::Refuse(reason.as_str().into()),
         Decision::Modify => PublishDecision::Modify(edit),
     };
     (max, decision)

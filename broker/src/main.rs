@@ -174,9 +174,9 @@ fn plugin(command: PluginCommand) -> ExitCode {
                     println!("size:    {} bytes", report.size);
                     println!(
                         "world:   {}",
-                        report
-                            .world
-                            .unwrap_or("none (does not fit hookwire:plugin/plugin@0.1.0)")
+                        report.world.unwrap_or(
+                            "none (fits neither hookwire:plugin@0.2.0 nor the 0.1.0 world)"
+                        )
                     );
                     if let (Some(name), Some(version)) = (&report.name, &report.version) {
                         println!("plugin:  {name} {version}");

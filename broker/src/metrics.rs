@@ -144,6 +144,17 @@ impl Metrics {
             .expect("metric names are unique");
     }
 
+    /// Registers a collector whose name comes from outside (a plugin's metric): a
+    /// clash is an error to report, not a bug.
+    pub fn try_register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), String> {
+        self.registry
+            .register(collector)
+            .map_err(|e| format!("cannot register the metric: {e}"))
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new();
         let frames_received = IntCounterVec::new(

@@ -4,7 +4,7 @@
 //! plugins            this map and the re-exports
 //!   config           [plugins] / [plugins.modules.NAME]: PluginsConfig, OnError; validation
 //!   settings         the config resolved: ModuleSettings, PluginsSettings
-//!   types            Error, PluginId, PluginLimits, Hook
+//!   types            Error, PluginId, PluginLimits, Hook, HookSet
 //!   runtime          Plugins: start, running the connect/subscribe/publish/disconnect
 //!                    chains (a canary's share to the canary, a shadow beside)
 //!   reload           the one reload entry point (reload_and_log); promote, rollback
@@ -18,7 +18,11 @@
 //!   view             the /admin/plugins view
 //!   engine           one wasmtime Engine + epoch ticker; compile (disk cache); import policy
 //!   cache            the compile cache: a private directory, HMAC-tagged entries
-//!   host             bindgen! over wit/; store data; host functions; memory limiter
+//!   host             bindgen! over wit/ (0.2.0); store data; host functions; memory limiter
+//!   contract         which contract a component fits; calls into it (0.2.0 types)
+//!   legacy           the 0.1.0 contract: its bindings, host functions, answers converted
+//!   state            the `state` interface: a plugin's bounded key-value store
+//!   plugin_metrics   the `metrics` interface: a plugin's counters and histograms
 //!   threads          the plugin threads: hook calls run there, off the async workers
 //!   instance         warm instances of one version; one guarded call; failure classes
 //!   deadline         a call's CPU-time budget, checked on the epoch ticks
@@ -40,14 +44,18 @@ pub(crate) mod answer;
 mod audit;
 mod cache;
 pub mod capture;
+mod chains;
 pub mod config;
+mod contract;
 mod deadline;
 pub mod engine;
 pub mod host;
 pub mod imports;
 mod instance;
+mod legacy;
 mod load;
 mod meta;
+mod plugin_metrics;
 mod precheck;
 mod reload;
 pub mod replay;
@@ -57,6 +65,7 @@ pub mod scaffold;
 mod set;
 mod settings;
 mod shadow;
+pub mod state;
 mod stats;
 mod threads;
 mod types;

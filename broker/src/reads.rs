@@ -3,7 +3,7 @@
 //! the two answer alike.
 
 use crate::channel::{ChannelName, Namespace};
-use crate::history::Query;
+use crate::history::{Page, Query};
 use crate::hub::Hub;
 use crate::protocol::{self, EncodedFrame, ErrorCode, ErrorReply, Recovery, StreamPosition};
 use crate::sequencer::Members;
@@ -22,6 +22,18 @@ pub fn history(
     limit: Option<usize>,
     since: Option<&StreamPosition>,
 ) -> Result<EncodedFrame, ErrorReply> {
+    let page = history_page(hub, ns, channel, limit, since)?;
+    Ok(history_reply(id, channel, page.as_ref()))
+}
+
+/// Reads a page of a channel's history (`None`: the namespace keeps none).
+pub fn history_page(
+    hub: &Hub,
+    ns: &Namespace,
+    channel: &ChannelName,
+    limit: Option<usize>,
+    since: Option<&StreamPosition>,
+) -> Result<Option<Page>, ErrorReply> {
     let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
     let max_bytes = hub.max_reply_bytes();
     let query = match since {
@@ -32,10 +44,13 @@ pub fn history(
         },
         None => Query::Latest { limit, max_bytes },
     };
-    let page = hub
-        .history_read(ns, channel, query)
-        .map_err(|e| ErrorReply::new(ErrorCode::NotFound, e.to_string()))?;
-    let recovery = match &page {
+    hub.history_read(ns, channel, query)
+        .map_err(|e| ErrorReply::new(ErrorCode::NotFound, e.to_string()))
+}
+
+/// The `history` reply for a page (`None`: offset 0 and an empty epoch).
+pub fn history_reply(id: Option<u64>, channel: &ChannelName, page: Option<&Page>) -> EncodedFrame {
+    let recovery = match page {
         Some(p) => Recovery {
             offset: p.position.offset,
             epoch: &p.position.epoch,
@@ -51,7 +66,7 @@ pub fn history(
             next: None,
         },
     };
-    Ok(protocol::history_reply(id, channel.as_str(), &recovery))
+    protocol::history_reply(id, channel.as_str(), &recovery)
 }
 
 /// `not_found` when the namespace does not keep presence.

@@ -16,6 +16,7 @@
 //! ```
 
 mod handshake;
+mod hooked;
 mod requests;
 mod serve;
 

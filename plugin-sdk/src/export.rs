@@ -6,9 +6,15 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::thread::LocalKey;
 
-use crate::bindings::exports::hookwire::plugin::hooks::{Guest, PluginInfo};
+use crate::bindings::exports::hookwire::plugin::{
+    lifecycle, on_connect, on_disconnect, on_history, on_publish, on_refresh, on_subscribe,
+    on_unsubscribe,
+};
 use crate::bindings::hookwire::plugin::types::{self as wit, PublishDecision};
-use crate::{ConnectDecision, Connection, Decision, Plugin, Publication, Value};
+use crate::{
+    ConnectDecision, Connection, Decision, HistoryDecision, HistoryEntry, Plugin, Publication,
+    RefreshDecision, Value,
+};
 
 /// A plugin type with its state slot; implemented by [`export!`](crate::export).
 ///
@@ -32,12 +38,12 @@ impl<P: Exported> Adapter<P> {
     }
 }
 
-impl<P: Exported> Guest for Adapter<P> {
-    fn info() -> PluginInfo {
-        PluginInfo {
+impl<P: Exported> lifecycle::Guest for Adapter<P> {
+    fn info() -> lifecycle::PluginInfo {
+        lifecycle::PluginInfo {
             name: P::NAME.to_owned(),
             version: P::VERSION.to_owned(),
-            hooks: P::HOOKS,
+            hooks: Some(P::HOOKS.names()),
         }
     }
 
@@ -48,23 +54,57 @@ impl<P: Exported> Guest for Adapter<P> {
         P::state().set(Some(plugin));
         Ok(())
     }
+}
 
+impl<P: Exported> on_connect::Guest for Adapter<P> {
     fn on_connect(conn: wit::Connection) -> ConnectDecision {
         let conn = Connection::from(conn);
         Self::with_plugin(|plugin| plugin.on_connect(&conn))
     }
+}
 
+impl<P: Exported> on_subscribe::Guest for Adapter<P> {
     fn on_subscribe(conn: wit::Connection, channel: String) -> Decision {
         let conn = Connection::from(conn);
         Self::with_plugin(|plugin| plugin.on_subscribe(&conn, &channel))
     }
+}
 
+impl<P: Exported> on_unsubscribe::Guest for Adapter<P> {
+    fn on_unsubscribe(conn: wit::Connection, channel: String, reason: String) {
+        let conn = Connection::from(conn);
+        Self::with_plugin(|plugin| plugin.on_unsubscribe(&conn, &channel, &reason));
+    }
+}
+
+impl<P: Exported> on_publish::Guest for Adapter<P> {
     fn on_publish(publication: &wit::Publication) -> PublishDecision {
         let mut publication = Publication::from_host(publication);
         let decision = Self::with_plugin(|plugin| plugin.on_publish(&mut publication));
         publication.finish(decision)
     }
+}
 
+impl<P: Exported> on_refresh::Guest for Adapter<P> {
+    fn on_refresh(conn: wit::Connection, claims: String) -> RefreshDecision {
+        let conn = Connection::from(conn);
+        let claims: Value = serde_json::from_str(&claims).unwrap_or_default();
+        Self::with_plugin(|plugin| plugin.on_refresh(&conn, &claims))
+    }
+}
+
+impl<P: Exported> on_history::Guest for Adapter<P> {
+    fn on_history(
+        conn: wit::Connection,
+        channel: String,
+        entries: Vec<HistoryEntry>,
+    ) -> HistoryDecision {
+        let conn = Connection::from(conn);
+        Self::with_plugin(|plugin| plugin.on_history(&conn, &channel, &entries))
+    }
+}
+
+impl<P: Exported> on_disconnect::Guest for Adapter<P> {
     fn on_disconnect(conn: wit::Connection, reason: String) {
         let conn = Connection::from(conn);
         Self::with_plugin(|plugin| plugin.on_disconnect(&conn, &reason));

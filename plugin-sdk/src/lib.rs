@@ -8,21 +8,32 @@
 //!   [`Edits`] a hook makes to it.
 //! * `decision.rs`: constructors and checks on [`Decision`] and [`ConnectDecision`].
 //! * [`log`] and [`time`]: the host's log and clocks (stand-ins when run natively).
+//! * [`state`] and [`metrics`]: state shared by the plugin's instances, and metrics
+//!   on the broker's `/metrics` (in-memory stand-ins when run natively).
+//! * `hooks.rs`: [`Hooks`], the set of hooks a plugin implements.
+//! * [`text`]: chat-text helpers (`@mentions`).
 //! * `export.rs`: the glue between the generated component bindings and [`Plugin`].
 
 mod connection;
 mod decision;
 mod export;
+mod hooks;
 pub mod log;
+pub mod metrics;
 mod publication;
+pub mod state;
+pub mod text;
 pub mod time;
 
 pub use connection::Connection;
 pub use publication::{Edits, Emitted, Publication};
 pub use serde_json::{self, Value, json};
 
-pub use bindings::exports::hookwire::plugin::hooks::HookSet as Hooks;
-pub use bindings::hookwire::plugin::types::{ConnectDecision, Decision, PublishSource, Transport};
+pub use bindings::hookwire::plugin::types::{
+    ConnectDecision, Decision, EntryEdit, HistoryDecision, HistoryEntry, PublishSource,
+    RefreshDecision, Refusal, Transport,
+};
+pub use hooks::Hooks;
 
 /// Bindings generated from the crate's own copy of `wit/hookwire.wit` (so the crate
 /// can be published on its own; a test keeps the copy equal to the repository's, the
@@ -49,7 +60,8 @@ pub mod bindings {
 /// (a panic, a timeout, too much memory) is thrown away and a fresh one is made.
 ///
 /// Every hook has a default that lets everything through, but the broker calls only
-/// the hooks named in [`Plugin::HOOKS`]: declare each hook you override.
+/// the hooks named in [`Plugin::HOOKS`]: declare each hook you override. (The crate
+/// exports every hook interface of the contract and names these in `plugin-info`.)
 pub trait Plugin: Sized + 'static {
     /// Short name, `[a-z0-9-]`, used in logs, metrics and the audit trail.
     const NAME: &'static str;
@@ -75,12 +87,39 @@ pub trait Plugin: Sized + 'static {
         Decision::Allow
     }
 
+    /// A subscription ended while the connection stays: the client unsubscribed
+    /// (`reason` "client") or the broker removed it ("permission"). It cannot stop
+    /// anything.
+    fn on_unsubscribe(&mut self, conn: &Connection, channel: &str, reason: &str) {
+        let _ = (conn, channel, reason);
+    }
+
     /// A publication is about to be routed. Changes made through `publication`
     /// (`set_data`, `add_meta`, `emit`, ...) are sent back with an allow; a refusal
     /// drops them.
     fn on_publish(&mut self, publication: &mut Publication) -> Decision {
         let _ = publication;
         Decision::Allow
+    }
+
+    /// The client sent a new token (same `sub`), already verified: `conn` is the
+    /// connection as it is, `claims` the new token's claims. Allow it, refuse it (the
+    /// connection keeps its current token), or replace the metadata this plugin gave.
+    fn on_refresh(&mut self, conn: &Connection, claims: &Value) -> RefreshDecision {
+        let _ = (conn, claims);
+        RefreshDecision::Allow
+    }
+
+    /// A client is about to read `entries` of `channel`'s history (a `history` read or
+    /// a recovering subscribe). Keep, drop or rewrite each for this reader, or refuse.
+    fn on_history(
+        &mut self,
+        conn: &Connection,
+        channel: &str,
+        entries: &[HistoryEntry],
+    ) -> HistoryDecision {
+        let _ = (conn, channel, entries);
+        HistoryDecision::Allow
     }
 
     /// A connection has gone away; `reason` says why. It cannot stop anything.
@@ -110,8 +149,9 @@ pub fn parse_config<T: serde::de::DeserializeOwned>(config: Value) -> Result<T, 
 /// What most plugins need: `use hookwire_plugin::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        ConnectDecision, Connection, Decision, Hooks, Plugin, Publication, PublishSource,
-        Transport, Value, export, json, parse_config,
+        ConnectDecision, Connection, Decision, EntryEdit, HistoryDecision, HistoryEntry, Hooks,
+        Plugin, Publication, PublishSource, RefreshDecision, Transport, Value, export, json,
+        parse_config,
     };
 }
 

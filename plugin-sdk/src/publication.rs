@@ -379,7 +379,7 @@ mod tests {
         p.add_meta("seen", json!(true));
         assert_eq!(
             p.finish(Decision::refuse("no")),
-            PublishDecision::Refuse("no".into())
+            PublishDecision::Refuse(crate::Refusal::new("no"))
         );
     }
 

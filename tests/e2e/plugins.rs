@@ -10,6 +10,7 @@ use crate::harness::{TestBroker, deadline, now_s, run_hookwire, sign_claims};
 use crate::http::request;
 
 mod capture;
+mod contract;
 mod failures;
 mod languages;
 mod loading;
@@ -301,12 +302,12 @@ async fn plugin_inspect_and_test_report_and_check_decisions() {
     assert_eq!(code, 0, "{out}");
     for needle in [
         "sha256:",
-        "world:   hookwire:plugin/plugin@0.1.0",
+        "world:   hookwire:plugin@0.2.0",
         "plugin:  schema-guard",
         "hooks:   publish",
-        "hookwire:plugin/host@0.1.0",
+        "hookwire:plugin/host@0.2.0",
         "provided",
-        "hookwire:plugin/hooks@0.1.0#on-publish",
+        "hookwire:plugin/on-publish@0.2.0#on-publish",
         "load:    ok",
     ] {
         assert!(out.contains(needle), "{needle:?} missing:\n{out}");

@@ -5,7 +5,7 @@
 
 use serde_json::value::RawValue;
 
-use super::host::{MetaField, PublicationState, PublishDecision, PublishEdit};
+use super::host::{MetaField, PublicationState, PublishDecision, PublishEdit, WitRefusal};
 use super::meta::{self, MetaFields};
 use super::types::Error;
 
@@ -15,6 +15,8 @@ use super::types::Error;
 pub struct Refusal {
     pub plugin: String,
     pub message: String,
+    /// The plugin's machine-readable code, when it gave a well-formed one.
+    pub code: Option<String>,
 }
 
 /// A publication a plugin asked for in addition to the one processed.
@@ -34,21 +36,40 @@ const MAX_TARGETS: usize = 64;
 impl Refusal {
     /// A plugin's own refusal of `what` ("connection", "subscription", "publication");
     /// `reason` is clipped to [`REASON_MAX`] bytes.
-    pub fn by_plugin(plugin: &str, what: &str, reason: &str) -> Self {
+    pub fn by_plugin(plugin: &str, what: &str, refusal: &WitRefusal) -> Self {
         Self {
             plugin: plugin.to_string(),
-            message: format!("plugin {plugin} refused the {what}: {}", clip(reason)),
+            message: format!(
+                "plugin {plugin} refused the {what}: {}",
+                clip(&refusal.reason)
+            ),
+            code: refusal_code(refusal),
         }
     }
 }
 
+/// Longest refusal code, in bytes.
+const CODE_MAX: usize = 64;
+
+/// A refusal's code, when well-formed (`[a-z0-9_]`, 1 to 64 bytes); a malformed one is
+/// left out rather than passed to clients.
+pub fn refusal_code(refusal: &WitRefusal) -> Option<String> {
+    let code = refusal.code.as_deref()?;
+    let good = !code.is_empty()
+        && code.len() <= CODE_MAX
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    good.then(|| code.to_string())
+}
+
 /// What one plugin's `on-publish` answer did to the publication.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum PublishOutcome {
     /// Allowed as it was.
     Unchanged,
     /// Refused, for this reason (as the plugin gave it).
-    Refused(String),
+    Refused(WitRefusal),
     /// Allowed with these changes, now applied.
     Modified(Changes),
 }
@@ -238,7 +259,10 @@ pub fn clip(reason: &str) -> &str {
 
 impl From<Refusal> for crate::protocol::ErrorReply {
     fn from(r: Refusal) -> Self {
-        crate::protocol::ErrorReply::new(crate::protocol::ErrorCode::Rejected, r.message)
+        let mut reply =
+            crate::protocol::ErrorReply::new(crate::protocol::ErrorCode::Rejected, r.message);
+        reply.reason_code = r.code;
+        reply
     }
 }
 
@@ -542,11 +566,11 @@ mod tests {
         let (outcome, state, _) = run(PublishDecision::Refuse("spam".into()), MAX);
         assert_eq!(outcome.unwrap(), PublishOutcome::Refused("spam".into()));
         assert_unchanged(&state);
-        let refusal = Refusal::by_plugin("mod", "publication", "spam");
+        let refusal = Refusal::by_plugin("mod", "publication", &"spam".into());
         assert_eq!(refusal.plugin, "mod");
         assert_eq!(refusal.message, "plugin mod refused the publication: spam");
         let long = "é".repeat(REASON_MAX);
-        let refusal = Refusal::by_plugin("mod", "publication", &long);
+        let refusal = Refusal::by_plugin("mod", "publication", &long.as_str().into());
         let reason = refusal.message.rsplit(": ").next().unwrap();
         assert_eq!(reason.len(), REASON_MAX);
         assert!(long.starts_with(reason));

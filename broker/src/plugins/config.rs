@@ -52,6 +52,10 @@ pub struct PluginsConfig {
     pub on_error: OnError,
     /// Warm instances kept per plugin (0: one per CPU).
     pub instances: usize,
+    /// Keys one plugin's shared `state` may hold (every instance and version of it).
+    pub state_max_keys: usize,
+    /// Bytes (keys and values) one plugin's shared `state` may hold.
+    pub state_max_bytes: usize,
     /// Instances that may exist at once over every plugin (the pooling allocator's slots).
     pub max_instances: u32,
     /// Threads that run the hook calls of connections, off the async workers (0: one
@@ -74,9 +78,9 @@ pub struct PluginModuleConfig {
     /// The module, relative to `plugins.dir` (empty: `NAME.wasm`, which must hold the
     /// plugin called NAME; another file may run a plugin under a name of its own).
     pub file: String,
-    /// Hooks to call: any of `connect`, `subscribe`, `publish`, `disconnect` (empty:
-    /// every hook the plugin implements). A misspelt hook fails the parse, naming the
-    /// key, the value and the four allowed.
+    /// Hooks to call: any of `connect`, `subscribe`, `unsubscribe`, `publish`,
+    /// `refresh`, `history`, `disconnect` (empty: every hook the plugin implements). A
+    /// misspelt hook fails the parse, naming the key, the value and the ones allowed.
     pub hooks: Vec<Hook>,
     /// Overrides `plugins.on_error`.
     pub on_error: Option<OnError>,
@@ -84,6 +88,10 @@ pub struct PluginModuleConfig {
     pub timeout_ms: u64,
     /// Overrides `plugins.memory_mib` (0: inherit).
     pub memory_mib: u32,
+    /// Overrides `plugins.state_max_keys` (0: inherit).
+    pub state_max_keys: usize,
+    /// Overrides `plugins.state_max_bytes` (0: inherit).
+    pub state_max_bytes: usize,
     /// Pins the module: the file's SHA-256 (64 hex digits, as `hookwire plugin inspect`
     /// prints it) must be this, or it is refused (a reload keeps the running version).
     /// Empty: any file.
@@ -170,6 +178,8 @@ impl Default for PluginsConfig {
             max_output_bytes: 65_536,
             on_error: OnError::Reject,
             instances: 0,
+            state_max_keys: 10_000,
+            state_max_bytes: 1 << 20,
             max_instances: 256,
             threads: 0,
             queue: 1024,
@@ -205,6 +215,18 @@ impl PluginsConfig {
             100_000,
         );
         errs.range("plugins.threads", p.threads as u64, 0, 1_024);
+        errs.range(
+            "plugins.state_max_keys",
+            p.state_max_keys as u64,
+            1,
+            10_000_000,
+        );
+        errs.range(
+            "plugins.state_max_bytes",
+            p.state_max_bytes as u64,
+            1_024,
+            1 << 32,
+        );
         errs.range("plugins.queue", p.queue as u64, 1, 1_000_000);
         errs.range("plugins.max_stack_kib", p.max_stack_kib as u64, 64, 65_536);
         for (name, m) in &p.modules {

@@ -14,8 +14,11 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::cache::{CompileCache, Rejected};
 use super::deadline::TICK;
-use super::host::{PluginBindings, StoreData};
+use super::host::{PluginBindings, Shared, StoreData};
 use super::imports::{ImportUse, import_use, refusal_reason};
+use super::legacy::LegacyBindings;
+use super::plugin_metrics::PluginMetrics;
+use super::state::{StateLimits, StateStore};
 use super::types::Error;
 use crate::metrics::Metrics;
 
@@ -46,6 +49,8 @@ pub struct PluginEngine {
     /// Part of every cache file name: artifacts of another wasmtime build or other
     /// settings are never loaded.
     compat: String,
+    /// Each plugin's state and metrics, by name: they outlive its versions.
+    owned: parking_lot::Mutex<std::collections::HashMap<String, Shared>>,
 }
 
 impl PluginEngine {
@@ -79,6 +84,11 @@ impl PluginEngine {
             |data| data,
         )
         .map_err(|e| Error::Engine(format!("{e:#}")))?;
+        LegacyBindings::add_to_linker::<StoreData, wasmtime::component::HasSelf<StoreData>>(
+            &mut linker,
+            |data| data,
+        )
+        .map_err(|e| Error::Engine(format!("{e:#}")))?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
@@ -99,7 +109,24 @@ impl PluginEngine {
             cache,
             metrics,
             compat,
+            owned: Default::default(),
         }))
+    }
+
+    /// What the instances of a new version of plugin `name` share: a new log gate, and
+    /// the plugin's state (with these bounds) and metrics, made on its first load.
+    pub fn shared(&self, name: &str, limits: StateLimits) -> Shared {
+        let mut owned = self.owned.lock();
+        let plugin = owned.entry(name.to_string()).or_insert_with(|| Shared {
+            log: Default::default(),
+            state: Arc::new(StateStore::new(limits)),
+            metrics: Arc::new(PluginMetrics::new(name, self.metrics.clone())),
+        });
+        plugin.state.set_limits(limits);
+        Shared {
+            log: Default::default(),
+            ..plugin.clone()
+        }
     }
 
     /// Compiles `bytes` (a component), from the cache when this exact module was

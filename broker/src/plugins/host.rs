@@ -1,6 +1,7 @@
-//! The host side of the WIT contract: `bindgen!` over `wit/`, the per-instance store
-//! data, and what the host provides to plugins (`host` interface, the `publication`
-//! resource, the memory limiter).
+//! The host side of the WIT contract (0.2.0): `bindgen!` over `wit/`, the per-instance
+//! store data, and what the host provides to plugins (`host` interface, the
+//! `publication` resource, the memory limiter; `state` and `metrics` live in their own
+//! files). The 0.1.0 contract is served by `legacy`, which reuses all of this.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -11,7 +12,9 @@ use wasmtime::component::Resource;
 
 use super::deadline::Deadline;
 use super::meta::{self, MetaFields};
-use super::types::{Hook, PluginId, PluginLimits};
+use super::plugin_metrics::PluginMetrics;
+use super::state::StateStore;
+use super::types::{PluginId, PluginLimits};
 use crate::logging::Escaped;
 use crate::transport::TransportKind;
 
@@ -23,6 +26,7 @@ mod bindings {
         world: "plugin",
         path: "../wit",
         imports: { default: trappable },
+        additional_derives: [PartialEq],
         with: {
             "hookwire:plugin/types.publication": super::PublicationResource,
         },
@@ -30,20 +34,32 @@ mod bindings {
 }
 
 pub use bindings::Plugin as PluginBindings;
-pub use bindings::PluginPre;
-pub use bindings::exports::hookwire::plugin::hooks::{HookSet, PluginInfo};
-use bindings::hookwire::plugin::host::LogLevel;
-use bindings::hookwire::plugin::types::Transport as WitTransport;
+pub use bindings::exports::hookwire::plugin as exported;
+pub use bindings::hookwire::plugin::host::LogLevel;
 pub use bindings::hookwire::plugin::types::{
-    ConnectDecision, Connection, Decision, ExtraPublication, MetaField, PublishDecision,
-    PublishEdit, PublishSource,
+    ConnectDecision, Connection, Decision, EntryEdit, ExtraPublication, HistoryDecision,
+    HistoryEntry, MetaField, PublishDecision, PublishEdit, PublishSource, RefreshDecision,
+    Refusal as WitRefusal,
 };
 use bindings::hookwire::plugin::{host, types};
+pub use bindings::hookwire::plugin::{metrics as wit_metrics, state as wit_state};
+pub use host::Host as HostApi;
+pub use types::{HostPublication, Transport};
 
 /// The type behind `borrow<publication>` handles. The host never keeps a table of
 /// publications: at most one is being processed per instance at a time, and it lives
 /// in [`StoreData::publication`]; the handle only names it.
 pub struct PublicationResource;
+
+impl From<&str> for WitRefusal {
+    /// A refusal without a code.
+    fn from(reason: &str) -> Self {
+        Self {
+            reason: reason.to_string(),
+            code: None,
+        }
+    }
+}
 
 /// The single handle value a call passes for the publication it processes.
 pub fn publication_handle() -> Resource<PublicationResource> {
@@ -91,9 +107,9 @@ impl PluginConn {
             user: self.user.to_string(),
             claims: self.claims.to_string(),
             transport: match self.transport {
-                TransportKind::WebSocket => WitTransport::Websocket,
-                TransportKind::WebTransport => WitTransport::Webtransport,
-                TransportKind::Memory => WitTransport::Other,
+                TransportKind::WebSocket => Transport::Websocket,
+                TransportKind::WebTransport => Transport::Webtransport,
+                TransportKind::Memory => Transport::Other,
             },
             remote_addr: self.remote.clone(),
             meta: self.meta.to_string(),
@@ -137,11 +153,24 @@ pub struct StoreData {
     pub publication: Option<PublicationState>,
     /// The current call's CPU-time deadline.
     pub deadline: Deadline,
+    /// The plugin's shared state (every instance and version of the plugin).
+    pub state: Arc<StateStore>,
+    /// The metrics the plugin defines (every instance and version of the plugin).
+    pub metrics: Arc<PluginMetrics>,
     /// The plugin version's log-rate gate (shared by its instances).
     log_gate: Arc<LogGate>,
     /// Log lines written during the current call (bounded; see `log`).
     log_budget: u32,
     started: Instant,
+}
+
+/// What every instance of one plugin version shares: the log-rate gate, and the
+/// plugin's state and metrics (those are the plugin's, over its versions).
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub log: Arc<LogGate>,
+    pub state: Arc<StateStore>,
+    pub metrics: Arc<PluginMetrics>,
 }
 
 /// Lines a plugin may log per call before the host drops the rest (and says so).
@@ -188,9 +217,11 @@ impl LogGate {
 const LOG_LINE_MAX: usize = 2_048;
 
 impl StoreData {
-    pub fn new(plugin: Arc<PluginId>, limits: &PluginLimits, log_gate: Arc<LogGate>) -> Self {
+    pub fn new(plugin: Arc<PluginId>, limits: &PluginLimits, shared: &Shared) -> Self {
         Self {
-            log_gate,
+            state: shared.state.clone(),
+            metrics: shared.metrics.clone(),
+            log_gate: shared.log.clone(),
             plugin,
             limiter: Limiter::new(limits.memory_bytes),
             publication: None,
@@ -405,27 +436,6 @@ impl types::HostPublication for StoreData {
         // Plugins only ever hold borrows; the host owns the publication.
         Ok(())
     }
-}
-
-impl Hook {
-    /// The hook's bit in the contract's `hook-set`.
-    pub(super) fn flag(self) -> HookSet {
-        match self {
-            Self::Connect => HookSet::CONNECT,
-            Self::Subscribe => HookSet::SUBSCRIBE,
-            Self::Publish => HookSet::PUBLISH,
-            Self::Disconnect => HookSet::DISCONNECT,
-        }
-    }
-}
-
-/// The labels of the hooks in `set`, in [`Hook::ALL`] order.
-pub(super) fn hook_names(set: HookSet) -> Vec<&'static str> {
-    Hook::ALL
-        .into_iter()
-        .filter(|h| set.contains(h.flag()))
-        .map(Hook::label)
-        .collect()
 }
 
 #[cfg(test)]

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use parking_lot::Mutex;
 use wasmtime::Store;
 
-use super::host::{LogGate, PluginBindings, PluginInfo, PluginPre, StoreData};
+use super::contract::{Bindings, Linked, PluginInfo};
+use super::host::{Shared, StoreData};
 use super::types::{Error, PluginId, PluginLimits};
 
 /// An instance ready for calls, with the store it lives in.
 pub struct Warm {
     pub store: Store<StoreData>,
-    pub bindings: PluginBindings,
+    pub bindings: Bindings,
     /// The largest memory's size once `init` returned.
     baseline: usize,
 }
@@ -33,7 +34,7 @@ impl Warm {
 /// and gives it back unless the call failed: after a trap an instance can never be
 /// entered again, and after a timeout or a memory overrun its state is suspect.
 pub struct Pool {
-    pre: PluginPre<StoreData>,
+    pre: Linked,
     id: Arc<PluginId>,
     limits: PluginLimits,
     /// The plugin's configuration, JSON text, given to `init` of every new instance.
@@ -41,8 +42,8 @@ pub struct Pool {
     idle: Mutex<Vec<Warm>>,
     /// Idle instances kept at most; more are made under load and dropped after.
     keep: usize,
-    /// The log-rate gate every instance of this version shares.
-    log: Arc<LogGate>,
+    /// What every instance of this version shares (log gate, state, metrics).
+    shared: Shared,
     retired: AtomicU64,
 }
 
@@ -52,7 +53,8 @@ impl Pool {
     /// (what `info` answers, unless the config runs it under a name of its own), with
     /// the version `info` gives.
     pub fn start(
-        pre: PluginPre<StoreData>,
+        pre: Linked,
+        shared: Shared,
         name: &str,
         sha256: String,
         limits: PluginLimits,
@@ -64,12 +66,9 @@ impl Pool {
             version: "?".into(),
             sha256: sha256.clone(),
         });
-        let log = Arc::new(LogGate::default());
-        let mut warm = instantiate(&pre, &provisional, &limits, &log)?;
-        let info = guarded(&mut warm, &limits, |w| {
-            let hooks = w.bindings.hookwire_plugin_hooks();
-            hooks.call_info(&mut w.store)
-        })?;
+        let mut warm = instantiate(&pre, &provisional, &limits, &shared)?;
+        let info = guarded(&mut warm, &limits, |w| w.bindings.info(&mut w.store))?
+            .map_err(Error::Exports)?;
         let id = Arc::new(PluginId {
             name: name.to_string(),
             version: info.version.clone(),
@@ -84,24 +83,21 @@ impl Pool {
             config,
             idle: Mutex::new(vec![warm]),
             keep: keep.max(1),
-            log,
+            shared,
             retired: AtomicU64::new(0),
         };
         Ok((pool, info))
     }
 
     /// Instantiates once and asks `info`, without `init` (for `plugin inspect`).
-    pub fn probe(pre: &PluginPre<StoreData>, limits: &PluginLimits) -> Result<PluginInfo, Error> {
+    pub fn probe(pre: &Linked, limits: &PluginLimits) -> Result<PluginInfo, Error> {
         let id = Arc::new(PluginId {
             name: "?".into(),
             version: "?".into(),
             sha256: String::new(),
         });
-        let mut warm = instantiate(pre, &id, limits, &Arc::default())?;
-        guarded(&mut warm, limits, |w| {
-            let hooks = w.bindings.hookwire_plugin_hooks();
-            hooks.call_info(&mut w.store)
-        })
+        let mut warm = instantiate(pre, &id, limits, &Shared::default())?;
+        guarded(&mut warm, limits, |w| w.bindings.info(&mut w.store))?.map_err(Error::Exports)
     }
 
     pub fn id(&self) -> &Arc<PluginId> {
@@ -140,22 +136,19 @@ impl Pool {
     }
 
     fn fresh(&self) -> Result<Warm, Error> {
-        let mut warm = instantiate(&self.pre, &self.id, &self.limits, &self.log)?;
+        let mut warm = instantiate(&self.pre, &self.id, &self.limits, &self.shared)?;
         init(&mut warm, &self.limits, &self.config)?;
         Ok(warm)
     }
 }
 
 fn instantiate(
-    pre: &PluginPre<StoreData>,
+    pre: &Linked,
     id: &Arc<PluginId>,
     limits: &PluginLimits,
-    log: &Arc<LogGate>,
+    shared: &Shared,
 ) -> Result<Warm, Error> {
-    let mut store = Store::new(
-        pre.engine(),
-        StoreData::new(id.clone(), limits, log.clone()),
-    );
+    let mut store = Store::new(pre.engine(), StoreData::new(id.clone(), limits, shared));
     store.limiter(|data| &mut data.limiter);
     store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().deadline.on_tick()));
     // A new store's deadline is "now": set it before anything runs (start functions).
@@ -173,11 +166,7 @@ fn instantiate(
 
 /// `init` with the configuration; the memory it leaves is the instance's baseline.
 fn init(warm: &mut Warm, limits: &PluginLimits, config: &str) -> Result<(), Error> {
-    let config = config.to_string();
-    let answer = guarded(warm, limits, |w| {
-        let hooks = w.bindings.hookwire_plugin_hooks();
-        hooks.call_init(&mut w.store, &config)
-    })?;
+    let answer = guarded(warm, limits, |w| w.bindings.init(&mut w.store, config))?;
     warm.baseline = warm.store.data().limiter.largest;
     answer.map_err(Error::Init)
 }

@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use wasmtime::component::Component;
 
+use super::contract::Linked;
 use super::engine::{PluginEngine, sha256_hex};
-use super::host::hook_names;
-use super::host::{HookSet, PluginPre, StoreData};
 use super::instance::Pool;
 use super::rollout::{Canary, Role, Rollout, Shadow};
 use super::set::{LoadedPlugin, PluginSet};
@@ -196,24 +195,17 @@ fn load_one(
 }
 
 /// Compiles a module and checks it against the import policy and the world's exports.
-pub fn link(
-    engine: &PluginEngine,
-    bytes: &[u8],
-    sha256: &str,
-) -> Result<PluginPre<StoreData>, Error> {
+pub fn link(engine: &PluginEngine, bytes: &[u8], sha256: &str) -> Result<Linked, Error> {
     link_compiled(engine, &engine.compile(bytes, sha256)?)
 }
 
 /// Links an already compiled component (see [`link`]).
-pub fn link_compiled(
-    engine: &PluginEngine,
-    component: &Component,
-) -> Result<PluginPre<StoreData>, Error> {
+pub fn link_compiled(engine: &PluginEngine, component: &Component) -> Result<Linked, Error> {
     let linker = engine.link(component)?;
     let instance_pre = linker
         .instantiate_pre(component)
         .map_err(|e| Error::Exports(format!("{e:#}")))?;
-    PluginPre::new(instance_pre).map_err(|e| Error::Exports(format!("{e:#}")))
+    Linked::new(instance_pre)
 }
 
 /// Compiles, links and starts one module version.
@@ -228,6 +220,7 @@ pub fn prepare(
     let pre = link(engine, bytes, &sha256)?;
     let (pool, info) = Pool::start(
         pre,
+        engine.shared(&module.name, module.state),
         &module.name,
         sha256,
         module.limits.clone(),
@@ -251,13 +244,13 @@ pub fn prepare(
         Some(bound) => {
             let missing: Vec<&str> = bound
                 .iter()
-                .filter(|h| !info.hooks.contains(h.flag()))
+                .filter(|h| !info.hooks.contains(**h))
                 .map(|h| h.label())
                 .collect();
             if !missing.is_empty() {
                 return Err(Error::Hooks(missing.join(", ")));
             }
-            bound.iter().fold(HookSet::empty(), |set, h| set | h.flag())
+            bound.iter().copied().collect()
         }
     };
     let id = pool.id().clone();
@@ -271,12 +264,13 @@ pub fn prepare(
     };
     let calls = Hook::ALL.map(|h| metrics.plugin_calls(labels(h)));
     let seconds = Hook::ALL.map(|h| metrics.plugin_seconds(labels(h)));
-    tracing::debug!(plugin = %id.name, hooks = ?hook_names(hooks), "Plugin prepared");
+    tracing::debug!(plugin = %id.name, hooks = ?hooks.names(), contract = info.contract, "Plugin prepared");
     Ok(LoadedPlugin {
         id,
         settings: module.clone(),
         size: bytes.len() as u64,
         implements: info.hooks,
+        contract: info.contract,
         hooks,
         loaded_at_ms: now_ms(),
         role,

@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 
 use super::config::OnError;
 use super::engine::{EngineSettings, PluginEngine, sha256_hex};
-use super::host::hook_names;
 use super::host::{PluginConn, PublicationState, PublishSource};
 use super::imports::{ImportUse, import_use};
 use super::instance::Pool;
@@ -22,9 +21,6 @@ use super::settings::{ModuleSettings, PluginsSettings};
 use super::types::{Error, PluginLimits};
 use crate::metrics::Metrics;
 use crate::transport::TransportKind;
-
-/// The world every plugin targets.
-pub const WORLD: &str = "hookwire:plugin/plugin@0.1.0";
 
 /// What `inspect` reports.
 #[derive(Debug, Serialize)]
@@ -114,17 +110,18 @@ pub fn inspect(path: &Path) -> Result<Inspection, Error> {
     let mut out = facts(imports, exports, None);
     // Linked from the compiled component above: one compile (the cache is off here).
     match super::load::link_compiled(&engine, &component) {
-        Ok(pre) => {
-            out.world = Some(WORLD);
-            match Pool::probe(&pre, &default_limits()) {
-                Ok(info) => {
-                    out.name = Some(info.name);
-                    out.version = Some(info.version);
-                    out.hooks = hook_names(info.hooks);
-                }
-                Err(e) => out.refused = Some(format!("its `info` call failed: {e}")),
+        Ok(pre) => match Pool::probe(&pre, &default_limits()) {
+            Ok(info) => {
+                out.world = Some(match info.contract {
+                    "0.1.0" => "hookwire:plugin/plugin@0.1.0 (the legacy contract)",
+                    _ => "hookwire:plugin@0.2.0",
+                });
+                out.name = Some(info.name);
+                out.version = Some(info.version);
+                out.hooks = info.hooks.names();
             }
-        }
+            Err(e) => out.refused = Some(format!("its `info` call failed: {e}")),
+        },
         Err(e) => out.refused = Some(e.to_string()),
     }
     Ok(out)
@@ -321,6 +318,7 @@ fn replay_plugins(
         config: config_json,
         instances: 1,
         sha256: None,
+        state: Default::default(),
     };
     let settings = PluginsSettings {
         dir: plugin.parent().map(Path::to_path_buf).unwrap_or_default(),

@@ -15,9 +15,9 @@ use super::answer::{self, Changes, Emit, PublishOutcome, Refusal};
 use super::audit::{self, Record};
 use super::config::OnError;
 use super::engine::PluginEngine;
-use super::host::hook_names;
 use super::host::{
-    ConnectDecision, Decision, PluginConn, PublicationState, PublishDecision, publication_handle,
+    ConnectDecision, Decision, PluginConn, PublicationState, PublishDecision, WitRefusal,
+    publication_handle,
 };
 use super::instance::Warm;
 use super::load;
@@ -101,7 +101,7 @@ impl Plugins {
         for p in set.plugins.values() {
             tracing::info!(
                 plugin = %p.id.name, version = p.id.version.as_str(), sha256 = %p.id.sha256,
-                hooks = ?hook_names(p.hooks), "Plugin loaded"
+                hooks = ?p.hooks.names(), contract = p.contract, "Plugin loaded"
             );
         }
         for hint in &report.ignored {
@@ -148,7 +148,8 @@ impl Plugins {
         self.chain_has(namespace, Hook::Subscribe)
     }
 
-    fn chain_has(&self, namespace: &str, hook: Hook) -> bool {
+    /// Whether a namespace's chain has a plugin with this hook.
+    pub fn chain_has(&self, namespace: &str, hook: Hook) -> bool {
         self.engine.is_some()
             && self
                 .current
@@ -185,10 +186,10 @@ impl Plugins {
 }
 
 /// Who an event is about, for the audit trail.
-struct Subject<'a> {
-    channel: Option<&'a str>,
-    user: Option<&'a str>,
-    client: Option<&'a str>,
+pub(super) struct Subject<'a> {
+    pub channel: Option<&'a str>,
+    pub user: Option<&'a str>,
+    pub client: Option<&'a str>,
 }
 
 impl Plugins {
@@ -205,9 +206,7 @@ impl Plugins {
             let wit = conn.to_wit();
             let connect = |p: &LoadedPlugin| {
                 self.call(p, Hook::Connect, |w| {
-                    w.bindings
-                        .hookwire_plugin_hooks()
-                        .call_on_connect(&mut w.store, &wit)
+                    w.bindings.on_connect(&mut w.store, &wit)
                 })
             };
             let answer = if p.has(Hook::Connect) {
@@ -275,11 +274,7 @@ impl Plugins {
             let wit = conn.to_wit();
             let subscribe = |p: &LoadedPlugin| {
                 self.call(p, Hook::Subscribe, |w| {
-                    w.bindings.hookwire_plugin_hooks().call_on_subscribe(
-                        &mut w.store,
-                        &wit,
-                        channel,
-                    )
+                    w.bindings.on_subscribe(&mut w.store, &wit, channel)
                 })
             };
             let answer = if p.has(Hook::Subscribe) {
@@ -400,9 +395,7 @@ impl Plugins {
             }
             let wit = conn.to_wit();
             if let Err(e) = self.call(p, Hook::Disconnect, |w| {
-                w.bindings
-                    .hookwire_plugin_hooks()
-                    .call_on_disconnect(&mut w.store, &wit, reason)
+                w.bindings.on_disconnect(&mut w.store, &wit, reason)
             }) {
                 let subject = Subject {
                     channel: None,
@@ -423,10 +416,7 @@ impl Plugins {
     ) -> Result<PublishDecision, Error> {
         self.call(p, Hook::Publish, |w| {
             w.store.data_mut().publication = publication.take();
-            let answer = w
-                .bindings
-                .hookwire_plugin_hooks()
-                .call_on_publish(&mut w.store, publication_handle());
+            let answer = w.bindings.on_publish(&mut w.store, publication_handle());
             *publication = w.store.data_mut().publication.take();
             answer
         })
@@ -448,20 +438,25 @@ impl Plugins {
         result
     }
 
-    fn refused(
+    pub(super) fn refused(
         &self,
         p: &LoadedPlugin,
         hook: Hook,
         subject: &Subject<'_>,
-        reason: &str,
+        refusal: &WitRefusal,
         what: &str,
     ) -> Refusal {
-        self.audit(p, hook, subject, "refused", answer::clip(reason));
-        Refusal::by_plugin(&p.id.name, what, reason)
+        let refused = Refusal::by_plugin(&p.id.name, what, refusal);
+        let reason = answer::clip(&refusal.reason);
+        match &refused.code {
+            Some(code) => self.audit(p, hook, subject, "refused", &format!("[{code}] {reason}")),
+            None => self.audit(p, hook, subject, "refused", reason),
+        }
+        refused
     }
 
     /// Counts and logs a failure; under `reject` it becomes a refusal.
-    fn failed(
+    pub(super) fn failed(
         &self,
         p: &LoadedPlugin,
         hook: Hook,
@@ -493,6 +488,7 @@ impl Plugins {
                     message: format!(
                         "the {what} was refused because {reason} (its on_error policy is reject)"
                     ),
+                    code: None,
                 })
             }
         }

@@ -76,7 +76,8 @@ const PYTHON: &[File] = &[
         include_str!("scaffold/python/requirements.txt"),
     ),
     script("build", include_str!("scaffold/python/build")),
-    raw("wit/hookwire.wit", WIT),
+    file("wit/world.wit", include_str!("scaffold/world.wit")),
+    raw("wit/deps/hookwire/hookwire.wit", WIT),
     file(".gitignore", ".venv/\n__pycache__/\n*.wasm\n"),
 ];
 
@@ -84,7 +85,8 @@ const JS: &[File] = &[
     file("src/plugin.js", include_str!("scaffold/js/plugin.js")),
     file("package.json", include_str!("scaffold/js/package.json")),
     script("build", include_str!("scaffold/js/build")),
-    raw("wit/hookwire.wit", WIT),
+    file("wit/world.wit", include_str!("scaffold/world.wit")),
+    raw("wit/deps/hookwire/hookwire.wit", WIT),
     file(".gitignore", "node_modules/\n*.wasm\n"),
 ];
 
@@ -135,12 +137,12 @@ pub fn new_project(
         Lang::Python => (
             "Python",
             "\n\nThe build installs componentize-py into `.venv` on first run (PyPI).",
-            "`wit/hookwire.wit` (a copy of the broker's)",
+            "`wit/world.wit` (its world) and `wit/deps/hookwire/hookwire.wit` (a copy of the broker's contract)",
         ),
         Lang::Js => (
             "JavaScript",
             "\n\nThe build installs ComponentizeJS into `node_modules` on first run (npm).",
-            "`wit/hookwire.wit` (a copy of the broker's)",
+            "`wit/world.wit` (its world) and `wit/deps/hookwire/hookwire.wit` (a copy of the broker's contract)",
         ),
     };
     let fill = |text: &str| {

@@ -4,12 +4,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::host::HookSet;
 use super::instance::Pool;
 use super::rollout::{EventKey, Role, Rollout, Shadow};
 use super::settings::{ModuleSettings, PluginsSettings};
 use super::stats::Stats;
-use super::types::{Hook, PluginId};
+use super::types::{Hook, HookSet, PluginId};
 
 /// One loaded version of one plugin.
 pub struct LoadedPlugin {
@@ -21,17 +20,19 @@ pub struct LoadedPlugin {
     /// The hooks the broker calls: implemented and bound.
     pub hooks: HookSet,
     pub loaded_at_ms: u64,
+    /// The contract version it was built against (`0.2.0`, `0.1.0`).
+    pub contract: &'static str,
     /// Live, or a canary or shadow beside the live version.
     pub role: Role,
     pub(super) pool: Pool,
     pub stats: Stats,
-    pub(super) calls: [prometheus::IntCounter; 4],
-    pub(super) seconds: [prometheus::Histogram; 4],
+    pub(super) calls: [prometheus::IntCounter; Hook::ALL.len()],
+    pub(super) seconds: [prometheus::Histogram; Hook::ALL.len()],
 }
 
 impl LoadedPlugin {
     pub fn has(&self, hook: Hook) -> bool {
-        self.hooks.contains(hook.flag())
+        self.hooks.contains(hook)
     }
 
     /// This version's labels on a per-plugin metric, the last one given.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::config::{CanaryBy, OnError, PluginModuleConfig, PluginsConfig};
 use super::engine::EngineSettings;
+use super::state::StateLimits;
 use super::types::{Hook, PluginLimits};
 use crate::config::Config;
 
@@ -24,6 +25,8 @@ pub struct ModuleSettings {
     pub instances: usize,
     /// The SHA-256 the file must have (lower-case hex), when pinned.
     pub sha256: Option<String>,
+    /// Bounds of the plugin's shared `state`.
+    pub state: StateLimits,
 }
 
 impl ModuleSettings {
@@ -56,6 +59,10 @@ impl ModuleSettings {
             config: serde_json::to_string(&m.config).expect("TOML values serialize to JSON"),
             instances,
             sha256: (!m.sha256.is_empty()).then(|| m.sha256.to_ascii_lowercase()),
+            state: StateLimits {
+                max_keys: pick(m.state_max_keys as u64, p.state_max_keys as u64) as usize,
+                max_bytes: pick(m.state_max_bytes as u64, p.state_max_bytes as u64) as usize,
+            },
         }
     }
 }

@@ -88,7 +88,7 @@ pub(super) fn judge_publish<'a>(
 ) -> Judged<'a> {
     match outcome {
         PublishOutcome::Unchanged => (Verdict::Allowed, None),
-        PublishOutcome::Refused(reason) => (Verdict::Refused, Some(reason)),
+        PublishOutcome::Refused(refusal) => (Verdict::Refused, Some(&refusal.reason)),
         PublishOutcome::Modified(_) => {
             let meta = meta::object_text(&publication.meta);
             let channels = publication.channels.join(",");
@@ -111,13 +111,13 @@ pub(super) fn judge_connect(answer: &ConnectDecision) -> Judged<'_> {
     match answer {
         ConnectDecision::Accept => (Verdict::Allowed, None),
         ConnectDecision::AcceptWithMeta(json) => (Verdict::modified(&[json.as_bytes()]), None),
-        ConnectDecision::Refuse(reason) => (Verdict::Refused, Some(reason)),
+        ConnectDecision::Refuse(refusal) => (Verdict::Refused, Some(&refusal.reason)),
     }
 }
 
 pub(super) fn judge_decision(answer: &Decision) -> Judged<'_> {
     match answer {
         Decision::Allow => (Verdict::Allowed, None),
-        Decision::Refuse(reason) => (Verdict::Refused, Some(reason)),
+        Decision::Refuse(refusal) => (Verdict::Refused, Some(&refusal.reason)),
     }
 }

@@ -21,7 +21,7 @@ pub enum Error {
         "imports {import}, which the broker does not provide ({why}); remove that dependency from the plugin"
     )]
     Import { import: String, why: &'static str },
-    #[error("does not fit the hookwire:plugin@0.1.0 `plugin` world: {0}")]
+    #[error("does not fit the hookwire:plugin contract (0.2.0, or the 0.1.0 `plugin` world): {0}")]
     Exports(String),
     #[error("init failed: {0}")]
     Init(String),
@@ -77,22 +77,28 @@ pub struct PluginLimits {
     pub max_output_bytes: usize,
 }
 
-/// The four hooks. In the config they are spelled `connect`, `subscribe`, `publish` and
-/// `disconnect` (`plugins.modules.NAME.hooks`).
+/// The hooks. In the config they are spelled by their labels (`plugins.modules.NAME.hooks`);
+/// in the contract each is an interface, `on-LABEL`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Hook {
     Connect,
     Subscribe,
+    Unsubscribe,
     Publish,
+    Refresh,
+    History,
     Disconnect,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [
+    pub const ALL: [Hook; 7] = [
         Self::Connect,
         Self::Subscribe,
+        Self::Unsubscribe,
         Self::Publish,
+        Self::Refresh,
+        Self::History,
         Self::Disconnect,
     ];
 
@@ -100,13 +106,51 @@ impl Hook {
         match self {
             Self::Connect => "connect",
             Self::Subscribe => "subscribe",
+            Self::Unsubscribe => "unsubscribe",
             Self::Publish => "publish",
+            Self::Refresh => "refresh",
+            Self::History => "history",
             Self::Disconnect => "disconnect",
         }
     }
 
+    /// The hook a label names (`None`: not a hook this broker knows).
+    pub fn from_label(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|h| h.label() == label)
+    }
+
     pub(super) fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// A set of hooks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HookSet(u8);
+
+impl HookSet {
+    pub fn contains(self, hook: Hook) -> bool {
+        self.0 & (1 << hook.index()) != 0
+    }
+
+    pub fn with(self, hook: Hook) -> Self {
+        Self(self.0 | (1 << hook.index()))
+    }
+
+    /// The hooks in the set, in [`Hook::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = Hook> {
+        Hook::ALL.into_iter().filter(move |h| self.contains(*h))
+    }
+
+    /// Their labels, in [`Hook::ALL`] order.
+    pub fn names(self) -> Vec<&'static str> {
+        self.iter().map(Hook::label).collect()
+    }
+}
+
+impl FromIterator<Hook> for HookSet {
+    fn from_iter<I: IntoIterator<Item = Hook>>(hooks: I) -> Self {
+        hooks.into_iter().fold(Self::default(), Self::with)
     }
 }
 

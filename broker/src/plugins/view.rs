@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use serde::Serialize;
 
 use super::config::{CanaryBy, OnError};
-use super::host::hook_names;
 use super::rollout::DiffView;
 use super::runtime::Plugins;
 use super::set::LoadedPlugin;
@@ -25,7 +24,8 @@ impl Plugins {
                 sha256: p.id.sha256.clone(),
                 file: p.settings.file.display().to_string(),
                 size: p.size,
-                hooks: hook_names(p.hooks),
+                hooks: p.hooks.names(),
+                contract: p.contract,
                 namespaces: set.namespaces_of(&p.settings.name),
                 connection_hooks: set.connection.iter().any(|c| Arc::ptr_eq(c, p)),
                 on_error: p.settings.on_error,
@@ -90,6 +90,8 @@ pub struct PluginView {
     pub file: String,
     pub size: u64,
     pub hooks: Vec<&'static str>,
+    /// The contract version the module was built against (`0.2.0`, `0.1.0`).
+    pub contract: &'static str,
     pub namespaces: Vec<String>,
     pub connection_hooks: bool,
     pub on_error: OnError,
@@ -136,6 +138,8 @@ pub struct VersionView {
     pub sha256: String,
     pub file: String,
     pub hooks: Vec<&'static str>,
+    /// The contract version the module was built against (`0.2.0`, `0.1.0`).
+    pub contract: &'static str,
     pub calls: u64,
     pub errors: u64,
     pub p99_us: Option<f64>,
@@ -147,7 +151,8 @@ impl VersionView {
             version: p.id.version.clone(),
             sha256: p.id.sha256.clone(),
             file: p.settings.file.display().to_string(),
-            hooks: hook_names(p.hooks),
+            hooks: p.hooks.names(),
+            contract: p.contract,
             calls: p.stats.calls.load(Relaxed),
             errors: p.stats.errors.load(Relaxed),
             p99_us: p.stats.quantile(0.99).map(|d| d.as_secs_f64() * 1e6),

@@ -171,6 +171,8 @@ impl Disconnect {
 pub struct ErrorReply {
     pub code: ErrorCode,
     pub message: String,
+    /// A plugin's machine-readable refusal code (`rejected` only; Hookwire's extension).
+    pub reason_code: Option<String>,
 }
 
 impl ErrorReply {
@@ -178,6 +180,7 @@ impl ErrorReply {
         Self {
             code,
             message: message.into(),
+            reason_code: None,
         }
     }
 }

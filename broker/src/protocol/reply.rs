@@ -32,6 +32,8 @@ pub fn error_reply(id: Option<u64>, err: &ErrorReply) -> EncodedFrame {
     struct Body<'a> {
         code: &'static str,
         message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason_code: Option<&'a str>,
     }
     reply(
         id,
@@ -39,6 +41,7 @@ pub fn error_reply(id: Option<u64>, err: &ErrorReply) -> EncodedFrame {
         Body {
             code: err.code.as_str(),
             message: &err.message,
+            reason_code: err.reason_code.as_deref(),
         },
     )
 }

@@ -11,9 +11,10 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{Exit, Session, expiry_instant, refused_frame};
+use super::hooked::{self, HookedRead};
+use super::{Exit, Session, refused_frame};
 use crate::access;
-use crate::auth;
+use crate::auth::{self, Claims};
 use crate::channel::ChannelName;
 use crate::channel::Namespace;
 use crate::hub::{ConnHandle, Joined};
@@ -41,6 +42,18 @@ pub(super) enum Deferred {
     Publish {
         id: Option<u64>,
         pending: Box<Pending>,
+    },
+    /// A verified token waiting for the `refresh` chain.
+    Refresh {
+        id: Option<u64>,
+        claims: Box<Claims>,
+        claims_json: Arc<str>,
+        conn: Arc<PluginConn>,
+    },
+    /// A `history` read waiting for the `history` chain.
+    History {
+        id: Option<u64>,
+        read: Box<HookedRead>,
     },
     /// The channel's log must load on this node first (a cluster link), then `then`.
     Prepare {
@@ -203,6 +216,16 @@ impl Session {
                 let result = self.node.pipeline.finish(*pending).await;
                 (id, result.map(|outcome| self.answer_published(id, outcome)))
             }
+            Deferred::Refresh {
+                id,
+                claims,
+                claims_json,
+                conn,
+            } => {
+                let result = self.finish_refresh(id, *claims, claims_json, conn).await;
+                (id, result)
+            }
+            Deferred::History { id, read } => (id, self.finish_history(id, *read).await),
             Deferred::Prepare { id, wait, then } => {
                 let result = match wait.await {
                     Ok(()) => self.after_prepare(id, *then),
@@ -292,7 +315,7 @@ impl Session {
                 since,
             } => return self.history(id, &channel, limit, since),
             RequestBody::Presence { channel } => self.presence(id, &channel),
-            RequestBody::Refresh { token } => self.refresh(id, &token),
+            RequestBody::Refresh { token } => return self.refresh(id, &token),
             RequestBody::Ping => {
                 #[derive(Serialize)]
                 struct Empty {}
@@ -372,6 +395,10 @@ impl Session {
                 ),
             ));
         }
+        // A namespace whose reads go through a `history` chain serves no recovery
+        // inline (the chain runs off this thread): `recovered: false` tells the client
+        // to read `history`, which the chain filters.
+        let recover = recover.filter(|_| self.history_hooked(&ns).is_none());
         let handle = &self.handle;
         // With an id the recovery goes into one reply, so it is paged.
         let paged = id.is_some();
@@ -390,6 +417,7 @@ impl Session {
         let (channel, ns) = access::resolve(&self.node.namespaces, channel)?;
         if self.subscriptions.remove(&channel).is_some() {
             self.node.hub.unsubscribe(&ns, &channel, &self.handle);
+            self.notify_unsubscribed(&ns, &channel, "client");
         }
         self.reply_channel(id, "unsubscribed", &channel);
         Ok(())
@@ -463,6 +491,19 @@ impl Session {
     ) -> Result<Option<Deferred>, ErrorReply> {
         let (channel, ns) = access::resolve(&self.node.namespaces, channel)?;
         access::can_subscribe(&ns, &channel, &self.claims)?;
+        if let Some(conn) = self.history_hooked(&ns) {
+            let read = HookedRead {
+                channel,
+                ns,
+                limit,
+                since,
+                conn,
+            };
+            return Ok(Some(Deferred::History {
+                id,
+                read: Box::new(read),
+            }));
+        }
         if let Some(wait) = self.node.log.prepare(&ns, &channel) {
             let then = AfterPrepare::History {
                 channel,
@@ -523,7 +564,7 @@ impl Session {
         Ok(())
     }
 
-    fn refresh(&mut self, id: Option<u64>, token: &str) -> Result<(), ErrorReply> {
+    fn refresh(&mut self, id: Option<u64>, token: &str) -> Result<Option<Deferred>, ErrorReply> {
         let claims = self.node.authenticate(token).map_err(|e| e.to_reply())?;
         if claims.sub != self.claims.sub {
             let e = auth::Error::SubMismatch {
@@ -532,30 +573,22 @@ impl Session {
             };
             return Err(e.to_reply());
         }
-        self.expires_at = expiry_instant(claims.exp);
-        #[derive(Serialize)]
-        struct Refreshed {
-            expires: u64,
+        let claims_json = hooked::claims_json(token);
+        if let Some(conn) = self.refresh_hooked() {
+            return Ok(Some(Deferred::Refresh {
+                id,
+                claims: Box::new(claims),
+                claims_json,
+                conn,
+            }));
         }
-        self.reply(
-            id,
-            "refreshed",
-            Refreshed {
-                expires: claims.exp,
-            },
-        );
-        self.claims = claims;
-        self.drop_disallowed_subscriptions();
-        if let Some(conn) = &mut self.plugin_conn {
-            *conn = Arc::new(conn.with_claims(auth::claims_json(token).into()));
-        }
-        tracing::debug!(client = %self.handle.client, user = %self.handle.user, "Token refreshed");
-        Ok(())
+        self.take_refresh(id, claims, claims_json, None);
+        Ok(None)
     }
 
     /// After a refresh: leaves every channel the new token no longer allows, telling the
     /// client why with an `unsubscribed` push.
-    fn drop_disallowed_subscriptions(&mut self) {
+    pub(super) fn drop_disallowed_subscriptions(&mut self) {
         let refused: Vec<(ChannelName, String)> = self
             .subscriptions
             .iter()
@@ -570,6 +603,7 @@ impl Session {
                 continue;
             };
             self.node.hub.unsubscribe(&ns, &channel, &self.handle);
+            self.notify_unsubscribed(&ns, &channel, "permission");
             #[derive(Serialize)]
             struct Unsubscribed<'a> {
                 #[serde(rename = "type")]

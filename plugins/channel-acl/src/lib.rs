@@ -10,6 +10,7 @@
 //! In `channels`, `*` matches any run of characters. Every rule whose pattern
 //! matches the channel must hold.
 
+use hookwire_plugin::Refusal;
 use hookwire_plugin::prelude::*;
 use serde::Deserialize;
 
@@ -41,7 +42,7 @@ fn admin_only() -> Vec<Rule> {
 impl Plugin for ChannelAcl {
     const NAME: &str = "channel-acl";
     const VERSION: &str = env!("CARGO_PKG_VERSION");
-    const HOOKS: Hooks = Hooks::CONNECT.union(Hooks::SUBSCRIBE);
+    const HOOKS: Hooks = Hooks::CONNECT.union(Hooks::SUBSCRIBE).union(Hooks::REFRESH);
 
     fn init(config: Value) -> Result<Self, String> {
         parse_config(config)
@@ -52,6 +53,17 @@ impl Plugin for ChannelAcl {
             return ConnectDecision::refuse(format!("user {} is blocked", conn.user));
         }
         ConnectDecision::Accept
+    }
+
+    /// A user blocked after connecting (a hot-reloaded `deny_users`) cannot extend the
+    /// connection with a new token: it closes when its current one expires.
+    fn on_refresh(&mut self, conn: &Connection, _claims: &Value) -> RefreshDecision {
+        if self.deny_users.contains(&conn.user) {
+            return RefreshDecision::Refuse(
+                Refusal::new(format!("user {} is blocked", conn.user)).with_code("user_blocked"),
+            );
+        }
+        RefreshDecision::Allow
     }
 
     fn on_subscribe(&mut self, conn: &Connection, channel: &str) -> Decision {

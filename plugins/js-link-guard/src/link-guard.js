@@ -5,10 +5,11 @@
 // `allow_claim` (default "trusted") set to true; tags every publication it lets
 // through with meta `checked_by: "link-guard-js"`.
 //
-// The module exports the `hooks` interface of wit/hookwire.wit as an object; WIT
-// names become camelCase (`on-publish` -> `onPublish`), variants are `{ tag, val }`,
-// flags an object of booleans, `result<_, string>` a return or a thrown string.
-import { log } from 'hookwire:plugin/host@0.1.0';
+// The module exports the interfaces of its world (wit/world.wit: the contract's
+// `lifecycle` and `on-publish`) as objects; WIT names become camelCase (`on-publish`
+// -> `onPublish`), variants are `{ tag, val }`, an `option` a value or undefined,
+// `result<_, string>` a return or a thrown string.
+import { log } from 'hookwire:plugin/host@0.2.0';
 
 const LINK = /\bhttps?:\/\/\S/i;
 
@@ -23,9 +24,10 @@ function textOf(bytes) {
   }
 }
 
-export const hooks = {
+export const lifecycle = {
+  // hooks undefined: the broker calls every hook the component exports.
   info() {
-    return { name: 'link-guard', version: '0.1.0', hooks: { publish: true } };
+    return { name: 'link-guard', version: '0.2.0' };
   },
 
   // config: JSON text, e.g. {"allow_claim": "trusted"}. A thrown string fails the load.
@@ -44,12 +46,17 @@ export const hooks = {
     }
     log('info', `link-guard ready: links allowed for claim ${allowClaim}`);
   },
+};
 
+export const onPublish = {
   onPublish(publication) {
     const text = textOf(publication.data());
     // `claim` answers the claim's JSON text, or undefined when the token lacks it.
     if (text !== null && LINK.test(text) && publication.claim(allowClaim) !== 'true') {
-      return { tag: 'refuse', val: 'links are allowed only for trusted users' };
+      return {
+        tag: 'refuse',
+        val: { reason: 'links are allowed only for trusted users', code: 'untrusted_link' },
+      };
     }
     return {
       tag: 'modify',
@@ -60,13 +67,4 @@ export const hooks = {
       },
     };
   },
-
-  // Not declared in info().hooks, so never called; the 0.1.0 contract requires them.
-  onConnect() {
-    return { tag: 'accept' };
-  },
-  onSubscribe() {
-    return { tag: 'allow' };
-  },
-  onDisconnect() {},
 };

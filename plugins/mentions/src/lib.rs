@@ -46,7 +46,7 @@ impl Plugin for Mentions {
         };
         let from = publication.user();
         let mut names: Vec<&str> = Vec::new();
-        for name in mentioned(text) {
+        for name in hookwire_plugin::text::mentions(text) {
             if names.len() == self.max_mentions {
                 break;
             }
@@ -72,17 +72,6 @@ impl Plugin for Mentions {
 }
 
 export!(Mentions);
-
-/// The names after each `@` that starts a word.
-fn mentioned(text: &str) -> impl Iterator<Item = &str> {
-    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    text.match_indices('@').filter_map(move |(at, _)| {
-        let starts_word = !text[..at].ends_with(|c: char| c.is_alphanumeric());
-        let rest = &text[at + 1..];
-        let name = &rest[..rest.find(|c| !is_name(c)).unwrap_or(rest.len())];
-        (starts_word && !name.is_empty()).then_some(name)
-    })
-}
 
 #[cfg(test)]
 mod tests {

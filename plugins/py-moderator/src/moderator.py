@@ -7,23 +7,23 @@ import json
 
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.exports.hooks import HookSet, PluginInfo
+from wit_world.exports.lifecycle import PluginInfo
 from wit_world.imports import host
 from wit_world.imports.types import (
-    ConnectDecision_Accept,
-    Decision_Allow,
     MetaField,
     PublishDecision_Modify,
     PublishDecision_Refuse,
     PublishEdit,
+    Refusal,
 )
 
 words = ["spam"]  # lower-cased blocked words, set by init
 
 
-class Hooks(exports.Hooks):
+class Lifecycle(exports.Lifecycle):
     def info(self):
-        return PluginInfo(name="moderator", version="0.1.0", hooks=HookSet.PUBLISH)
+        # hooks=None: the broker calls every hook the component exports (on-publish).
+        return PluginInfo(name="moderator", version="0.2.0", hooks=None)
 
     def init(self, config):
         """config: JSON text, e.g. {"words": ["spam", "scam"]}. Raising Err = init error."""
@@ -38,13 +38,16 @@ class Hooks(exports.Hooks):
         words = [w.lower() for w in wanted]
         host.log(host.LogLevel.INFO, f"moderator ready: {len(words)} blocked word(s)")
 
+
+class OnPublish(exports.OnPublish):
     def on_publish(self, publication):
         text = text_of(publication.data())
         if text is not None:
             lower = text.lower()
             for word in words:
                 if word in lower:
-                    return PublishDecision_Refuse(f"message contains a blocked word: {word}")
+                    reason = f"message contains a blocked word: {word}"
+                    return PublishDecision_Refuse(Refusal(reason=reason, code="blocked_word"))
         edit = PublishEdit(
             data=None,
             add_meta=[MetaField(key="moderated_by", value='"moderator-py"')],
@@ -53,16 +56,6 @@ class Hooks(exports.Hooks):
             emit=[],
         )
         return PublishDecision_Modify(edit)
-
-    # Not declared in info().hooks, so never called; the contract requires them.
-    def on_connect(self, conn):
-        return ConnectDecision_Accept()
-
-    def on_subscribe(self, conn, channel):
-        return Decision_Allow()
-
-    def on_disconnect(self, conn, reason):
-        pass
 
 
 def text_of(payload: bytes):

@@ -82,7 +82,7 @@ const CARD: &str = r"\b\d(?:[ -]?\d){12,18}\b";
 impl Plugin for Redact {
     const NAME: &str = "redact";
     const VERSION: &str = env!("CARGO_PKG_VERSION");
-    const HOOKS: Hooks = Hooks::PUBLISH;
+    const HOOKS: Hooks = Hooks::PUBLISH.union(Hooks::HISTORY);
 
     fn init(config: Value) -> Result<Self, String> {
         let config: Config = parse_config(config)?;
@@ -124,6 +124,33 @@ impl Plugin for Redact {
             publication.add_meta("redacted", json!(count));
         }
         Decision::Allow
+    }
+
+    /// History written before this plugin (or this configuration) was deployed is
+    /// masked on the way out, so a new rule covers what is already stored.
+    fn on_history(
+        &mut self,
+        _conn: &Connection,
+        _channel: &str,
+        entries: &[HistoryEntry],
+    ) -> HistoryDecision {
+        let edits: Vec<EntryEdit> = entries
+            .iter()
+            .map(|entry| {
+                let Ok(mut data) = hookwire_plugin::serde_json::from_slice::<Value>(&entry.data)
+                else {
+                    return EntryEdit::Keep;
+                };
+                if self.redact(&mut data) == 0 {
+                    return EntryEdit::Keep;
+                }
+                EntryEdit::Replace(data.to_string().into_bytes())
+            })
+            .collect();
+        if edits.iter().all(|e| matches!(e, EntryEdit::Keep)) {
+            return HistoryDecision::Allow;
+        }
+        HistoryDecision::Edit(edits)
     }
 }
 
@@ -206,6 +233,36 @@ mod tests {
         assert_eq!(plugin.on_publish(&mut publication), Decision::Allow);
         let redacted = publication.meta_added().get("redacted").cloned();
         (publication.data_after().cloned(), redacted)
+    }
+
+    #[test]
+    fn history_stored_before_the_rule_is_masked_on_read() {
+        let mut plugin = Redact::init(json!({})).unwrap();
+        let entry = |offset, text: &str| HistoryEntry {
+            offset,
+            ts: 1,
+            user: None,
+            data: json!({"text": text}).to_string().into_bytes(),
+            meta: "{}".into(),
+        };
+        let conn = Connection::new("bob");
+        let clean = [entry(1, "hello")];
+        assert_eq!(
+            plugin.on_history(&conn, "chat:a", &clean),
+            HistoryDecision::Allow
+        );
+        let mixed = [entry(1, "hello"), entry(2, "card 4111 1111 1111 1111")];
+        let HistoryDecision::Edit(edits) = plugin.on_history(&conn, "chat:a", &mixed) else {
+            panic!("the card is masked");
+        };
+        assert_eq!(edits[0], EntryEdit::Keep);
+        let EntryEdit::Replace(data) = &edits[1] else {
+            panic!("replaced: {edits:?}");
+        };
+        assert_eq!(
+            hookwire_plugin::serde_json::from_slice::<Value>(data).unwrap(),
+            json!({"text": "card [card]"})
+        );
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl Plugin for SchemaGuard {
     fn on_publish(&mut self, publication: &mut Publication) -> Decision {
         match self.check(publication.data()) {
             Ok(()) => Decision::Allow,
-            Err(reason) => Decision::Refuse(reason),
+            Err(reason) => Decision::refuse_with_code("invalid_payload", reason),
         }
     }
 }

@@ -2,16 +2,17 @@
 // whose `text` is longer than `max_len` characters and tags every other one with meta
 // `checked_by`.
 //
-// The module exports the WIT `hooks` interface as an object: WIT names become
-// camelCase, variants `{ tag, val }`, flags objects of booleans, `result<_, string>` a
-// return or a thrown string.
-import { log } from 'hookwire:plugin/host@0.1.0';
+// The module exports the interfaces of its world (wit/world.wit) as objects: WIT names
+// become camelCase, variants `{ tag, val }`, an `option` a value or undefined,
+// `result<_, string>` a return or a thrown string.
+import { log } from 'hookwire:plugin/host@0.2.0';
 
 let maxLen = 500;
 
-export const hooks = {
+export const lifecycle = {
+  // hooks undefined: the broker calls every hook the world exports.
   info() {
-    return { name: '{{name}}', version: '0.1.0', hooks: { publish: true } };
+    return { name: '{{name}}', version: '0.1.0' };
   },
 
   init(config) {
@@ -29,7 +30,9 @@ export const hooks = {
     }
     log('info', `{{name}} ready: max_len ${maxLen}`);
   },
+};
 
+export const onPublish = {
   onPublish(publication) {
     let text = null;
     try {
@@ -37,20 +40,12 @@ export const hooks = {
       if (typeof data?.text === 'string') text = data.text;
     } catch {}
     if (text !== null && [...text].length > maxLen) {
-      return { tag: 'refuse', val: `the text is too long (over ${maxLen} characters)` };
+      const reason = `the text is too long (over ${maxLen} characters)`;
+      return { tag: 'refuse', val: { reason, code: 'too_long' } };
     }
     return {
       tag: 'modify',
       val: { addMeta: [{ key: 'checked_by', value: '"{{name}}"' }], addChannels: [], emit: [] },
     };
   },
-
-  // Not declared in info().hooks, so never called; the 0.1.0 contract requires them.
-  onConnect() {
-    return { tag: 'accept' };
-  },
-  onSubscribe() {
-    return { tag: 'allow' };
-  },
-  onDisconnect() {},
 };

@@ -4,23 +4,23 @@ import json
 
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.exports.hooks import HookSet, PluginInfo
+from wit_world.exports.lifecycle import PluginInfo
 from wit_world.imports import host
 from wit_world.imports.types import (
-    ConnectDecision_Accept,
-    Decision_Allow,
     MetaField,
     PublishDecision_Modify,
     PublishDecision_Refuse,
     PublishEdit,
+    Refusal,
 )
 
 max_len = 500  # set by init
 
 
-class Hooks(exports.Hooks):
+class Lifecycle(exports.Lifecycle):
     def info(self):
-        return PluginInfo(name="{{name}}", version="0.1.0", hooks=HookSet.PUBLISH)
+        # hooks=None: the broker calls every hook the world exports (wit/world.wit).
+        return PluginInfo(name="{{name}}", version="0.1.0", hooks=None)
 
     def init(self, config):
         """config: JSON text, e.g. {"max_len": 500}. Raising Err fails the load."""
@@ -35,6 +35,8 @@ class Hooks(exports.Hooks):
         max_len = wanted
         host.log(host.LogLevel.INFO, f"{{name}} ready: max_len {max_len}")
 
+
+class OnPublish(exports.OnPublish):
     def on_publish(self, publication):
         try:
             data = json.loads(publication.data())
@@ -42,7 +44,8 @@ class Hooks(exports.Hooks):
             data = None
         text = data.get("text") if isinstance(data, dict) else None
         if isinstance(text, str) and len(text) > max_len:
-            return PublishDecision_Refuse(f"the text is too long (over {max_len} characters)")
+            reason = f"the text is too long (over {max_len} characters)"
+            return PublishDecision_Refuse(Refusal(reason=reason, code="too_long"))
         edit = PublishEdit(
             data=None,
             add_meta=[MetaField(key="checked_by", value='"{{name}}"')],
@@ -51,13 +54,3 @@ class Hooks(exports.Hooks):
             emit=[],
         )
         return PublishDecision_Modify(edit)
-
-    # Not declared in info().hooks, so never called; the 0.1.0 contract requires them.
-    def on_connect(self, conn):
-        return ConnectDecision_Accept()
-
-    def on_subscribe(self, conn, channel):
-        return Decision_Allow()
-
-    def on_disconnect(self, conn, reason):
-        pass

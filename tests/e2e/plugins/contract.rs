@@ -1,0 +1,175 @@
+//! The 0.2.0 contract: a committed 0.1.0 build still loads beside 0.2.0 plugins,
+//! refusals carry codes, the hooks 0.2.0 added (`refresh`, `history`, `unsubscribe`)
+//! run, and plugins share `state` and export `metrics`.
+
+use super::*;
+use tokio::time::Instant;
+
+fn legacy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/plugins/legacy")
+}
+
+const BOTH_CONTRACTS: &str = r#"
+[plugins.modules.schema-guard.config]
+fields.text = { type = "string", required = true }
+[plugins.modules.old-guard]
+file = "schema-guard-0.1.0.wasm"
+[plugins.modules.old-guard.config]
+fields.text = { type = "string", required = true }
+[namespaces.chat]
+plugins = ["schema-guard"]
+[namespaces.typing]
+plugins = ["old-guard"]
+"#;
+
+#[tokio::test]
+async fn a_0_1_0_build_loads_beside_0_2_0_and_refusals_carry_codes() {
+    let dir = plugin_dir(&[
+        (&examples(), "schema-guard"),
+        (&legacy(), "schema-guard-0.1.0"),
+    ]);
+    let b = start(dir.path(), BOTH_CONTRACTS).await;
+    let channels = json!({"channels": ["chat:*", "typing:*"]});
+    let (mut alice, _) = b.connect(&token_with("alice", channels)).await;
+    let bad = |channel: &str| json!({"type": "publish", "channel": channel, "data": {"text": 5}});
+
+    // 0.2.0: the refusal's code reaches the client beside the sentence.
+    let e = alice.expect_error(bad("chat:a"), "rejected").await;
+    assert_eq!(e["reason_code"], "invalid_payload", "{e}");
+    // 0.1.0: the same rule, built before codes existed: no code, same sentence.
+    let e = alice.expect_error(bad("typing:a"), "rejected").await;
+    assert!(e.get("reason_code").is_none(), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("old-guard refused"),
+        "{e}"
+    );
+    alice.publish("typing:a", json!({"text": "fine"})).await;
+    alice.publish("chat:a", json!({"text": "fine"})).await;
+
+    let view = admin(&b, "GET", "/admin/plugins").await;
+    let contract = |name: &str| {
+        let plugins = view["plugins"].as_array().unwrap();
+        let p = plugins.iter().find(|p| p["name"] == name).unwrap();
+        (p["contract"].clone(), p["hooks"].clone())
+    };
+    assert_eq!(
+        contract("schema-guard"),
+        (json!("0.2.0"), json!(["publish"])),
+        "{view}"
+    );
+    assert_eq!(
+        contract("old-guard"),
+        (json!("0.1.0"), json!(["publish"])),
+        "{view}"
+    );
+}
+
+const HOOKS_0_2: &str = r#"
+[plugins]
+connection = ["channel-acl"]
+[plugins.modules.channel-acl]
+hooks = ["refresh"]
+[plugins.modules.channel-acl.config]
+deny_users = ["mallory"]
+[plugins.modules.redact]
+hooks = ["history"]
+[plugins.modules.notify-once]
+[plugins.modules.notify-once.config]
+window_minutes = 5
+[namespaces.chat]
+plugins = ["redact", "notify-once"]
+"#;
+
+#[tokio::test]
+async fn refresh_history_unsubscribe_state_and_metrics_hooks_run() {
+    let dir = plugin_dir(&[
+        (&examples(), "channel-acl"),
+        (&examples(), "redact"),
+        (&examples(), "notify-once"),
+    ]);
+    let b = start(dir.path(), HOOKS_0_2).await;
+
+    // refresh: channel-acl (bound to `refresh` only) refuses a blocked user's new
+    // token with a code; an allowed user's refresh goes through.
+    let (mut mallory, _) = b.connect(&token_with("mallory", json!({}))).await;
+    let e = mallory
+        .expect_error(
+            json!({"type": "refresh", "token": token_with("mallory", json!({}))}),
+            "rejected",
+        )
+        .await;
+    assert_eq!(e["reason_code"], "user_blocked", "{e}");
+    let (mut alice, _) = b.connect(&token_with("alice", json!({}))).await;
+    let r = alice
+        .request(json!({"type": "refresh", "token": token_with("alice", json!({}))}))
+        .await;
+    assert_eq!(r["type"], "refreshed", "{r}");
+
+    // history: redact (bound to `history` only) lets the card through on publish, so
+    // it is stored as sent, and masks it for readers.
+    let (mut bob, _) = b.connect(&token_with("bob", json!({}))).await;
+    bob.subscribe("chat:pay").await;
+    alice
+        .publish("chat:pay", json!({"text": "card 4111 1111 1111 1111"}))
+        .await;
+    let live = bob.messages("chat:pay", 1).await.remove(0);
+    assert_eq!(live["data"]["text"], "card 4111 1111 1111 1111", "{live}");
+    alice.publish("chat:pay", json!({"text": "no card"})).await;
+    let h = bob
+        .request(json!({"type": "history", "channel": "chat:pay"}))
+        .await;
+    assert_eq!(h["type"], "history", "{h}");
+    let texts: Vec<&str> = h["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["card [card]", "no card"], "{h}");
+    // A recovering subscribe in that namespace is not served inline: the client reads
+    // history, which the chain filters.
+    let s = bob
+        .request(json!({"type": "subscribe", "channel": "chat:other", "recover": {"offset": 0, "epoch": h["epoch"]}}))
+        .await;
+    assert_eq!(s["recovered"], false, "{s}");
+    assert_eq!(s["publications"], json!([]), "{s}");
+
+    // state: notify-once notifies bob once per window per sender, over instances.
+    let (mut bob_inbox, _) = b.connect(&token_with("bob", json!({}))).await;
+    bob_inbox.subscribe("user:bob").await;
+    for _ in 0..3 {
+        alice
+            .publish("chat:pay", json!({"text": "@bob look"}))
+            .await;
+    }
+    let (mut carol, _) = b.connect(&token_with("carol", json!({}))).await;
+    carol
+        .publish("chat:pay", json!({"text": "@bob me too"}))
+        .await;
+    let notes = bob_inbox.messages("user:bob", 2).await;
+    assert_eq!(notes[0]["data"]["from"], "alice", "{notes:?}");
+    assert_eq!(notes[1]["data"]["from"], "carol", "{notes:?}");
+
+    // unsubscribe: counted by notify-once's metric, by reason.
+    let r = bob
+        .request(json!({"type": "unsubscribe", "channel": "chat:pay"}))
+        .await;
+    assert_eq!(r["type"], "unsubscribed", "{r}");
+    let metric =
+        r#"hookwire_plugin_notify_once_unsubscribes_total{reason="client",version="0.1.0"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (_, metrics) = b.admin_get("/metrics").await;
+        if metrics.contains(metric) || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(metrics.contains(&format!("{metric} 1")), "{metrics}");
+    for (outcome, n) in [("sent", 2), ("suppressed", 2)] {
+        let line = format!(
+            r#"hookwire_plugin_notify_once_mentions_total{{outcome="{outcome}",version="0.1.0"}} {n}"#
+        );
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+}
