@@ -7,6 +7,7 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -17,6 +18,9 @@ use crate::transport::Transport;
 
 /// A write batch whose buffer grew past this many frames is given back after the burst.
 const SHRINK_ABOVE: usize = 256;
+/// Frames already read that a session handles after the one it woke for, before it
+/// writes the answers (bounded, so one busy client cannot hold its task forever).
+const READ_AHEAD: u32 = 32;
 
 /// What the session's timer asks for.
 enum Timer {
@@ -54,19 +58,31 @@ impl Session {
                 },
                 inbound = transport.recv(), if !closing => {
                     self.awaiting_pong_since = None;
-                    let handled = match self.on_inbound(inbound) {
-                        // A plugin chain runs first, on a plugin thread; boxed, so only
-                        // such requests pay for its state.
-                        Ok(Some(deferred)) => Box::pin(self.finish_deferred(deferred)).await,
-                        other => other.map(|_| ()),
-                    };
-                    match handled {
-                        Ok(()) => {}
-                        Err(Exit::Disconnect(d)) => {
-                            closing = true;
-                            self.handle.outbound.close(d);
+                    // Then the frames the same read brought, before the next write: their
+                    // answers leave in one batch.
+                    let mut next = Some(inbound);
+                    let mut more = READ_AHEAD;
+                    while let Some(inbound) = next.take() {
+                        let handled = match self.on_inbound(inbound) {
+                            // A plugin chain runs first, on a plugin thread; boxed, so only
+                            // such requests pay for its state.
+                            Ok(Some(deferred)) => Box::pin(self.finish_deferred(deferred)).await,
+                            other => other.map(|_| ()),
+                        };
+                        match handled {
+                            Ok(()) => {}
+                            Err(Exit::Disconnect(d)) => {
+                                closing = true;
+                                self.handle.outbound.close(d);
+                                break;
+                            }
+                            Err(exit) => return exit,
                         }
-                        Err(exit) => return exit,
+                        if more == 0 {
+                            break;
+                        }
+                        more -= 1;
+                        next = transport.recv().now_or_never();
                     }
                 }
                 _ = &mut timer => {
