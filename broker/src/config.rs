@@ -312,7 +312,7 @@ mod tests {
         let mut shipped: Config = toml::from_str(&text).unwrap();
         assert!(shipped.validate().is_ok(), "{:?}", shipped.validate());
         // The example plugins are the one addition to the defaults.
-        assert_eq!(shipped.plugins.modules.len(), 5);
+        assert_eq!(shipped.plugins.modules.len(), 6);
         // Its plugins.dir is relative to the file (config/): the same directory.
         assert_eq!(shipped.plugins.dir, "../plugins/dist");
         shipped.plugins.dir = Config::default().plugins.dir;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::plugins::{broker, examples, plugin_dir, test_plugins, token_with};
+use crate::http::request;
+use crate::plugins::{ADMIN_KEY, broker, examples, plugin_dir, test_plugins, token_with};
 
 /// The cache entry of the module at `wasm` in `cache` (`<sha256>-<engine hash>.cwasm`).
 fn cache_entry(cache: &Path, wasm: &Path) -> std::path::PathBuf {
@@ -228,4 +229,8 @@ plugins = ["misbehave"]
         loaded_p99 <= baseline_p99 + 20.0,
         "p99 {loaded_p99:.2} ms beside the looping plugin vs {baseline_p99:.2} ms alone"
     );
+    // Its first loop moved it off the connections' threads for good.
+    let r = request(b.admin_addr, "GET", "/admin/plugins", Some(ADMIN_KEY), None).await;
+    let view = r.json();
+    assert_eq!(view["plugins"][0]["inline"], false, "{view}");
 }

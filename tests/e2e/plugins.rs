@@ -18,7 +18,7 @@ mod reload;
 mod rollout;
 mod scaffold;
 
-const ADMIN_KEY: &str = "admin-key-for-plugin-tests";
+pub(crate) const ADMIN_KEY: &str = "admin-key-for-plugin-tests";
 
 pub(crate) fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist")

@@ -63,6 +63,13 @@ pub struct PluginsConfig {
     pub threads: usize,
     /// Hook calls that may wait for a plugin thread; one more is refused `unavailable`.
     pub queue: usize,
+    /// A publish chain whose plugins have kept every call under this much CPU time (in
+    /// ms, as the call deadline measures it: 1 ms ticks) runs on the connection's own
+    /// thread, saving two thread hand-offs per publication; a plugin with one call over
+    /// it runs on the plugin threads from then on (until it is reloaded), so at most one
+    /// call per version (bounded by its deadline) holds a connection thread. 0: always
+    /// on the plugin threads.
+    pub inline_max_cpu_ms: u64,
     /// WebAssembly stack of one call, in KiB.
     pub max_stack_kib: usize,
     /// Plugins whose `connect` and `disconnect` hooks run, in order.
@@ -183,6 +190,7 @@ impl Default for PluginsConfig {
             max_instances: 256,
             threads: 0,
             queue: 1024,
+            inline_max_cpu_ms: 1,
             max_stack_kib: 512,
             connection: Vec::new(),
             modules: BTreeMap::new(),
@@ -228,6 +236,7 @@ impl PluginsConfig {
             1 << 32,
         );
         errs.range("plugins.queue", p.queue as u64, 1, 1_000_000);
+        errs.range("plugins.inline_max_cpu_ms", p.inline_max_cpu_ms, 0, 10_000);
         errs.range("plugins.max_stack_kib", p.max_stack_kib as u64, 64, 65_536);
         for (name, m) in &p.modules {
             m.validate(&format!("plugins.modules.{name}"), name, errs);

@@ -27,6 +27,8 @@ pub struct Deadline {
     ticks: u32,
     /// Set when the callback stopped the call.
     pub expired: bool,
+    /// CPU the call had used at its last tick (zero for a call within one tick).
+    pub used: Duration,
 }
 
 impl Deadline {
@@ -36,6 +38,7 @@ impl Deadline {
             first_tick_cpu: None,
             ticks: 0,
             expired: false,
+            used: Duration::ZERO,
         }
     }
 
@@ -44,6 +47,7 @@ impl Deadline {
         self.first_tick_cpu = None;
         self.ticks = 0;
         self.expired = false;
+        self.used = Duration::ZERO;
     }
 
     /// The epoch reached the deadline during the call: go on for one more tick, or stop.
@@ -53,6 +57,7 @@ impl Deadline {
         let first = *self.first_tick_cpu.get_or_insert(now);
         // Up to one tick of CPU went by before the first callback.
         let used = now.saturating_sub(first) + TICK;
+        self.used = used;
         let wall = TICK * self.ticks;
         if used >= self.cpu_budget || wall >= self.cpu_budget * WALL_FACTOR {
             self.expired = true;

@@ -271,6 +271,7 @@ pub fn prepare(
         size: bytes.len() as u64,
         implements: info.hooks,
         contract: info.contract,
+        inline: (module.inline_max_cpu_ms > 0).into(),
         hooks,
         loaded_at_ms: now_ms(),
         role,

@@ -319,6 +319,7 @@ fn replay_plugins(
         instances: 1,
         sha256: None,
         state: Default::default(),
+        inline_max_cpu_ms: 0,
     };
     let settings = PluginsSettings {
         dir: plugin.parent().map(Path::to_path_buf).unwrap_or_default(),

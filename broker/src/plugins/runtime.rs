@@ -142,6 +142,19 @@ impl Plugins {
         self.chain_has(namespace, Hook::Publish)
     }
 
+    /// Whether a namespace's publish chain may run on the caller's thread: no canary or
+    /// shadow beside it, and every plugin of it has kept its calls within
+    /// `plugins.inline_max_cpu_ms`.
+    pub fn publishes_inline(&self, namespace: &str) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let set = self.current.load();
+        let chain = set.chain(namespace);
+        let mine = |p: &Arc<LoadedPlugin>| set.rollouts.contains_key(&p.settings.name);
+        self.engine.is_some()
+            && !chain.iter().any(mine)
+            && chain.iter().all(|p| p.inline.load(Relaxed))
+    }
+
     /// Whether a namespace has a subscribe chain (a subscribe skips the plugin threads
     /// when not).
     pub fn subscribes_through(&self, namespace: &str) -> bool {
@@ -430,8 +443,18 @@ impl Plugins {
         f: impl FnOnce(&mut Warm) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
         let start = Instant::now();
-        let result = p.pool.call(f);
+        let (result, ran) = p.pool.call(f);
         let took = start.elapsed();
+        let budget = p.settings.inline_max_cpu_ms;
+        if ran.as_millis() > u128::from(budget)
+            && p.inline.swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!(
+                plugin = %p.id.name, version = p.id.version.as_str(), hook = hook.label(),
+                cpu_ms = ran.as_millis() as u64, budget_ms = budget,
+                "A plugin call used more CPU than plugins.inline_max_cpu_ms: this version runs on the plugin threads from now on"
+            );
+        }
         p.stats.record(took);
         p.calls[hook.index()].inc();
         p.seconds[hook.index()].observe(took.as_secs_f64());

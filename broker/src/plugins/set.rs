@@ -26,6 +26,9 @@ pub struct LoadedPlugin {
     pub role: Role,
     pub(super) pool: Pool,
     pub stats: Stats,
+    /// Whether its publish calls may run on the connection's thread (see
+    /// `plugins.inline_max_cpu_ms`); cleared for good by one slow call.
+    pub(super) inline: std::sync::atomic::AtomicBool,
     pub(super) calls: [prometheus::IntCounter; Hook::ALL.len()],
     pub(super) seconds: [prometheus::Histogram; Hook::ALL.len()],
 }

@@ -27,6 +27,9 @@ pub struct ModuleSettings {
     pub sha256: Option<String>,
     /// Bounds of the plugin's shared `state`.
     pub state: StateLimits,
+    /// A call over this CPU time (ms) moves the plugin off the connections' threads (0:
+    /// never on them); `plugins.inline_max_cpu_ms`.
+    pub inline_max_cpu_ms: u64,
 }
 
 impl ModuleSettings {
@@ -63,6 +66,7 @@ impl ModuleSettings {
                 max_keys: pick(m.state_max_keys as u64, p.state_max_keys as u64) as usize,
                 max_bytes: pick(m.state_max_bytes as u64, p.state_max_bytes as u64) as usize,
             },
+            inline_max_cpu_ms: p.inline_max_cpu_ms,
         }
     }
 }

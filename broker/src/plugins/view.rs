@@ -36,6 +36,7 @@ impl Plugins {
                 errors: p.stats.errors.load(Relaxed),
                 timeouts: p.stats.timeouts.load(Relaxed),
                 retired: p.pool.retired(),
+                inline: p.inline.load(std::sync::atomic::Ordering::Relaxed),
                 p99_us: p.stats.quantile(0.99).map(|d| d.as_secs_f64() * 1e6),
                 p50_us: p.stats.quantile(0.5).map(|d| d.as_secs_f64() * 1e6),
                 canary: set
@@ -105,6 +106,9 @@ pub struct PluginView {
     /// Instances retired between calls for their memory (half the headroom they had
     /// after `init` used: a leaking guest), replaced by fresh ones.
     pub retired: u64,
+    /// Whether its publish calls may still run on the connections' threads
+    /// (`plugins.inline_max_cpu_ms`); false for good after one slow call.
+    pub inline: bool,
     /// Hook time quantiles in microseconds (upper bounds within 25%); null before any call.
     pub p99_us: Option<f64>,
     pub p50_us: Option<f64>,

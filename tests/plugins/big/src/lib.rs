@@ -6,7 +6,8 @@
 //! do some of the things real plugins do, to time each part of a hook call:
 //! `"bytes"` (copy the payload in), `"json"` (and parse it), `"connection"` (fetch the
 //! publisher's connection, claims parsed), `"time"` (read the clock), `"meta"` (add a
-//! `meta` field, so the answer is an edit).
+//! `meta` field, so the answer is an edit), `"state"` (a shared-state `get` and an
+//! `increment` of one key).
 
 use std::hint::black_box;
 
@@ -23,6 +24,7 @@ enum Step {
     Connection,
     Time,
     Meta,
+    State,
 }
 
 #[derive(Deserialize, Default)]
@@ -68,6 +70,10 @@ impl Plugin for Big {
                     black_box(hookwire_plugin::time::now_unix_millis());
                 }
                 Step::Meta => publication.add_meta("calls", json!(self.calls)),
+                Step::State => {
+                    let _ = black_box(hookwire_plugin::state::get("calls"));
+                    let _ = black_box(hookwire_plugin::state::increment("calls", 1, None));
+                }
             }
         }
         Decision::Allow
