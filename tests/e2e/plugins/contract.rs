@@ -173,3 +173,80 @@ async fn refresh_history_unsubscribe_state_and_metrics_hooks_run() {
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
 }
+
+const REFRESH_META: &str = r#"
+[plugins]
+connection = ["misbehave"]
+[plugins.modules.misbehave]
+[namespaces.chat]
+plugins = ["misbehave"]
+"#;
+
+/// The publisher's connection `meta`, as misbehave's `conn` action reports it.
+async fn conn_meta(c: &mut crate::harness::Client) -> Value {
+    c.publish("chat:m", json!({"do": "conn"})).await;
+    c.messages("chat:m", 1).await.remove(0)["meta"]["conn"].clone()
+}
+
+#[tokio::test]
+async fn a_refresh_hook_replaces_the_connections_meta_or_keeps_the_old_token() {
+    let dir = plugin_dir(&[(&test_plugins(), "misbehave")]);
+    let b = start(dir.path(), REFRESH_META).await;
+    let (mut alice, _) = b.connect(&token_with("alice", json!({}))).await;
+    alice.subscribe("chat:m").await;
+    assert_eq!(conn_meta(&mut alice).await, json!({}));
+
+    let r = alice
+        .request(json!({"type": "refresh", "token": token_with("alice", json!({"tag": "v2"}))}))
+        .await;
+    assert_eq!(r["type"], "refreshed", "{r}");
+    assert_eq!(conn_meta(&mut alice).await, json!({"refreshed": "v2"}));
+
+    let refused = token_with("alice", json!({"refuse_refresh": true, "tag": "v3"}));
+    let e = alice
+        .expect_error(json!({"type": "refresh", "token": refused}), "rejected")
+        .await;
+    assert_eq!(e["reason_code"], "asked", "{e}");
+    // The connection kept its token and its meta.
+    assert_eq!(conn_meta(&mut alice).await, json!({"refreshed": "v2"}));
+}
+
+#[tokio::test]
+async fn state_outlives_an_instance_and_is_the_plugins_own() {
+    let dir = plugin_dir(&[(&test_plugins(), "misbehave")]);
+    let b = start(
+        dir.path(),
+        r#"
+[plugins.modules.misbehave]
+[plugins.modules.other]
+file = "misbehave.wasm"
+[namespaces.chat]
+plugins = ["misbehave"]
+[namespaces.typing]
+plugins = ["other"]
+"#,
+    )
+    .await;
+    let channels = json!({"channels": ["chat:*", "typing:*"]});
+    let (mut alice, _) = b.connect(&token_with("alice", channels)).await;
+    alice.subscribe("chat:s").await;
+    alice.subscribe("typing:s").await;
+    let count = async |c: &mut crate::harness::Client, channel: &str| {
+        c.publish(channel, json!({"do": "count"})).await;
+        let m = c.messages(channel, 1).await.remove(0);
+        (m["meta"]["count"].clone(), m["meta"]["calls"].clone())
+    };
+    assert_eq!(count(&mut alice, "chat:s").await, (json!(1), json!(1)));
+    assert_eq!(count(&mut alice, "chat:s").await, (json!(2), json!(2)));
+    // A trap throws the instance away; the next call runs on a fresh one (its own
+    // `calls` starts again) that finds the plugin's state where the last one left it.
+    alice
+        .expect_error(
+            json!({"type": "publish", "channel": "chat:s", "data": {"do": "trap"}}),
+            "rejected",
+        )
+        .await;
+    assert_eq!(count(&mut alice, "chat:s").await, (json!(3), json!(1)));
+    // The same module loaded under another name is another plugin: its own keys.
+    assert_eq!(count(&mut alice, "typing:s").await, (json!(1), json!(1)));
+}

@@ -13,6 +13,8 @@
 //! | `"log"`    | logs "asked to log" at info level, then as below         |
 //! | `"echo"`   | logs the payload's `"text"` at info level, then as below |
 //! | `"leak"`   | keeps a touched 1 MiB block for good, then as below      |
+//! | `"conn"`   | adds `meta.conn`: the publisher's connection `meta`       |
+//! | `"count"`  | adds `meta.count`: `increment("count", 1)` in shared state |
 //! | other      | allows, adding `meta.calls` and `meta.tag`               |
 //!
 //! `meta.calls` counts the publications this instance has handled, so it starts
@@ -21,6 +23,10 @@
 //!
 //! `on_subscribe` does the same for a channel named `<namespace>:<do>` (`loop`,
 //! `oom`, `trap`, `refuse`). Config `{"init": "fail"}` fails the load.
+//!
+//! `on_refresh` refuses a token whose claims have `"refuse_refresh": true` (code
+//! `asked`), and otherwise replaces the connection's meta with
+//! `{"refreshed": <the new token's "tag" claim>}`.
 
 use std::hint::black_box;
 
@@ -44,7 +50,7 @@ pub struct Misbehave {
 impl Plugin for Misbehave {
     const NAME: &str = "misbehave";
     const VERSION: &str = env!("CARGO_PKG_VERSION");
-    const HOOKS: Hooks = Hooks::PUBLISH.union(Hooks::SUBSCRIBE);
+    const HOOKS: Hooks = Hooks::PUBLISH.union(Hooks::SUBSCRIBE).union(Hooks::REFRESH);
 
     fn init(config: Value) -> Result<Self, String> {
         let config: Config = parse_config(config)?;
@@ -77,6 +83,14 @@ impl Plugin for Misbehave {
             "big" => publication.set_data(json!("x".repeat(1 << 20))),
             "log" => hookwire_plugin::log::info!("asked to log"),
             "leak" => self.leaked.push(black_box(vec![1u8; 1 << 20])),
+            "count" => {
+                let count = hookwire_plugin::state::increment("count", 1, None);
+                publication.add_meta("count", json!(count.ok()));
+            }
+            "conn" => {
+                let meta = publication.connection().map(|c| c.meta.clone());
+                publication.add_meta("conn", meta.unwrap_or(Value::Null));
+            }
             "echo" => {
                 let text = publication
                     .data()
@@ -90,6 +104,16 @@ impl Plugin for Misbehave {
         publication.add_meta("calls", json!(self.calls));
         publication.add_meta("tag", json!(self.tag));
         Decision::Allow
+    }
+
+    fn on_refresh(&mut self, _conn: &Connection, claims: &Value) -> RefreshDecision {
+        if claims.get("refuse_refresh") == Some(&json!(true)) {
+            return RefreshDecision::Refuse(
+                hookwire_plugin::Refusal::new("asked to refuse the refresh").with_code("asked"),
+            );
+        }
+        let tag = claims.get("tag").cloned().unwrap_or(Value::Null);
+        RefreshDecision::replace_meta(json!({ "refreshed": tag }))
     }
 }
 
