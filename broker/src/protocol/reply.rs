@@ -8,7 +8,19 @@ use super::{EncodedFrame, ErrorReply};
 
 /// Serializes a server frame. Serializing our own types to a `String` cannot fail.
 pub fn encode<T: Serialize>(frame: &T) -> EncodedFrame {
-    EncodedFrame::from_json(serde_json::to_string(frame).expect("server frames always serialize"))
+    encode_sized(frame, SMALL_FRAME)
+}
+
+/// Room for a reply without a payload (`published`, `pong`, errors): one allocation.
+const SMALL_FRAME: usize = 128;
+
+/// Serializes a server frame into a buffer of `capacity` bytes (it grows if that was too
+/// little): one allocation instead of a string doubling its way up.
+fn encode_sized<T: Serialize>(frame: &T, capacity: usize) -> EncodedFrame {
+    let mut out = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut out, frame).expect("server frames always serialize");
+    let text = String::from_utf8(out).expect("serde_json writes UTF-8");
+    EncodedFrame::from_json(text)
 }
 
 #[derive(Serialize)]
@@ -76,15 +88,24 @@ pub fn encode_message(publication: &PublicationFields<'_>) -> EncodedFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         meta: Option<&'a RawValue>,
     }
-    let frame = encode(&Message {
-        kind: "message",
-        channel: publication.channel,
-        offset: publication.offset,
-        ts: publication.ts,
-        user: publication.user,
-        data: publication.data,
-        meta: publication.meta,
-    });
+    // The fixed part (field names, offset, ts) is under 96 bytes.
+    let capacity = 96
+        + publication.channel.len()
+        + publication.user.map_or(0, str::len)
+        + publication.data.get().len()
+        + publication.meta.map_or(0, |m| m.get().len());
+    let frame = encode_sized(
+        &Message {
+            kind: "message",
+            channel: publication.channel,
+            offset: publication.offset,
+            ts: publication.ts,
+            user: publication.user,
+            data: publication.data,
+            meta: publication.meta,
+        },
+        capacity,
+    );
     debug_assert!(frame.as_str().starts_with(MESSAGE_PREFIX));
     frame
 }
