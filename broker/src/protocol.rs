@@ -45,6 +45,12 @@ impl EncodedFrame {
         Self(Bytes::from(json))
     }
 
+    /// What `serde_json` wrote for one of our frames: UTF-8 by construction (serde_json
+    /// writes only UTF-8), so it is not scanned again here.
+    pub(crate) fn from_serialized(json: Vec<u8>) -> Self {
+        Self(Bytes::from(json))
+    }
+
     /// A frame received as bytes (another node's push): checked to be UTF-8 once.
     pub fn from_utf8(bytes: Bytes) -> Result<Self, std::str::Utf8Error> {
         std::str::from_utf8(&bytes)?;

@@ -19,8 +19,7 @@ const SMALL_FRAME: usize = 128;
 fn encode_sized<T: Serialize>(frame: &T, capacity: usize) -> EncodedFrame {
     let mut out = Vec::with_capacity(capacity);
     serde_json::to_writer(&mut out, frame).expect("server frames always serialize");
-    let text = String::from_utf8(out).expect("serde_json writes UTF-8");
-    EncodedFrame::from_json(text)
+    EncodedFrame::from_serialized(out)
 }
 
 #[derive(Serialize)]
