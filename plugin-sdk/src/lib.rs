@@ -110,8 +110,10 @@ pub trait Plugin: Sized + 'static {
         RefreshDecision::Allow
     }
 
-    /// A client is about to read `entries` of `channel`'s history (a `history` read or
-    /// a recovering subscribe). Keep, drop or rewrite each for this reader, or refuse.
+    /// A client is about to read `entries` of `channel`'s history (a `history`
+    /// request; in a namespace with this hook a recovering subscribe answers
+    /// `recovered: false` instead, so the client reads history through it). Keep, drop
+    /// or rewrite each for this reader, or refuse.
     fn on_history(
         &mut self,
         conn: &Connection,
