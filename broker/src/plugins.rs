@@ -24,6 +24,8 @@
 //!   state            the `state` interface: a plugin's bounded key-value store
 //!   plugin_metrics   the `metrics` interface: a plugin's counters and histograms
 //!   threads          the plugin threads: hook calls run there, off the async workers
+//!                    (except fast publish chains: see `Plugins::publishes_inline`)
+//!   chains           the unsubscribe, refresh and history chains (0.2.0 hooks)
 //!   instance         warm instances of one version; one guarded call; failure classes
 //!   deadline         a call's CPU-time budget, checked on the epoch ticks
 //!   load             reading, compiling, instantiating and initialising a set
