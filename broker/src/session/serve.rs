@@ -20,7 +20,7 @@ use crate::transport::Transport;
 const SHRINK_ABOVE: usize = 256;
 /// Frames already read that a session handles after the one it woke for, before it
 /// writes the answers (bounded, so one busy client cannot hold its task forever).
-const READ_AHEAD: u32 = 32;
+const READ_AHEAD: u32 = 16;
 
 /// What the session's timer asks for.
 enum Timer {
