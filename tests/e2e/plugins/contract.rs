@@ -1,32 +1,26 @@
-//! The 0.2.0 contract: a committed 0.1.0 build still loads beside 0.2.0 plugins,
+//! The 0.2.0 contract: a 0.1.0 build (tests/plugins/legacy-guard, made from the frozen
+//! wit/0.1.0 by tests/plugins/build) still loads beside 0.2.0 plugins,
 //! refusals carry codes, the hooks 0.2.0 added (`refresh`, `history`, `unsubscribe`)
 //! run, and plugins share `state` and export `metrics`.
 
 use super::*;
 use tokio::time::Instant;
 
-fn legacy() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/plugins/legacy")
-}
-
 const BOTH_CONTRACTS: &str = r#"
 [plugins.modules.schema-guard.config]
 fields.text = { type = "string", required = true }
-[plugins.modules.old-guard]
-file = "schema-guard-0.1.0.wasm"
-[plugins.modules.old-guard.config]
-fields.text = { type = "string", required = true }
+[plugins.modules.legacy-guard]
 [namespaces.chat]
 plugins = ["schema-guard"]
 [namespaces.typing]
-plugins = ["old-guard"]
+plugins = ["legacy-guard"]
 "#;
 
 #[tokio::test]
 async fn a_0_1_0_build_loads_beside_0_2_0_and_refusals_carry_codes() {
     let dir = plugin_dir(&[
         (&examples(), "schema-guard"),
-        (&legacy(), "schema-guard-0.1.0"),
+        (&test_plugins(), "legacy-guard"),
     ]);
     let b = start(dir.path(), BOTH_CONTRACTS).await;
     let channels = json!({"channels": ["chat:*", "typing:*"]});
@@ -36,14 +30,21 @@ async fn a_0_1_0_build_loads_beside_0_2_0_and_refusals_carry_codes() {
     // 0.2.0: the refusal's code reaches the client beside the sentence.
     let e = alice.expect_error(bad("chat:a"), "rejected").await;
     assert_eq!(e["reason_code"], "invalid_payload", "{e}");
-    // 0.1.0: the same rule, built before codes existed: no code, same sentence.
+    // 0.1.0: the same rule, in a contract without codes: a refusal without one.
     let e = alice.expect_error(bad("typing:a"), "rejected").await;
     assert!(e.get("reason_code").is_none(), "{e}");
     assert!(
-        e["message"].as_str().unwrap().contains("old-guard refused"),
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("legacy-guard refused"),
         "{e}"
     );
+    // Its 0.1.0 edit (a meta field) is applied as a 0.2.0 one.
+    alice.subscribe("typing:a").await;
     alice.publish("typing:a", json!({"text": "fine"})).await;
+    let got = alice.messages("typing:a", 1).await.remove(0);
+    assert_eq!(got["meta"]["contract"], "0.1.0", "{got}");
     alice.publish("chat:a", json!({"text": "fine"})).await;
 
     let view = admin(&b, "GET", "/admin/plugins").await;
@@ -58,7 +59,7 @@ async fn a_0_1_0_build_loads_beside_0_2_0_and_refusals_carry_codes() {
         "{view}"
     );
     assert_eq!(
-        contract("old-guard"),
+        contract("legacy-guard"),
         (json!("0.1.0"), json!(["publish"])),
         "{view}"
     );
