@@ -24,7 +24,7 @@
 //!   state            the `state` interface: a plugin's bounded key-value store
 //!   plugin_metrics   the `metrics` interface: a plugin's counters and histograms
 //!   threads          the plugin threads: hook calls run there, off the async workers
-//!                    (except fast publish chains: see `Plugins::publishes_inline`)
+//!                    (except fast publish chains: see `Plugins::publish_chain`)
 //!   chains           the unsubscribe, refresh and history chains (0.2.0 hooks)
 //!   instance         warm instances of one version; one guarded call; failure classes
 //!   deadline         a call's CPU-time budget, checked on the epoch ticks
@@ -78,7 +78,7 @@ pub use answer::{Emit, Refusal};
 pub use config::{OnError, PluginModuleConfig, PluginsConfig};
 pub use host::{PluginConn, PublicationState, PublishSource};
 pub use reload::{ReloadTrigger, RolloutError};
-pub use runtime::Plugins;
+pub use runtime::{Plugins, PublishChain};
 pub use set::{LoadedPlugin, PluginSet};
 pub use settings::{ModuleSettings, PluginsSettings};
 pub use threads::Overloaded;

@@ -19,7 +19,9 @@ use crate::hub::{NewPublication, Published};
 use crate::limits::{Exceeded, RateLimits};
 use crate::metrics::{Metrics, PublicationSource};
 use crate::plugins::capture::Seen;
-use crate::plugins::{Emit, Hook, PluginConn, Plugins, PublicationState, PublishSource};
+use crate::plugins::{
+    Emit, Hook, PluginConn, Plugins, PublicationState, PublishChain, PublishSource,
+};
 use crate::protocol::{ErrorCode, ErrorReply, now_ms};
 use crate::sequencer::{Acked, Sequencer, Sequencing};
 use dedup::{Dedup, Once, Publisher};
@@ -243,7 +245,8 @@ impl Pipeline {
             },
             data: Some(req.data),
         });
-        if self.plugins.publishes_through(&ns.name) {
+        let chain = self.plugins.publish_chain(&ns.name);
+        if chain != PublishChain::None {
             // A repeat is answered before the chain: the plugins see a publication once.
             if let Some(offset) = self.repeat_of(&req, &ns, &channel) {
                 return Ok(Step::Done(Outcome::Now(Accepted {
@@ -267,7 +270,7 @@ impl Pipeline {
             };
             // A chain of plugins that have all stayed fast runs here, like a publication
             // without plugins: no hand-off to a plugin thread and back.
-            if self.plugins.publishes_inline(&pending.ns.name) {
+            if chain == PublishChain::Inline {
                 return self.run_chain(pending).map(Step::Done);
             }
             return Ok(Step::Plugins(Box::new(pending)));

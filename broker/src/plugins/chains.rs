@@ -131,47 +131,83 @@ impl Plugins {
         };
         let wit = conn.to_wit();
         let subject = subject(Some(channel), conn);
-        // Each entry with the frame to send for it (`None`: encode the entry anew).
-        let mut entries: Vec<(HistoryEntry, Option<EncodedFrame>)> =
-            frames.into_iter().filter_map(entry_of).collect();
+        let mut slots: Vec<Slot> = frames.into_iter().map(Slot::of).collect();
         for live in set.chain(namespace).iter().filter(|p| p.has(Hook::History)) {
             let p = set.pick(live, key);
-            if !p.has(Hook::History) || entries.is_empty() {
+            if !p.has(Hook::History) || slots.is_empty() {
                 continue;
             }
-            let shown: Vec<HistoryEntry> = entries.iter().map(|(e, _)| e.clone()).collect();
+            let shown: Vec<HistoryEntry> = slots.iter().filter_map(Slot::entry).cloned().collect();
             let answer = self.call(p, Hook::History, |w| {
                 w.bindings.on_history(&mut w.store, &wit, channel, &shown)
             });
             let max = p.settings.limits.max_output_bytes;
             match answer.and_then(|a| checked(a, max)) {
                 Ok(HistoryDecision::Allow) => {}
-                Ok(HistoryDecision::Edit(edits)) => apply(&mut entries, edits),
+                Ok(HistoryDecision::Edit(edits)) => apply(&mut slots, edits),
                 Ok(HistoryDecision::Refuse(refusal)) => {
                     return Err(self.refused(p, Hook::History, &subject, &refusal, "history read"));
                 }
                 Err(e) => self.failed(p, Hook::History, &subject, e, "history read")?,
             }
         }
-        Ok(entries
-            .into_iter()
-            .map(|(entry, frame)| frame.unwrap_or_else(|| encode(channel, &entry)))
-            .collect())
+        Ok(slots.into_iter().map(|s| s.frame(channel)).collect())
     }
 }
 
-fn entry_of(frame: EncodedFrame) -> Option<(HistoryEntry, Option<EncodedFrame>)> {
-    let stored: Stored<'_> = serde_json::from_str(frame.as_str()).ok()?;
-    let entry = HistoryEntry {
-        offset: stored.offset,
-        ts: stored.ts,
-        user: stored.user.map(str::to_string),
-        data: stored.data.get().as_bytes().to_vec(),
-        meta: stored
-            .meta
-            .map_or_else(|| "{}".to_string(), |m| m.get().to_string()),
-    };
-    Some((entry, Some(frame)))
+/// One publication of the read.
+enum Slot {
+    /// A stored frame that does not read back as a publication (never expected): it
+    /// goes to the client as stored, unseen by plugins, so nothing stored is lost.
+    Unread(EncodedFrame),
+    /// The entry plugins see, and the frame to send for it (`None` once a plugin
+    /// rewrote it: encoded anew).
+    Read {
+        entry: HistoryEntry,
+        frame: Option<EncodedFrame>,
+    },
+}
+
+impl Slot {
+    fn of(frame: EncodedFrame) -> Self {
+        let stored = match serde_json::from_str::<Stored<'_>>(frame.as_str()) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(error = %e, "A stored publication does not read back; sent as stored");
+                return Self::Unread(frame);
+            }
+        };
+        let entry = HistoryEntry {
+            offset: stored.offset,
+            ts: stored.ts,
+            user: stored.user.map(str::to_string),
+            data: stored.data.get().as_bytes().to_vec(),
+            meta: stored
+                .meta
+                .map_or_else(|| "{}".to_string(), |m| m.get().to_string()),
+        };
+        Self::Read {
+            entry,
+            frame: Some(frame),
+        }
+    }
+
+    fn entry(&self) -> Option<&HistoryEntry> {
+        match self {
+            Self::Read { entry, .. } => Some(entry),
+            Self::Unread(_) => None,
+        }
+    }
+
+    fn frame(self, channel: &str) -> EncodedFrame {
+        match self {
+            Self::Unread(frame)
+            | Self::Read {
+                frame: Some(frame), ..
+            } => frame,
+            Self::Read { entry, frame: None } => encode(channel, &entry),
+        }
+    }
 }
 
 /// An edit's replacement payloads must be JSON and within the output cap.
@@ -193,17 +229,23 @@ fn checked(answer: HistoryDecision, max: usize) -> Result<HistoryDecision, Error
     Ok(answer)
 }
 
-fn apply(entries: &mut Vec<(HistoryEntry, Option<EncodedFrame>)>, edits: Vec<EntryEdit>) {
+/// One edit per entry the plugin was shown, in order (slots it was not shown keep).
+fn apply(slots: &mut Vec<Slot>, edits: Vec<EntryEdit>) {
     let mut edits = edits.into_iter();
-    entries.retain_mut(|(entry, frame)| match edits.next() {
-        None | Some(EntryEdit::Keep) => true,
-        Some(EntryEdit::Drop) => false,
-        Some(EntryEdit::Replace(data)) => {
-            entry.data = data;
-            *frame = None;
-            true
+    slots.retain_mut(|slot| {
+        let Slot::Read { entry, frame } = slot else {
+            return true;
+        };
+        match edits.next() {
+            None | Some(EntryEdit::Keep) => true,
+            Some(EntryEdit::Drop) => false,
+            Some(EntryEdit::Replace(data)) => {
+                entry.data = data;
+                *frame = None;
+                true
+            }
         }
-    });
+    })
 }
 
 fn encode(channel: &str, entry: &HistoryEntry) -> EncodedFrame {
@@ -221,4 +263,47 @@ fn encode(channel: &str, entry: &HistoryEntry) -> EncodedFrame {
         data: data.unwrap_or(RawValue::NULL),
         meta,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(offset: u64, text: &str) -> EncodedFrame {
+        let data = serde_json::value::to_raw_value(&serde_json::json!({ "text": text })).unwrap();
+        protocol::encode_message(&PublicationFields {
+            channel: "chat:a",
+            offset,
+            ts: 1,
+            user: Some("alice"),
+            data: &data,
+            meta: None,
+        })
+    }
+
+    #[test]
+    fn edits_go_to_the_entries_shown_and_an_unreadable_frame_passes_as_stored() {
+        let odd = EncodedFrame::from_json("{\"type\":\"message\"}".into());
+        let mut slots: Vec<Slot> = [stored(1, "a"), odd.clone(), stored(2, "b")]
+            .into_iter()
+            .map(Slot::of)
+            .collect();
+        let shown: Vec<u64> = slots
+            .iter()
+            .filter_map(Slot::entry)
+            .map(|e| e.offset)
+            .collect();
+        assert_eq!(shown, [1, 2]);
+        apply(
+            &mut slots,
+            vec![EntryEdit::Drop, EntryEdit::Replace(br#""x""#.to_vec())],
+        );
+        let frames: Vec<EncodedFrame> = slots.into_iter().map(|s| s.frame("chat:a")).collect();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0], odd);
+        let rewritten: serde_json::Value = serde_json::from_str(frames[1].as_str()).unwrap();
+        assert_eq!(rewritten["data"], "x");
+        assert_eq!(rewritten["offset"], 2);
+        assert_eq!(rewritten["user"], "alice");
+    }
 }

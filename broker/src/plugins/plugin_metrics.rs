@@ -219,8 +219,7 @@ impl Host for StoreData {
         labels: Vec<String>,
         value: f64,
     ) -> wasmtime::Result<Result<(), String>> {
-        let version = self.plugin.version.clone();
-        Ok(self.metrics.record(metric, labels, &version, value, false))
+        Ok(self.record_metric(metric, labels, value, false))
     }
 
     fn observe(
@@ -229,8 +228,22 @@ impl Host for StoreData {
         labels: Vec<String>,
         value: f64,
     ) -> wasmtime::Result<Result<(), String>> {
-        let version = self.plugin.version.clone();
-        Ok(self.metrics.record(metric, labels, &version, value, true))
+        Ok(self.record_metric(metric, labels, value, true))
+    }
+}
+
+impl StoreData {
+    /// One value for a metric of this instance's plugin, labelled with its version.
+    fn record_metric(
+        &self,
+        metric: u32,
+        labels: Vec<String>,
+        value: f64,
+        histogram: bool,
+    ) -> Result<(), String> {
+        let version = &self.plugin.version;
+        self.metrics
+            .record(metric, labels, version, value, histogram)
     }
 }
 

@@ -139,20 +139,32 @@ impl Plugins {
 
     /// Whether a namespace has a publish chain (the pipeline skips all plugin work when not).
     pub fn publishes_through(&self, namespace: &str) -> bool {
-        self.chain_has(namespace, Hook::Publish)
+        self.publish_chain(namespace) != PublishChain::None
     }
 
-    /// Whether a namespace's publish chain may run on the caller's thread: no canary or
-    /// shadow beside it, and every plugin of it has kept its calls within
-    /// `plugins.inline_max_cpu_ms`.
-    pub fn publishes_inline(&self, namespace: &str) -> bool {
+    /// How a namespace's publish chain runs (one look at the set per publication). On the
+    /// caller's thread when no canary or shadow is beside it and every plugin of it has
+    /// kept its calls within `plugins.inline_max_cpu_ms`.
+    pub fn publish_chain(&self, namespace: &str) -> PublishChain {
         use std::sync::atomic::Ordering::Relaxed;
+        if self.engine.is_none() {
+            return PublishChain::None;
+        }
         let set = self.current.load();
-        let chain = set.chain(namespace);
-        let mine = |p: &Arc<LoadedPlugin>| set.rollouts.contains_key(&p.settings.name);
-        self.engine.is_some()
-            && !chain.iter().any(mine)
-            && chain.iter().all(|p| p.inline.load(Relaxed))
+        let mut chain = (set.chain(namespace).iter())
+            .filter(|p| p.has(Hook::Publish))
+            .peekable();
+        if chain.peek().is_none() {
+            return PublishChain::None;
+        }
+        let inline = |p: &Arc<LoadedPlugin>| {
+            p.inline.load(Relaxed) && !set.rollouts.contains_key(&p.settings.name)
+        };
+        if chain.all(inline) {
+            PublishChain::Inline
+        } else {
+            PublishChain::Threads
+        }
     }
 
     /// Whether a namespace has a subscribe chain (a subscribe skips the plugin threads
@@ -196,6 +208,17 @@ impl Plugins {
         }
         result
     }
+}
+
+/// Where a namespace's publish chain runs ([`Plugins::publish_chain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishChain {
+    /// The namespace has no publish chain.
+    None,
+    /// On the publisher's thread.
+    Inline,
+    /// On the plugin threads.
+    Threads,
 }
 
 /// Who an event is about, for the audit trail.

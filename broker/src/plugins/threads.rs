@@ -1,7 +1,7 @@
 //! The plugin threads: hook calls of connections run here, not on the async workers, so
 //! a plugin that uses its whole deadline delays only the events waiting for a plugin,
 //! never other connections' I/O. (A publish chain of plugins that have stayed fast runs
-//! on the publisher's own thread instead: `Plugins::publishes_inline`.)
+//! on the publisher's own thread instead: `Plugins::publish_chain`.)
 //!
 //! A fixed number of threads (`plugins.threads`) take jobs from one bounded queue
 //! (`plugins.queue`). A job that finds the queue full is refused at once

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::Session;
-use crate::auth::{self, Claims};
+use crate::auth::Claims;
 use crate::channel::{ChannelName, Namespace};
 use crate::plugins::{Hook, PluginConn};
 use crate::protocol::{ErrorReply, StreamPosition};
@@ -42,7 +42,7 @@ impl Session {
             .await;
         match verdict {
             Ok(Ok(meta)) => {
-                self.take_refresh(id, claims, claims_json, meta);
+                self.take_refresh(id, claims, Some(claims_json), meta);
                 Ok(())
             }
             Ok(Err(refusal)) => Err(refusal.into()),
@@ -51,13 +51,13 @@ impl Session {
     }
 
     /// Takes a verified (and, with plugins, allowed) token: the new expiry, claims and
-    /// plugin view (`meta` when a `refresh` hook replaced it), and leaves the channels
-    /// it no longer allows.
+    /// plugin view (its claims as JSON text, given whenever plugins are loaded; `meta`
+    /// when a `refresh` hook replaced it), and leaves the channels it no longer allows.
     pub(super) fn take_refresh(
         &mut self,
         id: Option<u64>,
         claims: Claims,
-        claims_json: Arc<str>,
+        claims_json: Option<Arc<str>>,
         meta: Option<Arc<str>>,
     ) {
         self.expires_at = super::expiry_instant(claims.exp);
@@ -74,7 +74,7 @@ impl Session {
         );
         self.claims = claims;
         self.drop_disallowed_subscriptions();
-        if let Some(conn) = &mut self.plugin_conn {
+        if let (Some(conn), Some(claims_json)) = (&mut self.plugin_conn, claims_json) {
             let mut refreshed = conn.with_claims(claims_json);
             if let Some(meta) = meta {
                 refreshed.meta = meta;
@@ -165,9 +165,4 @@ pub(super) struct HookedRead {
     pub limit: Option<usize>,
     pub since: Option<StreamPosition>,
     pub conn: Arc<PluginConn>,
-}
-
-/// The claims of a refresh's new token as plugins see them (JSON object text).
-pub(super) fn claims_json(token: &str) -> Arc<str> {
-    auth::claims_json(token).into()
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::hooked::{self, HookedRead};
+use super::hooked::HookedRead;
 use super::{Exit, Session, refused_frame};
 use crate::access;
 use crate::auth::{self, Claims};
@@ -573,15 +573,19 @@ impl Session {
             };
             return Err(e.to_reply());
         }
-        let claims_json = hooked::claims_json(token);
         if let Some(conn) = self.refresh_hooked() {
             return Ok(Some(Deferred::Refresh {
                 id,
                 claims: Box::new(claims),
-                claims_json,
+                claims_json: auth::claims_json(token).into(),
                 conn,
             }));
         }
+        // Plugins see the claims as JSON text: made only when plugins are loaded.
+        let claims_json = self
+            .plugin_conn
+            .is_some()
+            .then(|| auth::claims_json(token).into());
         self.take_refresh(id, claims, claims_json, None);
         Ok(None)
     }
