@@ -234,6 +234,27 @@ impl Cluster {
         None
     }
 
+    /// Waits until NATS has handled everything sent before on the delivery connection
+    /// (a `flush` only writes the socket): a request to a subject nobody subscribes to
+    /// comes back "no responders" from the server itself, after what came before it.
+    /// Not while disconnected (the client sends its subscriptions again once back).
+    async fn delivery_barrier(&self) {
+        if !matches!(
+            self.delivery.connection_state(),
+            async_nats::connection::State::Connected
+        ) {
+            return;
+        }
+        let request = self.delivery.request(self.subjects.barrier(), Bytes::new());
+        match tokio::time::timeout(self.timeout(), request).await {
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+            // Something answers the barrier subject: that too came after the SUB.
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "NATS round trip failed"),
+            Err(_) => tracing::debug!("NATS round trip timed out"),
+        }
+    }
+
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.config.publish_timeout_ms)
     }

@@ -194,8 +194,9 @@ async fn a_namespace_without_history_crosses_nodes_too() {
             .env("HOOKWIRE_CLUSTER_LINGER_MS", "200")
             .start()
     };
-    let (a, b) = (start("a").await, start("b").await);
+    let a = start("a").await;
     wait_ready(&a).await;
+    let b = start("b").await;
     wait_ready(&b).await;
     let mut on_a = a.client("u1", &everything()).await;
     let mut on_b = b.client("u2", &everything()).await;

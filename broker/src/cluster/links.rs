@@ -55,7 +55,7 @@ struct Link {
     wanted_ms: AtomicU64,
     /// Read the stream again (a reconnect or a slow consumer).
     resync: Notify,
-    /// A slow consumer dropped messages of this link.
+    /// NATS dropped messages of this link (a slow consumer, or a reconnect).
     dropped: AtomicBool,
 }
 
@@ -69,10 +69,12 @@ struct Position {
     /// Messages that came before one they follow (by their `Nats-Last-Sequence`), by
     /// sequence, until it comes (or [`REORDER_WAIT`] passes and the stream is read).
     early: BTreeMap<u64, (u64, Bytes)>,
+    /// The payload bytes `early` holds.
+    early_bytes: usize,
     early_since: Option<tokio::time::Instant>,
     /// When to read the stream for what the held messages follow.
     retry_at: Option<tokio::time::Instant>,
-    /// NATS said it dropped messages of this link (a slow consumer): what is missing
+    /// NATS dropped messages of this link (a slow consumer, a reconnect): what is missing
     /// will not come late.
     dropped: bool,
 }
@@ -84,6 +86,7 @@ impl Position {
             top,
             last_own,
             early: BTreeMap::new(),
+            early_bytes: 0,
             early_since: None,
             retry_at: None,
             dropped: false,
@@ -95,10 +98,29 @@ impl Position {
 const REORDER_WAIT: Duration = Duration::from_millis(100);
 /// How long a missing publication may stay missing when the stream cannot show that
 /// nothing was lost (its channel is at `history_size`) before the subscribers are told
-/// to recover: NATS may deliver it late under load.
-const GIVE_UP_AFTER: Duration = Duration::from_secs(2);
-/// Early messages held at most; past it the stream is read at once.
-const MAX_EARLY: usize = 4_096;
+/// to recover. Core NATS loses nothing on a connection without telling (a slow consumer
+/// event, a disconnect: both mark the link `dropped`, and then nobody waits), but a
+/// server under load may republish a publication well after the ones stored after it
+/// (its publishers' connections store concurrently): it is waited for.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
+/// Early messages (and their payload bytes) held at most while one is missing; past
+/// either the stream is read at once.
+const MAX_EARLY: usize = 65_536;
+const MAX_EARLY_BYTES: usize = 16 << 20;
+
+impl Position {
+    /// Whether the held messages are past their bounds.
+    fn holds_too_much(&self) -> bool {
+        self.early.len() > MAX_EARLY || self.early_bytes > MAX_EARLY_BYTES
+    }
+
+    fn hold(&mut self, seq: u64, last: u64, payload: Bytes) {
+        self.early_bytes += payload.len();
+        if let Some((_, old)) = self.early.insert(seq, (last, payload)) {
+            self.early_bytes -= old.len();
+        }
+    }
+}
 
 impl Links {
     /// Gets the channel's link (starting it when there is none) and, until its stream is
@@ -165,9 +187,14 @@ impl Links {
         }))
     }
 
-    /// Every link reads its stream again (after a reconnect).
+    /// Every link reads its stream again (after a reconnect: what NATS sent meanwhile
+    /// is lost, so a missing publication is not waited for).
     pub(super) fn resync_all(&self) {
         for link in self.map.lock().values() {
+            // (Without history nothing can be read again; its subscribers stay.)
+            if link.ns.keeps_history() {
+                link.dropped.store(true, Ordering::Release);
+            }
             link.resync.notify_one();
         }
     }
@@ -240,9 +267,10 @@ async fn serve(
             .insert(*next, link.channel.clone());
         (sub, *next)
     };
-    // The SUB is on its way to NATS before the stream is read or a subscriber joins
-    // (without NATS the client sends it once it is back).
-    let _ = tokio::time::timeout(Duration::from_secs(1), cluster.delivery.flush()).await;
+    // NATS has the SUB before the stream is read or a subscriber joins, so nothing
+    // published after the subscriber was told `subscribed` misses this node (without
+    // NATS the client sends it once it is back, and the link reads the stream again).
+    cluster.delivery_barrier().await;
     let result = async {
         let mut position = match link.ns.keeps_history() {
             true => Some(load(cluster, node, link).await?),
@@ -318,13 +346,13 @@ async fn on_message(
     }
     if last > position.top {
         // The publication before this one has not come (yet): hold this one.
-        position.early.insert(seq, (last, msg.payload));
+        position.hold(seq, last, msg.payload);
         if position.early_since.is_none() {
             let now = tokio::time::Instant::now();
             position.early_since = Some(now);
             position.retry_at = Some(now + REORDER_WAIT);
         }
-        return position.early.len() <= MAX_EARLY;
+        return !position.holds_too_much();
     }
     deliver(
         cluster,
@@ -345,13 +373,14 @@ fn deliver_early(cluster: &Cluster, node: &Node, link: &Link, position: &mut Pos
     while let Some(entry) = position.early.first_entry() {
         let (seq, (last, _)) = (*entry.key(), entry.get());
         if seq <= position.top {
-            entry.remove();
+            position.early_bytes -= entry.remove().1.len();
             continue;
         }
         if *last > position.top {
             break;
         }
         let (_, payload) = entry.remove();
+        position.early_bytes -= payload.len();
         deliver(cluster, node, link, Some(&position.epoch), seq, &payload);
         position.top = seq;
         position.last_own = seq;
@@ -554,11 +583,14 @@ async fn catch_up(
         tracing::debug!(channel = %link.channel, top = position.top, read = missed.len(), held = position.early.len(), "Catching up from the stream");
         let suspect = missed.len() >= link.ns.config.history_size || first > position.top + 1;
         if suspect && !still_stored(&stream, position.last_own, &subject).await {
-            let waited = position.early_since.map(|t| t.elapsed());
-            let may_come = !position.dropped && position.early.len() <= MAX_EARLY;
-            if may_come && waited.is_some_and(|w| w < GIVE_UP_AFTER) {
-                // It may yet come: hold on, and look again soon.
-                position.retry_at = Some(tokio::time::Instant::now() + REORDER_WAIT);
+            let may_come = !position.dropped && !position.holds_too_much();
+            if let Some(since) = position.early_since
+                && may_come
+                && since.elapsed() < GIVE_UP_AFTER
+            {
+                // It may yet come, and reading again cannot show it: hold on until it
+                // does or the wait is over.
+                position.retry_at = Some(since + GIVE_UP_AFTER);
                 return Ok(());
             }
             force_recover(cluster, node, link);

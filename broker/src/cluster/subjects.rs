@@ -9,6 +9,9 @@
 //! P.q.<what>           core: questions every node answers (presence, channels,
 //!                      disconnect a user)
 //! P.api.publish        core: NATS ingress (server-api.md), a queue group
+//! P.barrier            core: never subscribed; a request to it comes back "no
+//!                      responders" from NATS itself once the server has handled
+//!                      everything sent before it on that connection
 //! P_<ns>               JetStream stream names;  KV bucket P_revocations
 //! ```
 //!
@@ -77,6 +80,10 @@ impl Subjects {
 
     pub fn question(&self, what: &str) -> String {
         format!("{}.q.{what}", self.prefix)
+    }
+
+    pub fn barrier(&self) -> String {
+        format!("{}.barrier", self.prefix)
     }
 
     pub fn ingress(&self) -> String {

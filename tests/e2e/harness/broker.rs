@@ -136,10 +136,12 @@ impl TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
-        // A failing test shows what its brokers warned about.
+        // A failing test shows what its brokers warned about (everything they logged
+        // with `HOOKWIRE_TEST_ALL_LOGS` set).
         if std::thread::panicking() {
+            let all = std::env::var_os("HOOKWIRE_TEST_ALL_LOGS").is_some();
             for line in self.logs() {
-                if line.contains("\"WARN\"") || line.contains("\"ERROR\"") {
+                if all || line.contains("\"WARN\"") || line.contains("\"ERROR\"") {
                     eprintln!("broker {}: {line}", self.ws_addr);
                 }
             }

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::wait::WAIT;
@@ -13,6 +14,8 @@ pub struct TestNats {
     child: Option<Child>,
     pub port: u16,
     store: tempfile::TempDir,
+    /// What nats-server wrote to stderr, shown when a test fails.
+    logs: Arc<Mutex<Vec<String>>>,
 }
 
 /// Where nats-server is: `NATS_SERVER`, the Debian package's path, or `PATH`.
@@ -43,6 +46,7 @@ impl TestNats {
             child: None,
             port: free_port(),
             store: tempfile::tempdir().unwrap(),
+            logs: Arc::default(),
         };
         nats.restart();
         nats
@@ -66,12 +70,14 @@ impl TestNats {
             });
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
+        let logs = self.logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if line.contains("Server is ready") {
                     let _ = tx.send(());
                 }
+                logs.lock().unwrap().push(line);
             }
         });
         rx.recv_timeout(WAIT)
@@ -98,6 +104,12 @@ impl TestNats {
 
 impl Drop for TestNats {
     fn drop(&mut self) {
+        // A failing test shows what nats-server said.
+        if std::thread::panicking() {
+            for line in self.logs.lock().unwrap().iter() {
+                eprintln!("nats-server :{}: {line}", self.port);
+            }
+        }
         self.kill();
     }
 }
