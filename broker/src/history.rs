@@ -10,6 +10,7 @@
 //! `subscribe`) answers offset 0 and the epoch the channel's first publication will get,
 //! and stores nothing, so reads cannot fill memory.
 
+mod frames;
 mod memory;
 #[cfg(test)]
 mod props;

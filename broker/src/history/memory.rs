@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use super::frames::Frames;
 use super::{
     HistoryConfig, HistoryPolicy, HistoryStore, Page, Position, Query, ReadError, Restored,
     Sequenced, SweepStats, new_epoch,
@@ -64,7 +65,8 @@ struct Stream {
     /// this, not the oldest kept offset, decides.
     floor: u64,
     entries: VecDeque<Entry>,
-    bytes: usize,
+    /// The entries' frames, in their order.
+    frames: Frames,
     last_publish_ms: u64,
     /// The policy of the last append, which the sweeper applies.
     policy: HistoryPolicy,
@@ -73,7 +75,8 @@ struct Stream {
 struct Entry {
     offset: u64,
     ts_ms: u64,
-    frame: EncodedFrame,
+    /// The frame's length in `Stream::frames`.
+    len: usize,
 }
 
 /// The epoch of a stream started in a slot at `generation`.
@@ -105,8 +108,23 @@ impl Stream {
             return 0;
         };
         self.floor = e.offset;
-        self.bytes -= e.frame.len();
-        e.frame.len()
+        self.frames.pop(e.len);
+        e.len
+    }
+
+    /// Keeps a publication (after the ones kept).
+    fn push_back(&mut self, offset: u64, ts_ms: u64, frame: &EncodedFrame) {
+        self.frames.push(frame.as_bytes());
+        self.entries.push_back(Entry {
+            offset,
+            ts_ms,
+            len: frame.len(),
+        });
+    }
+
+    /// Bytes kept.
+    fn bytes(&self) -> usize {
+        self.frames.used()
     }
 
     fn new(epoch: Arc<str>, slot: usize, now_ms: u64, policy: HistoryPolicy) -> Self {
@@ -116,7 +134,7 @@ impl Stream {
             top: 0,
             floor: 0,
             entries: VecDeque::new(),
-            bytes: 0,
+            frames: Frames::default(),
             last_publish_ms: now_ms,
             policy,
         }
@@ -140,7 +158,7 @@ impl Stream {
         let (publications, next) = match query {
             Query::Latest { limit, max_bytes } => {
                 let skip = self.entries.len().saturating_sub(limit);
-                take_page(self.entries.iter().skip(skip), max_bytes)
+                self.take_page(|_| true, skip, limit, max_bytes)
             }
             Query::Since {
                 since,
@@ -166,8 +184,7 @@ impl Stream {
                         oldest: self.entries.front().map_or(self.top + 1, |e| e.offset),
                     });
                 }
-                let after = self.entries.iter().skip_while(|e| e.offset <= since.offset);
-                take_page(after.take(limit), max_bytes)
+                self.take_page(|e| e.offset > since.offset, 0, limit, max_bytes)
             }
         };
         Ok(Page {
@@ -178,23 +195,38 @@ impl Stream {
     }
 }
 
-/// Takes entries until `max_bytes` (at least one); `Some(last offset)` when cut.
-fn take_page<'a>(
-    entries: impl Iterator<Item = &'a Entry>,
-    max_bytes: usize,
-) -> (Vec<EncodedFrame>, Option<u64>) {
-    let mut out = Vec::new();
-    let mut used = 0usize;
-    let mut last = None;
-    for e in entries {
-        if !out.is_empty() && used.saturating_add(e.frame.len()) > max_bytes {
-            return (out, last);
+impl Stream {
+    /// Copies of up to `limit` frames from the first entry at or past `skip` that is
+    /// `wanted`, until `max_bytes` (at least one); `Some(last offset)` when cut.
+    fn take_page(
+        &self,
+        wanted: impl Fn(&Entry) -> bool,
+        skip: usize,
+        limit: usize,
+        max_bytes: usize,
+    ) -> (Vec<EncodedFrame>, Option<u64>) {
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        let mut last = None;
+        // Where each entry's frame starts in the ring.
+        let mut at = 0;
+        let mut entries = self.entries.iter().enumerate();
+        for (i, e) in entries.by_ref() {
+            if i >= skip && wanted(e) {
+                if out.len() == limit {
+                    break;
+                }
+                if !out.is_empty() && used.saturating_add(e.len) > max_bytes {
+                    return (out, last);
+                }
+                used += e.len;
+                last = Some(e.offset);
+                out.push(EncodedFrame::from_serialized(self.frames.copy(at, e.len)));
+            }
+            at += e.len;
         }
-        used += e.frame.len();
-        last = Some(e.offset);
-        out.push(e.frame.clone());
+        (out, None)
     }
-    (out, None)
 }
 
 /// A read of a channel without a stream: offset 0 and the epoch to come.
@@ -232,7 +264,7 @@ impl Shard {
     /// Forgets a stream; its slot moves to the next generation (its epoch ends).
     fn forget(&mut self, name: &str) {
         if let Some(stream) = self.streams.remove(name) {
-            self.bytes -= stream.bytes;
+            self.bytes -= stream.bytes();
             self.generations[stream.slot] = self.generations[stream.slot].wrapping_add(1);
         }
     }
@@ -341,12 +373,7 @@ impl HistoryStore for MemoryHistory {
         stream.last_publish_ms = now_ms;
         stream.policy = policy;
         let frame = encode(stream.top);
-        stream.bytes += frame.len();
-        stream.entries.push_back(Entry {
-            offset: stream.top,
-            ts_ms: now_ms,
-            frame: frame.clone(),
-        });
+        stream.push_back(stream.top, now_ms, &frame);
         let freed = stream.expire(policy, now_ms);
         let position = stream.position();
         shard.bytes = shard.bytes + frame.len() - freed;
@@ -366,7 +393,7 @@ impl HistoryStore for MemoryHistory {
             stream
         });
         if stream.epoch != s.epoch {
-            let freed = stream.bytes;
+            let freed = stream.bytes();
             *stream = Stream::new(s.epoch.clone(), slot, now_ms, policy);
             stream.floor = s.offset;
             shard.bytes -= freed;
@@ -378,12 +405,7 @@ impl HistoryStore for MemoryHistory {
         stream.last_publish_ms = now_ms;
         stream.policy = policy;
         let len = s.frame.len();
-        stream.bytes += len;
-        stream.entries.push_back(Entry {
-            offset: s.offset,
-            ts_ms: s.ts_ms,
-            frame: s.frame,
-        });
+        stream.push_back(s.offset, s.ts_ms, &s.frame);
         let freed = stream.expire(policy, now_ms);
         shard.bytes = shard.bytes + len - freed;
         self.enforce_bytes(shard, name);
@@ -400,14 +422,9 @@ impl HistoryStore for MemoryHistory {
         stream.top = r.top;
         for s in r.publications {
             stream.top = stream.top.max(s.offset);
-            stream.bytes += s.frame.len();
-            stream.entries.push_back(Entry {
-                offset: s.offset,
-                ts_ms: s.ts_ms,
-                frame: s.frame,
-            });
+            stream.push_back(s.offset, s.ts_ms, &s.frame);
         }
-        let added = stream.bytes;
+        let added = stream.bytes();
         let freed = stream.expire(policy, now_ms);
         shard.bytes = shard.bytes + added - freed;
         shard.streams.insert(name.clone(), stream);
