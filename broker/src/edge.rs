@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::channel::glob_match;
-use crate::limits::HandshakePermit;
+use crate::limits::{Admission, HandshakePermit};
 use crate::logging::{Throttle, untrusted};
 use crate::node::Node;
 use crate::protocol::{CloseCode, Disconnect};
@@ -67,15 +67,26 @@ pub struct Checked {
     pub token_in_query: bool,
 }
 
-/// Step 1: a handshake slot, or `None` (counted; the caller closes the socket at once).
-pub fn begin(node: &Node, remote: SocketAddr) -> Option<HandshakePermit> {
+/// Step 1: a handshake slot (now, or once one of its IP's comes free: see
+/// [`slot`]), or `None` (counted; the caller closes the socket at once).
+pub fn begin(node: &Node, remote: SocketAddr) -> Option<Admission> {
     match node.connections.begin_handshake(remote.ip()) {
-        Ok(permit) => Some(permit),
+        Ok(admission) => Some(admission),
         Err(e) => {
             node.metrics.rate_limited(e.limit);
             tracing::debug!(remote = %remote, reason = %e, "Connection refused at accept");
             None
         }
+    }
+}
+
+/// Step 1, in the connection's task: its slot, once it has one; `None` when the opening's
+/// deadline passed waiting (the socket is closed, as a stalled opening would be). The
+/// wait is boxed: it lives only while a socket waits, not in every connection task.
+pub async fn slot(admission: Admission, deadline: Instant) -> Option<HandshakePermit> {
+    match admission {
+        Admission::Now(permit) => Some(permit),
+        waiting => Box::pin(waiting.slot(deadline)).await,
     }
 }
 

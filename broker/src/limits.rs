@@ -7,6 +7,7 @@
 //! their slot back on drop.
 
 mod config;
+mod handshakes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -20,6 +21,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use parking_lot::Mutex;
 
 pub use config::{ConnectionsConfig, LimitsConfig, RateLimitsConfig};
+pub use handshakes::{Admission, HandshakePermit};
 
 use crate::channel::{ChannelName, Namespace, NamespaceConfig};
 use crate::metrics::Limit;
@@ -238,16 +240,7 @@ pub struct ConnectionLimits {
     by_ip: Mutex<HashMap<IpAddr, u32>>,
     by_user: Mutex<HashMap<Arc<str>, u32>>,
     handshakes: AtomicU32,
-    handshakes_by_ip: Mutex<HashMap<IpAddr, u32>>,
-}
-
-/// A connection's slot among the handshakes in progress (TCP accepted, upgrade and
-/// `connect` not yet done); given back on drop, that is when `connect` succeeded or the
-/// connection ended.
-#[derive(Debug)]
-pub struct HandshakePermit {
-    limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
+    handshakes_by_ip: Mutex<HashMap<IpAddr, handshakes::IpHandshakes>>,
 }
 
 /// A connection's slot on the node and for its source IP; given back on drop.
@@ -274,43 +267,6 @@ impl ConnectionLimits {
             handshakes: AtomicU32::new(0),
             handshakes_by_ip: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Takes a handshake slot at accept, or says which handshake limit is full: a client
-    /// that opens sockets and never finishes the upgrade holds at most this many tasks.
-    pub fn begin_handshake(self: &Arc<Self>, ip: IpAddr) -> Result<HandshakePermit, Exceeded> {
-        let now = self.handshakes.fetch_add(1, Ordering::AcqRel) + 1;
-        if let Some(max) = self.config.max_handshakes.get()
-            && now > max.get()
-        {
-            self.handshakes.fetch_sub(1, Ordering::AcqRel);
-            return Err(Exceeded {
-                limit: Limit::NodeHandshakes,
-                message: format!("this node already has {max} handshakes in progress"),
-            });
-        }
-        let mut by_ip = self.handshakes_by_ip.lock();
-        let count = by_ip.entry(ip).or_insert(0);
-        if let Some(max) = self.config.max_handshakes_per_ip.get()
-            && *count >= max.get()
-        {
-            drop(by_ip);
-            self.handshakes.fetch_sub(1, Ordering::AcqRel);
-            return Err(Exceeded {
-                limit: Limit::IpHandshakes,
-                message: format!("{ip} already has {max} handshakes in progress"),
-            });
-        }
-        *count += 1;
-        Ok(HandshakePermit {
-            limits: self.clone(),
-            ip,
-        })
-    }
-
-    /// Handshakes in progress on this node.
-    pub fn handshakes(&self) -> u32 {
-        self.handshakes.load(Ordering::Relaxed)
     }
 
     /// Takes a node and IP slot, or says which limit is full.
@@ -393,13 +349,6 @@ impl Drop for ConnectionPermit {
     }
 }
 
-impl Drop for HandshakePermit {
-    fn drop(&mut self) {
-        self.limits.handshakes.fetch_sub(1, Ordering::AcqRel);
-        release(&self.limits.handshakes_by_ip, &self.ip);
-    }
-}
-
 impl Drop for UserPermit {
     fn drop(&mut self) {
         release(&self.limits.by_user, &self.user);
@@ -441,29 +390,6 @@ mod tests {
         );
         drop(u);
         assert!(limits.admit_user(&alice).is_ok());
-    }
-
-    #[test]
-    fn handshake_slots_are_capped_per_ip_and_node_and_come_back_on_drop() {
-        let limits = ConnectionLimits::new(&ConnectionsConfig {
-            max_handshakes: Cap::new(3),
-            max_handshakes_per_ip: Cap::new(2),
-            ..ConnectionsConfig::default()
-        });
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let a1 = limits.begin_handshake(a).unwrap();
-        let _a2 = limits.begin_handshake(a).unwrap();
-        let refused = limits.begin_handshake(a).unwrap_err();
-        assert_eq!(refused.limit, Limit::IpHandshakes);
-        let _b1 = limits.begin_handshake(b).unwrap();
-        let refused = limits.begin_handshake(b).unwrap_err();
-        assert_eq!(refused.limit, Limit::NodeHandshakes);
-        assert_eq!(limits.handshakes(), 3);
-        drop(a1);
-        assert_eq!(limits.handshakes(), 2);
-        assert!(limits.begin_handshake(b).is_ok());
-        assert!(limits.handshakes_by_ip.lock().len() <= 2);
     }
 
     #[test]

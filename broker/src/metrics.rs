@@ -114,6 +114,8 @@ pub struct Metrics {
     history_evictions: [IntCounter; 2],
     pub outbound_queue_frames: IntGauge,
     pub outbound_queue_frames_max: IntGauge,
+    /// `state` `running` or `waiting` (for a slot of its IP).
+    pub handshakes: IntGaugeVec,
     pub api_requests: IntCounterVec,
     plugin_calls: IntCounterVec,
     plugin_errors: IntCounterVec,
@@ -281,6 +283,14 @@ impl Metrics {
                 "The longest outbound queue (sampled).",
             ))
             .expect("valid metric"),
+            handshakes: IntGaugeVec::new(
+                opts(
+                    "handshakes",
+                    "Sockets whose upgrade and connect are not done: running, or waiting for a handshake slot of their IP (sampled).",
+                ),
+                &["state"],
+            )
+            .expect("valid metric"),
             api_requests: IntCounterVec::new(
                 opts("api_requests_total", "Server API requests, by route and status class."),
                 &["route", "status"],
@@ -366,6 +376,7 @@ impl Metrics {
         register(Box::new(history_evictions));
         register(Box::new(m.outbound_queue_frames.clone()));
         register(Box::new(m.outbound_queue_frames_max.clone()));
+        register(Box::new(m.handshakes.clone()));
         register(Box::new(m.api_requests.clone()));
         register(Box::new(m.plugin_calls.clone()));
         register(Box::new(m.plugin_errors.clone()));

@@ -318,6 +318,13 @@ async fn sweep(node: Arc<Node>) {
         m.history_swept(&history);
         m.outbound_queue_frames.set(queued as i64);
         m.outbound_queue_frames_max.set(longest as i64);
+        let (running, waiting) = node.connections.handshake_states();
+        m.handshakes
+            .with_label_values(&["running"])
+            .set(i64::from(running));
+        m.handshakes
+            .with_label_values(&["waiting"])
+            .set(i64::from(waiting));
     }
 }
 

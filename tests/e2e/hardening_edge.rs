@@ -1,5 +1,5 @@
 //! Hardening at the edge, attacked through the real binary: stalled upgrades against the
-//! handshake caps, binary and ping floods, hand-built broken frames (1002, 1007), deep
+//! handshake caps (and a burst from one address waiting for them), binary and ping floods, hand-built broken frames (1002, 1007), deep
 //! `data`, long names, secrets in `RUST_LOG=trace` logs, and forged log lines.
 //!
 //! Each test asserts what the server kept (its metrics, its history, its log lines), not
@@ -72,15 +72,18 @@ async fn stalled_upgrades_are_capped_and_a_normal_client_still_connects_within_a
             .await;
         stalled.push(s);
     }
-    // The server kept 100 of them and closed the other 400 at accept.
+    // The server runs 100 of them, lets 100 more wait for a slot of their address, and
+    // closed the other 300 at accept.
     let refused = wait_metric(
         &b,
         "hookwire_rate_limited_total",
         ("limit", "ip_handshakes"),
-        400.0,
+        300.0,
     )
     .await;
-    assert_eq!(refused, 400.0);
+    assert_eq!(refused, 300.0);
+    let waiting = wait_metric(&b, "hookwire_handshakes", ("state", "waiting"), 100.0).await;
+    assert_eq!(waiting, 100.0);
 
     let started = std::time::Instant::now();
     let mut c = Client::open(&b.ws_url()).await;
@@ -91,7 +94,7 @@ async fn stalled_upgrades_are_capped_and_a_normal_client_still_connects_within_a
     assert_eq!(reply["type"], "connected", "{reply}");
     assert!(took < Duration::from_secs(1), "connected after {took:?}");
     println!("a normal client connected in {took:?} beside {ATTACKERS} stalled upgrades");
-    // Still 400: the normal client came from another address and was not refused.
+    // Still 300: the normal client came from another address and was not refused.
     assert_eq!(
         metric(
             &b,
@@ -99,9 +102,47 @@ async fn stalled_upgrades_are_capped_and_a_normal_client_still_connects_within_a
             ("limit", "ip_handshakes")
         )
         .await,
-        400.0
+        300.0
     );
     drop(stalled);
+}
+
+#[tokio::test]
+async fn over_its_address_handshake_limit_a_socket_waits_for_a_slot_then_connects() {
+    // One handshake at a time per address; the sweep samples the gauges every 50 ms.
+    let b = TestBroker::builder()
+        .env("HOOKWIRE_CONNECTIONS_MAX_HANDSHAKES_PER_IP", "1")
+        .env("HOOKWIRE_HISTORY_SWEEP_INTERVAL_MS", "50")
+        .start()
+        .await;
+    let mut stalled = connect_from("127.0.0.3", b.ws_addr).await;
+    let _ = stalled.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await;
+    wait_metric(&b, "hookwire_handshakes", ("state", "running"), 1.0).await;
+    // A client from the same address, as a burst behind a NAT would be: it waits.
+    let socket = connect_from("127.0.0.3", b.ws_addr).await;
+    let url = b.ws_url();
+    let opening = tokio::spawn(async move { Client::open_over(&url, socket).await });
+    wait_metric(&b, "hookwire_handshakes", ("state", "waiting"), 1.0).await;
+    assert_eq!(
+        metric(
+            &b,
+            "hookwire_rate_limited_total",
+            ("limit", "ip_handshakes")
+        )
+        .await,
+        0.0,
+        "waiting, not refused"
+    );
+    // The stalled socket goes away; its slot goes to the waiting one, which connects.
+    drop(stalled);
+    let mut c = tokio::time::timeout(WAIT, opening)
+        .await
+        .expect("the waiting socket was served")
+        .unwrap();
+    let reply = c
+        .request(json!({"type": "connect", "token": token("nat", &["chat:*"])}))
+        .await;
+    assert_eq!(reply["type"], "connected", "{reply}");
 }
 
 /// A broker whose connections may send 5 frames a second (burst 10) and get 5 violations.

@@ -361,14 +361,15 @@ impl HistoryStore for MemoryHistory {
         let name = channel.shared();
         let mut guard = self.shards[index].lock();
         let shard = &mut *guard;
-        if !shard.streams.contains_key(&**name) {
+        if shard.streams.len() >= self.caps.streams && !shard.streams.contains_key(&**name) {
             self.make_room(shard);
-            let epoch = epoch_at(&self.boot, shard.generations[slot]);
-            shard
-                .streams
-                .insert(name.clone(), Stream::new(epoch, slot, now_ms, policy));
         }
-        let stream = shard.streams.get_mut(&**name).expect("inserted above");
+        // One lookup (a publication's hot path): the key is a reference count.
+        let generations = &shard.generations;
+        let stream = shard.streams.entry(name.clone()).or_insert_with(|| {
+            let epoch = epoch_at(&self.boot, generations[slot]);
+            Stream::new(epoch, slot, now_ms, policy)
+        });
         stream.top += 1;
         stream.last_publish_ms = now_ms;
         stream.policy = policy;

@@ -39,7 +39,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 
 use crate::edge::{self, Checked};
-use crate::limits::HandshakePermit;
+use crate::limits::Admission;
 use crate::node::{Node, Settings};
 use crate::protocol::{CloseCode, EncodedFrame};
 use crate::transport::{Inbound, Transport, TransportKind, WriteError};
@@ -62,8 +62,8 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, pages: Arc<Pages>) {
             _ = node.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => match edge::begin(&node, remote) {
-                    Some(permit) => {
-                        node.tasks.spawn(connection(stream, remote, node.clone(), permit, pages.clone()));
+                    Some(admission) => {
+                        node.tasks.spawn(connection(stream, remote, node.clone(), admission, pages.clone()));
                     }
                     // Closed at once: no task, no buffer, not a byte read.
                     None => drop(stream),
@@ -100,11 +100,15 @@ fn connection(
     stream: TcpStream,
     remote: SocketAddr,
     node: Arc<Node>,
-    slot: HandshakePermit,
+    admission: Admission,
     pages: Arc<Pages>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let opened = Instant::now();
+        let Some(slot) = edge::slot(admission, edge::deadline(&node, opened)).await else {
+            tracing::debug!(remote = %remote, "No handshake slot came free in time; closed");
+            return;
+        };
         let _ = stream.set_nodelay(true);
         match wants_upgrade(&stream, edge::deadline(&node, opened)).await {
             Some(true) => drop(pages),

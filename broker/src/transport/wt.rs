@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use web_transport_quinn::{RecvStream, SendStream, Session};
 
 use crate::edge::{self, Checked, RequestHead};
-use crate::limits::HandshakePermit;
+use crate::limits::Admission;
 use crate::node::Node;
 use crate::protocol::{CloseCode, EncodedFrame};
 use crate::transport::{Datagrams, Inbound, Keepalive, Transport, TransportKind, WriteError};
@@ -94,8 +94,8 @@ pub async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>) {
                 Some(incoming) => {
                     let remote = incoming.remote_address();
                     match edge::begin(&node, remote) {
-                        Some(slot) => {
-                            node.tasks.spawn(connection(incoming, remote, node.clone(), slot));
+                        Some(admission) => {
+                            node.tasks.spawn(connection(incoming, remote, node.clone(), admission));
                         }
                         // Refused before any handshake work.
                         None => incoming.refuse(),
@@ -129,9 +129,14 @@ async fn connection(
     incoming: quinn::Incoming,
     remote: SocketAddr,
     node: Arc<Node>,
-    slot: HandshakePermit,
+    admission: Admission,
 ) {
     let opened = Instant::now();
+    let Some(slot) = edge::slot(admission, edge::deadline(&node, opened)).await else {
+        tracing::debug!(remote = %remote, "No handshake slot came free in time; refused");
+        incoming.refuse();
+        return;
+    };
     let opening = Box::pin(open(incoming, remote, &node));
     let (transport, checked) =
         match tokio::time::timeout_at(edge::deadline(&node, opened), opening).await {

@@ -89,7 +89,21 @@ impl Client {
             .await
             .expect("TCP connect timed out")
             .expect("TCP connect");
-        let request = url.into_client_request().unwrap();
+        Self::upgrade_over(url.into_client_request().unwrap(), stream).await
+    }
+
+    /// Opens a connection (offering `hookwire.v1`) over a TCP stream the test made, e.g.
+    /// from another loopback source address.
+    pub async fn open_over(url: &str, stream: TcpStream) -> Self {
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            http::HeaderValue::from_static("hookwire.v1"),
+        );
+        Self::upgrade_over(request, stream).await
+    }
+
+    async fn upgrade_over(request: http::Request<()>, stream: TcpStream) -> Self {
         let (ws, resp) = tokio::time::timeout(
             WAIT,
             tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)),
