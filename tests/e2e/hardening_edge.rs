@@ -46,6 +46,11 @@ async fn wait_metric(b: &TestBroker, name: &str, label: (&str, &str), at_least: 
     }
 }
 
+/// Sockets closed at accept for their address's handshake limit.
+async fn refused_for_ip_handshakes(b: &TestBroker) -> f64 {
+    metric(b, "hookwire_rate_limited_total", ("limit", "ip_handshakes")).await
+}
+
 /// A TCP connection to `to` from the loopback address `from` (another source IP on lo).
 async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
@@ -95,15 +100,7 @@ async fn stalled_upgrades_are_capped_and_a_normal_client_still_connects_within_a
     assert!(took < Duration::from_secs(1), "connected after {took:?}");
     println!("a normal client connected in {took:?} beside {ATTACKERS} stalled upgrades");
     // Still 300: the normal client came from another address and was not refused.
-    assert_eq!(
-        metric(
-            &b,
-            "hookwire_rate_limited_total",
-            ("limit", "ip_handshakes")
-        )
-        .await,
-        300.0
-    );
+    assert_eq!(refused_for_ip_handshakes(&b).await, 300.0);
     drop(stalled);
 }
 
@@ -124,12 +121,7 @@ async fn over_its_address_handshake_limit_a_socket_waits_for_a_slot_then_connect
     let opening = tokio::spawn(async move { Client::open_over(&url, socket).await });
     wait_metric(&b, "hookwire_handshakes", ("state", "waiting"), 1.0).await;
     assert_eq!(
-        metric(
-            &b,
-            "hookwire_rate_limited_total",
-            ("limit", "ip_handshakes")
-        )
-        .await,
+        refused_for_ip_handshakes(&b).await,
         0.0,
         "waiting, not refused"
     );
