@@ -22,6 +22,14 @@ const SHRINK_ABOVE: usize = 256;
 /// writes the answers (bounded, so one busy client cannot hold its task forever).
 const READ_AHEAD: u32 = 16;
 
+/// What woke a session's loop.
+enum Woke {
+    Shutdown,
+    Queue(Next),
+    Inbound(crate::transport::Inbound),
+    Timer,
+}
+
 /// What the session's timer asks for.
 enum Timer {
     Idle,
@@ -41,22 +49,29 @@ impl Session {
         // the last answer included, is written first; nothing more is read.
         let mut closing = false;
         loop {
-            tokio::select! {
+            // What woke the session is handled after the `select!`, once its futures are
+            // gone: a write or a ping then does not keep room beside them in every
+            // connection's task.
+            let woke = tokio::select! {
                 biased;
-                _ = self.node.shutdown.cancelled(), if !draining => {
+                _ = self.node.shutdown.cancelled(), if !draining => Woke::Shutdown,
+                next = self.handle.outbound.next_batch_gathered(&mut batch, gather) => Woke::Queue(next),
+                inbound = transport.recv(), if !closing => Woke::Inbound(inbound),
+                _ = &mut timer => Woke::Timer,
+            };
+            match woke {
+                Woke::Shutdown => {
                     draining = true;
                     self.start_drain();
                 }
-                next = self.handle.outbound.next_batch_gathered(&mut batch, gather) => match next {
-                    Next::Frames { probe } => {
-                        let written = self.write_batch(transport, &mut batch).await;
-                        if let Err(exit) = self.after_write(written, &mut batch, probe) {
-                            return exit;
-                        }
+                Woke::Queue(Next::Frames { probe }) => {
+                    let written = self.write_batch(transport, &mut batch).await;
+                    if let Err(exit) = self.after_write(written, &mut batch, probe) {
+                        return exit;
                     }
-                    Next::Close(d) => return Exit::Disconnect(d),
-                },
-                inbound = transport.recv(), if !closing => {
+                }
+                Woke::Queue(Next::Close(d)) => return Exit::Disconnect(d),
+                Woke::Inbound(inbound) => {
                     self.awaiting_pong_since = None;
                     // Then the frames the same read brought, before the next write: their
                     // answers leave in one batch.
@@ -85,7 +100,7 @@ impl Session {
                         next = transport.recv().now_or_never();
                     }
                 }
-                _ = &mut timer => {
+                Woke::Timer => {
                     match self.on_timer() {
                         Timer::Idle => {}
                         Timer::Ping => {
