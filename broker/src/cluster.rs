@@ -8,6 +8,7 @@
 //!   metrics        hookwire_cluster_*
 //!   links          per channel with local subscribers: its NATS subscription, its replica
 //!                  of the stream (load, gap check, catch-up), delivery into the hub
+//!   streams        a namespace's stream as links read it (open, read a subject, still stored?)
 //!   gather         heartbeats, questions every node answers (presence, channels,
 //!                  disconnect), control, revocations in a KV bucket, NATS ingress
 //! ```
@@ -31,6 +32,7 @@ pub mod config;
 mod gather;
 mod links;
 mod metrics;
+mod streams;
 mod subjects;
 mod wire;
 
