@@ -271,18 +271,12 @@ impl ConnectionLimits {
 
     /// Takes a node and IP slot, or says which limit is full.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Exceeded> {
-        let now = self.node.fetch_add(1, Ordering::AcqRel) + 1;
-        if let Some(max) = self.config.max.get()
-            && now > max.get()
-        {
-            self.node.fetch_sub(1, Ordering::AcqRel);
-            return Err(Exceeded {
-                limit: Limit::NodeConnections,
-                message: format!(
-                    "this node is at its connection limit ({max}); retry later or on another node"
-                ),
-            });
-        }
+        take_slot(&self.node, self.config.max, |max| Exceeded {
+            limit: Limit::NodeConnections,
+            message: format!(
+                "this node is at its connection limit ({max}); retry later or on another node"
+            ),
+        })?;
         let mut by_ip = self.by_ip.lock();
         let count = by_ip.entry(ip).or_insert(0);
         if let Some(max) = self.config.max_per_ip.get()
@@ -339,6 +333,23 @@ fn release<K: Hash + Eq>(map: &Mutex<HashMap<K, u32>>, key: &K) {
         if *count == 0 {
             map.remove(key);
         }
+    }
+}
+
+/// Counts one more in `count`, or leaves it as it was and says why when that would pass
+/// `cap`.
+fn take_slot(
+    count: &AtomicU32,
+    cap: crate::rate::Cap,
+    exceeded: impl FnOnce(NonZeroU32) -> Exceeded,
+) -> Result<(), Exceeded> {
+    let now = count.fetch_add(1, Ordering::AcqRel) + 1;
+    match cap.get() {
+        Some(max) if now > max.get() => {
+            count.fetch_sub(1, Ordering::AcqRel);
+            Err(exceeded(max))
+        }
+        _ => Ok(()),
     }
 }
 

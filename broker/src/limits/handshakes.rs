@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{ConnectionLimits, Exceeded};
+use super::{ConnectionLimits, Exceeded, take_slot};
 use crate::metrics::Limit;
 
 /// One source IP's handshakes: running, and waiting for one of those to end.
@@ -89,16 +89,12 @@ impl ConnectionLimits {
     /// which handshake limit is full: a client that opens sockets and never finishes the
     /// upgrade holds at most this many tasks.
     pub fn begin_handshake(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Exceeded> {
-        let now = self.handshakes.fetch_add(1, Ordering::AcqRel) + 1;
-        if let Some(max) = self.config.max_handshakes.get()
-            && now > max.get()
-        {
-            self.handshakes.fetch_sub(1, Ordering::AcqRel);
-            return Err(Exceeded {
+        take_slot(&self.handshakes, self.config.max_handshakes, |max| {
+            Exceeded {
                 limit: Limit::NodeHandshakes,
                 message: format!("this node already has {max} handshakes in progress"),
-            });
-        }
+            }
+        })?;
         let mut by_ip = self.handshakes_by_ip.lock();
         let entry = by_ip.entry(ip).or_default();
         let max = self.config.max_handshakes_per_ip.get();
