@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::admin;
 use crate::auth::Verifier;
@@ -88,6 +88,25 @@ impl Listener {
     }
 }
 
+/// Connections the kernel completes and queues before the accept loop takes them. The
+/// kernel caps it at `net.core.somaxconn` (4,096 on current kernels).
+pub const LISTEN_BACKLOG: u32 = 4_096;
+
+/// A TCP listener whose accept queue holds a burst ([`LISTEN_BACKLOG`]). Rust's
+/// `TcpListener::bind` asks for 128: a burst of more connects than that at once (clients
+/// reconnecting after a deploy; the bench's 200 at a time) overflowed the queue, the
+/// kernel dropped their SYNs, and each such client retried only a second later.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As std's bind does: a restarted broker binds while its old sockets are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Server {
     /// Binds the listeners (port 0 picks a free port; see [`Server::ws_addr`]).
     pub async fn bind(
@@ -98,11 +117,9 @@ impl Server {
     ) -> anyhow::Result<Self> {
         let ws_addr = config.ws_addr;
         let admin_addr = config.admin_addr;
-        let ws_listener = TcpListener::bind(ws_addr)
-            .await
-            .with_context(|| format!("cannot listen on ws_addr {ws_addr}"))?;
-        let admin_listener = TcpListener::bind(admin_addr)
-            .await
+        let ws_listener =
+            listen(ws_addr).with_context(|| format!("cannot listen on ws_addr {ws_addr}"))?;
+        let admin_listener = listen(admin_addr)
             .with_context(|| format!("cannot listen on admin_addr {admin_addr}"))?;
         let quic = wt::listen(&config.quic, options.dev, config.data_dir())?;
         let pages = Arc::new(Pages {
@@ -395,4 +412,36 @@ pub async fn watch_signals(node: Arc<Node>, reload: Reload) -> anyhow::Result<()
     }
     node.shutdown.cancel();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of connects larger than std's backlog of 128 waits in the accept queue,
+    /// completed by the kernel, while nothing accepts: none is dropped to a SYN retry (1 s).
+    #[tokio::test]
+    async fn a_burst_of_connects_waits_in_the_accept_queue() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4_096);
+        let burst = somaxconn.min(LISTEN_BACKLOG as usize).min(1_000);
+        assert!(
+            burst > 128,
+            "net.core.somaxconn is {somaxconn}: too small for this test"
+        );
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..burst).map(|_| {
+            tokio::time::timeout(
+                Duration::from_millis(900),
+                tokio::net::TcpStream::connect(addr),
+            )
+        });
+        let results = futures_util::future::join_all(connects).await;
+        let completed = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(completed, burst, "connects dropped from the accept queue");
+        drop(listener);
+    }
 }
