@@ -25,7 +25,8 @@ pub struct LimitsConfig {
     pub outbound_queue_bytes: usize,
     /// Per-connection read buffer; grows only for a larger frame.
     pub read_buffer_bytes: usize,
-    /// Bytes gathered before a write to the socket (frames are batched up to this).
+    /// The WebSocket write buffer: control frames and the fragments of messages over
+    /// 64 KiB (other frames are gathered in a per-thread buffer).
     pub write_buffer_bytes: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions: usize,
