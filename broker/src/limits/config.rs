@@ -23,10 +23,11 @@ pub struct LimitsConfig {
     /// Bytes queued for one connection (behind the batch being written) before it counts
     /// as a slow consumer (4009).
     pub outbound_queue_bytes: usize,
-    /// Per-connection read buffer; grows only for a larger frame.
+    /// Bytes one WebSocket read takes from the socket at most, into the worker thread's
+    /// buffer (a connection keeps only what it has not handled yet).
     pub read_buffer_bytes: usize,
-    /// The WebSocket write buffer: control frames and the fragments of messages over
-    /// 64 KiB (other frames are gathered in a per-thread buffer).
+    /// Bytes of queued WebSocket frames gathered, in the worker thread's buffer, into one
+    /// write (at least 4 KiB); a larger frame is written on its own, without a copy.
     pub write_buffer_bytes: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions: usize,
@@ -101,8 +102,8 @@ impl Default for LimitsConfig {
             pong_timeout_ms: 10_000,
             outbound_queue_frames: 4_096,
             outbound_queue_bytes: 1 << 20,
-            read_buffer_bytes: 1_024,
-            write_buffer_bytes: 16_384,
+            read_buffer_bytes: 65_536,
+            write_buffer_bytes: 65_536,
             max_subscriptions: 1_024,
             max_reply_bytes: 256 << 10,
             dedup_window_ms: 120_000,

@@ -1,0 +1,624 @@
+//! A WebSocket connection after the upgrade: reads and writes frames on the socket
+//! itself (`codec`), through per-thread buffers, so an idle connection holds no buffer
+//! at all (tungstenite kept a read buffer and a write buffer in every connection).
+//!
+//! Reads: a read takes what the socket has (up to `limits.read_buffer_bytes`) into the
+//! worker thread's buffer; those bytes are copied once into the connection's `read`
+//! (exactly their length), and frames are split off it without further copies. `read` is
+//! empty, holding nothing, once every frame in it was handled.
+//!
+//! Writes: queued frames are framed here and gathered in the thread's buffer, one write
+//! per `limits.write_buffer_bytes` (a frame larger than that goes out as header and
+//! payload slices, without a copy). A frame the socket took only part of is finished
+//! before anything else is written, a pong or a close included, even when the write that
+//! began it was abandoned, so the stream never holds half a frame.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+
+use super::codec::{self, FrameError, MAX_HEADER, Opcode};
+use crate::protocol::{CloseCode, EncodedFrame};
+use crate::transport::{Inbound, Transport, TransportKind, WriteError};
+
+thread_local! {
+    /// The worker thread's read buffer (grown to `limits.read_buffer_bytes` on first use).
+    static READ: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The worker thread's write buffer, where queued frames are gathered.
+    static GATHER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+pub struct WsTransport {
+    stream: TcpStream,
+    /// Bytes read but not handled yet: the rest of a read that brought several frames,
+    /// or the start of one still arriving.
+    read: BytesMut,
+    /// A fragmented message being put together (rare): its bytes, and whether it is text.
+    message: Option<(BytesMut, bool)>,
+    /// See the module doc.
+    partial: Option<Partial>,
+    /// The largest message taken (`limits.max_frame_bytes`).
+    max_message: usize,
+    read_bytes: usize,
+    write_bytes: usize,
+    /// Nothing more comes from the socket (its end, or a read failed); frames already
+    /// read are still handled.
+    eof: bool,
+    /// Nothing more is handled: the client closed, or sent what cannot be read past.
+    ended: bool,
+}
+
+/// A frame partly written: its header, its payload, and how many bytes of the two went.
+struct Partial {
+    header: [u8; MAX_HEADER],
+    header_len: u8,
+    payload: Bytes,
+    written: usize,
+}
+
+impl Partial {
+    fn new(opcode: Opcode, payload: Bytes) -> Self {
+        let mut header = [0u8; MAX_HEADER];
+        let header_len = codec::header(opcode, payload.len(), &mut header) as u8;
+        Self {
+            header,
+            header_len,
+            payload,
+            written: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.header_len as usize + self.payload.len()
+    }
+
+    /// What is left to write, as two slices.
+    fn rest(&self) -> (&[u8], &[u8]) {
+        let head = &self.header[..self.header_len as usize];
+        if self.written < head.len() {
+            (&head[self.written..], &self.payload)
+        } else {
+            (&[], &self.payload[self.written - head.len()..])
+        }
+    }
+}
+
+fn io_err(e: io::Error) -> WriteError {
+    WriteError(e.to_string())
+}
+
+impl WsTransport {
+    /// A connection whose upgrade is done (nothing of it is left unread).
+    pub fn new(stream: TcpStream, settings: &crate::node::Settings) -> Self {
+        Self {
+            stream,
+            read: BytesMut::new(),
+            message: None,
+            partial: None,
+            max_message: settings.max_frame_bytes,
+            read_bytes: settings.read_buffer_bytes,
+            write_bytes: settings.write_buffer_bytes.max(4_096),
+            eof: false,
+            ended: false,
+        }
+    }
+
+    /// The next thing the client sent that is already here, if any.
+    fn next_inbound(&mut self) -> Option<Inbound> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            let frame = match codec::next_frame(&mut self.read, self.max_message) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    if self.read.is_empty() {
+                        // Give the allocation back (the frames split off may still use it).
+                        self.read = BytesMut::new();
+                    }
+                    return None;
+                }
+                Err(e) => {
+                    self.ended = true;
+                    return Some(match e {
+                        FrameError::TooLarge => Inbound::TooLarge,
+                        FrameError::Protocol(why) => {
+                            Inbound::Invalid(CloseCode::ProtocolError, why.into())
+                        }
+                    });
+                }
+            };
+            let text = frame.opcode == Opcode::Text;
+            match frame.opcode {
+                Opcode::Text | Opcode::Binary if self.message.is_some() => {
+                    return Some(self.broken("a new message began inside a fragmented one"));
+                }
+                Opcode::Text | Opcode::Binary if frame.fin => {
+                    return Some(match text {
+                        true => Inbound::Text(frame.payload.freeze()),
+                        false => Inbound::Binary,
+                    });
+                }
+                Opcode::Text | Opcode::Binary => self.message = Some((frame.payload, text)),
+                Opcode::Continue => {
+                    if self.message.is_none() {
+                        return Some(
+                            self.broken("a continuation frame with no message to continue"),
+                        );
+                    }
+                    let (message, _) = self.message.as_mut().expect("checked above");
+                    if message.len() + frame.payload.len() > self.max_message {
+                        self.ended = true;
+                        return Some(Inbound::TooLarge);
+                    }
+                    message.extend_from_slice(&frame.payload);
+                    if frame.fin {
+                        let (message, text) = self.message.take().expect("checked above");
+                        return Some(match text {
+                            true => Inbound::Text(message.freeze()),
+                            false => Inbound::Binary,
+                        });
+                    }
+                }
+                Opcode::Ping => {
+                    self.queue_control(Opcode::Pong, frame.payload.freeze());
+                    return Some(Inbound::Activity);
+                }
+                Opcode::Pong => return Some(Inbound::Activity),
+                Opcode::Close => {
+                    // Answer with its code (RFC 6455, 5.5.1), then the connection ends.
+                    let code = frame.payload.freeze();
+                    self.queue_control(Opcode::Close, code.slice(..code.len().min(2)));
+                    self.ended = true;
+                    return Some(Inbound::Closed);
+                }
+            }
+        }
+    }
+
+    fn broken(&mut self, why: &'static str) -> Inbound {
+        self.ended = true;
+        Inbound::Invalid(CloseCode::ProtocolError, why.into())
+    }
+
+    /// Reads what the socket has now; `Ok(0)` at its end.
+    fn read_some(&mut self) -> io::Result<usize> {
+        READ.with_borrow_mut(|buf| {
+            if buf.len() < self.read_bytes {
+                buf.resize(self.read_bytes, 0);
+            }
+            let n = self.stream.try_read(&mut buf[..self.read_bytes])?;
+            if self.read.is_empty() {
+                self.read = BytesMut::from(&buf[..n]);
+            } else {
+                self.read.extend_from_slice(&buf[..n]);
+            }
+            Ok(n)
+        })
+    }
+
+    /// Writes a control frame now if the socket takes it, else leaves it to be finished
+    /// before the next write. A pong waiting behind a partly written frame is dropped:
+    /// that happens only to a client that stopped reading.
+    fn queue_control(&mut self, opcode: Opcode, payload: Bytes) {
+        if self.partial.is_some() {
+            return;
+        }
+        let mut frame = Partial::new(opcode, payload);
+        let (head, body) = frame.rest();
+        match self
+            .stream
+            .try_write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
+        {
+            Ok(n) if n == frame.len() => {}
+            Ok(n) => {
+                frame.written = n;
+                self.partial = Some(frame);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.partial = Some(frame),
+            Err(_) => self.eof = true,
+        }
+    }
+
+    /// Writes the rest of a partly written frame (cancel-safe: what is left stays in
+    /// `partial` until it is out).
+    async fn finish_partial(&mut self) -> Result<(), WriteError> {
+        while let Some(mut frame) = self.partial.take() {
+            let (head, body) = frame.rest();
+            match self
+                .stream
+                .try_write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
+            {
+                Ok(n) => {
+                    frame.written += n;
+                    if frame.written < frame.len() {
+                        self.partial = Some(frame);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.partial = Some(frame);
+                    self.stream.writable().await.map_err(io_err)?;
+                }
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a control frame, waiting for the socket as needed.
+    async fn write_control(&mut self, opcode: Opcode, payload: Bytes) -> Result<(), WriteError> {
+        self.finish_partial().await?;
+        self.partial = Some(Partial::new(opcode, payload));
+        self.finish_partial().await
+    }
+
+    /// Writes the front of `batch` as far as the socket takes it now: small frames
+    /// gathered in the thread's buffer into one write, a large one as header and payload
+    /// slices. Frames written are popped; one the socket took only part of becomes
+    /// `partial`. `WouldBlock` when the socket took nothing.
+    fn write_frames(&mut self, batch: &mut VecDeque<EncodedFrame>) -> io::Result<()> {
+        let Some(front) = batch.front() else {
+            return Ok(());
+        };
+        let mut header = [0u8; MAX_HEADER];
+        let mut n = if codec::header_len(front.len()) + front.len() > self.write_bytes {
+            let len = codec::header(Opcode::Text, front.len(), &mut header);
+            let slices = [IoSlice::new(&header[..len]), IoSlice::new(front.as_bytes())];
+            self.stream.try_write_vectored(&slices)?
+        } else {
+            GATHER.with_borrow_mut(|buf| {
+                buf.clear();
+                for frame in batch.iter() {
+                    let len = codec::header(Opcode::Text, frame.len(), &mut header);
+                    if buf.len() + len + frame.len() > self.write_bytes {
+                        break;
+                    }
+                    buf.extend_from_slice(&header[..len]);
+                    buf.extend_from_slice(frame.as_bytes());
+                }
+                self.stream.try_write(buf)
+            })?
+        };
+        while n > 0 {
+            let frame = batch
+                .pop_front()
+                .expect("written bytes belong to queued frames");
+            let whole = codec::header_len(frame.len()) + frame.len();
+            if n < whole {
+                let mut partial = Partial::new(Opcode::Text, frame.bytes());
+                partial.written = n;
+                self.partial = Some(partial);
+                break;
+            }
+            n -= whole;
+        }
+        Ok(())
+    }
+}
+
+impl Transport for WsTransport {
+    fn kind(&self) -> TransportKind {
+        TransportKind::WebSocket
+    }
+
+    async fn recv(&mut self) -> Inbound {
+        loop {
+            if let Some(inbound) = self.next_inbound() {
+                return inbound;
+            }
+            if self.ended || self.eof {
+                return Inbound::Closed;
+            }
+            // Cancel-safe: nothing is read until the socket is readable.
+            if self.stream.readable().await.is_err() {
+                return Inbound::Closed;
+            }
+            match self.read_some() {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => self.eof = true,
+            }
+        }
+    }
+
+    async fn send(&mut self, batch: &mut VecDeque<EncodedFrame>) -> Result<(), WriteError> {
+        loop {
+            self.finish_partial().await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            match self.write_frames(batch) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.stream.writable().await.map_err(io_err)?;
+                }
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+    }
+
+    async fn ping(&mut self) -> Result<(), WriteError> {
+        self.write_control(Opcode::Ping, Bytes::new()).await
+    }
+
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        let reason = crate::protocol::truncate_utf8(reason, 120);
+        let mut payload = Vec::with_capacity(2 + reason.len());
+        payload.extend_from_slice(&code.code().to_be_bytes());
+        payload.extend_from_slice(reason.as_bytes());
+        if self
+            .write_control(Opcode::Close, payload.into())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // Give the client a moment to answer the close, so it is not cut off by a reset.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while !matches!(self.recv().await, Inbound::Closed) {}
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    fn settings() -> crate::node::Settings {
+        crate::node::Settings::from_config(&crate::config::Config::default())
+    }
+
+    /// A server transport and a tungstenite client on loopback.
+    async fn pair() -> (WsTransport, tokio_tungstenite::WebSocketStream<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            WsTransport::new(ws.into_inner(), &settings())
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (client, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+            .await
+            .unwrap();
+        (server.await.unwrap(), client)
+    }
+
+    async fn recv(transport: &mut WsTransport) -> Inbound {
+        tokio::time::timeout(Duration::from_secs(10), transport.recv())
+            .await
+            .expect("nothing arrived")
+    }
+
+    /// Text, a message in fragments with a ping between them (answered with a pong),
+    /// binary, then the client's close (answered with its code).
+    #[tokio::test]
+    async fn what_a_client_sends_arrives_as_inbound_items() {
+        let (mut server, mut client) = pair().await;
+        client.send(Message::text("one")).await.unwrap();
+        let fragment = |data: &str, opcode, fin| {
+            Message::Frame(Frame::message(data.as_bytes().to_vec(), opcode, fin))
+        };
+        client
+            .feed(fragment("tw", OpCode::Data(Data::Text), false))
+            .await
+            .unwrap();
+        client
+            .feed(Message::Ping(b"p".to_vec().into()))
+            .await
+            .unwrap();
+        client
+            .feed(fragment("o", OpCode::Data(Data::Continue), true))
+            .await
+            .unwrap();
+        client.send(Message::binary(vec![1, 2])).await.unwrap();
+        match recv(&mut server).await {
+            Inbound::Text(t) => assert_eq!(&t[..], b"one"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(recv(&mut server).await, Inbound::Activity));
+        match recv(&mut server).await {
+            Inbound::Text(t) => assert_eq!(&t[..], b"two"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(recv(&mut server).await, Inbound::Binary));
+        // The pong went out; tungstenite's client reports it.
+        match tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], b"p"),
+            other => panic!("{other:?}"),
+        }
+        client
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: 1000.into(),
+                reason: "bye".into(),
+            }))
+            .await
+            .unwrap();
+        assert!(matches!(recv(&mut server).await, Inbound::Closed));
+        match tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(Some(close)))) => assert_eq!(u16::from(close.code), 1000),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A message over `limits.max_frame_bytes`, in one frame or in fragments, is refused.
+    #[tokio::test]
+    async fn a_message_over_the_limit_is_too_large() {
+        let max = settings().max_frame_bytes;
+        let (mut server, mut client) = pair().await;
+        client
+            .send(Message::text("x".repeat(max + 1)))
+            .await
+            .unwrap();
+        assert!(matches!(recv(&mut server).await, Inbound::TooLarge));
+        let (mut server, mut client) = pair().await;
+        let half = "y".repeat(max / 2 + 1);
+        let fragment =
+            |opcode, fin| Message::Frame(Frame::message(half.as_bytes().to_vec(), opcode, fin));
+        client
+            .feed(fragment(OpCode::Data(Data::Text), false))
+            .await
+            .unwrap();
+        client
+            .send(fragment(OpCode::Data(Data::Continue), true))
+            .await
+            .unwrap();
+        assert!(matches!(recv(&mut server).await, Inbound::TooLarge));
+    }
+
+    /// An idle connection holds no buffer: what a read brought is given back once handled.
+    #[tokio::test]
+    async fn an_idle_connection_keeps_no_read_buffer() {
+        let (mut server, mut client) = pair().await;
+        client.send(Message::text("hello")).await.unwrap();
+        assert!(matches!(recv(&mut server).await, Inbound::Text(_)));
+        assert_eq!(server.read.capacity(), 0);
+    }
+
+    /// Frames of every header size, some larger than the gather buffer, written through a
+    /// small send buffer (so writes are partial and wait), reach a WebSocket client whole
+    /// and in order.
+    #[tokio::test]
+    async fn a_batch_arrives_whole_and_in_order_through_partial_writes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Headers of 2, 4 and 10 bytes; up to 65,000 gathered, larger ones written alone.
+        let sizes = [
+            0, 1, 125, 126, 127, 1_000, 30_000, 65_000, 60_000, 65_000, 65_000, 200_000,
+        ];
+        let frames: Vec<EncodedFrame> = (0..240)
+            .map(|i| {
+                let n = sizes[i % sizes.len()];
+                let mut text = format!("{i}:");
+                text.extend(std::iter::repeat_n('x', n));
+                EncodedFrame::from_json(text)
+            })
+            .collect();
+        let expected: Vec<String> = frames.iter().map(|f| f.as_str().to_string()).collect();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            socket2::SockRef::from(&stream)
+                .set_send_buffer_size(16_384)
+                .unwrap();
+            let ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            let mut transport = WsTransport::new(ws.into_inner(), &settings());
+            let mut batch: VecDeque<EncodedFrame> = frames.into();
+            transport.send(&mut batch).await.unwrap();
+            assert!(batch.is_empty());
+            transport
+        });
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        socket2::SockRef::from(&stream)
+            .set_recv_buffer_size(32_768)
+            .unwrap();
+        let (mut client, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+            .await
+            .unwrap();
+        let read = async {
+            let mut got = Vec::new();
+            while got.len() < expected.len() {
+                match client.next().await.unwrap().unwrap() {
+                    Message::Text(text) => got.push(text.to_string()),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            got
+        };
+        let got = tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .unwrap();
+        assert!(got == expected, "frames arrived changed or out of order");
+        let _transport = server.await.unwrap();
+    }
+
+    /// A write abandoned half way through a frame (a client that stopped reading) is
+    /// finished before the close frame: the client reads whole frames, then the close.
+    #[tokio::test]
+    async fn a_close_after_an_abandoned_write_follows_whole_frames() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frames: Vec<EncodedFrame> = (0..2_000)
+            .map(|i| EncodedFrame::from_json(format!("{i}:{}", "z".repeat(999 + i % 7))))
+            .collect();
+        let expected: Vec<String> = frames.iter().map(|f| f.as_str().to_string()).collect();
+        let (abandoned_tx, abandoned_rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            socket2::SockRef::from(&stream)
+                .set_send_buffer_size(16_384)
+                .unwrap();
+            let ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            let mut transport = WsTransport::new(ws.into_inner(), &settings());
+            let mut batch: VecDeque<EncodedFrame> = frames.into();
+            // The client reads nothing yet: 2 MB cannot all go out, so this is abandoned.
+            let send = transport.send(&mut batch);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), send)
+                    .await
+                    .is_err()
+            );
+            abandoned_tx.send(transport.partial.is_some()).unwrap();
+            transport
+                .close(CloseCode::SlowConsumer, "slow consumer")
+                .await;
+        });
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        socket2::SockRef::from(&stream)
+            .set_recv_buffer_size(32_768)
+            .unwrap();
+        let (mut client, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+            .await
+            .unwrap();
+        let mid_frame = tokio::time::timeout(Duration::from_secs(10), abandoned_rx)
+            .await
+            .unwrap()
+            .unwrap();
+        let read = async {
+            let mut got = Vec::new();
+            loop {
+                match client.next().await {
+                    Some(Ok(Message::Text(text))) => got.push(text.to_string()),
+                    Some(Ok(Message::Close(Some(close)))) => return (got, u16::from(close.code)),
+                    other => panic!("expected whole frames, then the close: {other:?}"),
+                }
+            }
+        };
+        let (got, code) = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .unwrap();
+        assert_eq!(code, 4009);
+        assert!(
+            !got.is_empty() && got.len() < expected.len(),
+            "{} frames",
+            got.len()
+        );
+        assert!(
+            got[..] == expected[..got.len()],
+            "frames arrived changed or out of order"
+        );
+        assert!(
+            mid_frame,
+            "the write stopped between frames: this case was not tested"
+        );
+        server.await.unwrap();
+    }
+}
