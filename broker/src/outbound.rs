@@ -1,7 +1,8 @@
 //! A connection's bounded outbound queue: many producers (hub, own session), one writer.
 //!
 //! Producers never wait: `push` is a short lock, a `VecDeque` push and, only when the
-//! queue was empty, one wake-up of the writer. The writer swaps the whole queue out in one
+//! queue was empty, one wake-up of the writer (an `AtomicWaker`: the writer's waker sits
+//! in one slot, not in a waiter list it would join and leave at every wait). The writer swaps the whole queue out in one
 //! lock ([`Outbound::next_batch`]) and writes the batch with one flush. A queue that passes
 //! its bound, in frames or in bytes, marks the connection a slow consumer: queued frames
 //! are dropped and the writer is told to close with 4009, and nobody else waits for it.
@@ -11,16 +12,19 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::protocol::{CloseCode, Disconnect, EncodedFrame};
 
 pub struct Outbound {
     state: Mutex<State>,
-    wake: Notify,
+    /// The writer, while it waits in [`Outbound::next_batch`] or [`Outbound::aborted`]
+    /// (one at a time: both are the session's).
+    writer: AtomicWaker,
     limit: usize,
     limit_bytes: usize,
     /// Frames queued now (for metrics and the admin view; updated under the lock).
@@ -65,7 +69,7 @@ impl Outbound {
                 closing: None,
                 probe: None,
             }),
-            wake: Notify::new(),
+            writer: AtomicWaker::new(),
             limit,
             limit_bytes,
             depth: AtomicUsize::new(0),
@@ -105,7 +109,7 @@ impl Outbound {
             ));
             self.depth.store(0, Ordering::Relaxed);
             drop(state);
-            self.wake.notify_one();
+            self.writer.wake();
             return Push::Overflow;
         }
         let was_empty = state.frames.is_empty();
@@ -117,7 +121,7 @@ impl Outbound {
         self.depth.store(state.frames.len(), Ordering::Relaxed);
         drop(state);
         if was_empty {
-            self.wake.notify_one();
+            self.writer.wake();
         }
         Push::Queued
     }
@@ -129,7 +133,7 @@ impl Outbound {
             state.closing = Some(disconnect);
         }
         drop(state);
-        self.wake.notify_one();
+        self.writer.wake();
     }
 
     /// True once a close was asked for (by [`Outbound::close`] or an overflow).
@@ -177,19 +181,34 @@ impl Outbound {
                     return Next::Close(d.clone());
                 }
             }
-            self.wake.notified().await;
+            // Registered before the state is looked at again, so a push in between is
+            // not missed (pushes wake after their lock); and taken out when the wait ends
+            // or is dropped, so the session's own pushes (its replies) do not wake it.
+            let _waiting = Waiting(&self.writer);
+            std::future::poll_fn(|cx| {
+                self.writer.register(cx.waker());
+                let state = self.state.lock();
+                match state.frames.is_empty() && state.closing.is_none() {
+                    true => Poll::Pending,
+                    false => Poll::Ready(()),
+                }
+            })
+            .await;
         }
     }
 
     /// Resolves once the queue overflowed (slow consumer): a write in progress should be
     /// abandoned, since the client is not reading.
     pub async fn aborted(&self) {
-        loop {
-            if self.abort_reason().is_some() {
-                return;
+        let _waiting = Waiting(&self.writer);
+        std::future::poll_fn(|cx| {
+            self.writer.register(cx.waker());
+            match self.abort_reason() {
+                Some(_) => Poll::Ready(()),
+                None => Poll::Pending,
             }
-            self.wake.notified().await;
-        }
+        })
+        .await
     }
 
     /// The slow-consumer disconnect, once the queue overflowed.
@@ -200,6 +219,15 @@ impl Outbound {
             .as_ref()
             .filter(|d| d.code == CloseCode::SlowConsumer)
             .cloned()
+    }
+}
+
+/// Takes the writer's waker out when a wait ends, however it ends.
+struct Waiting<'a>(&'a AtomicWaker);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.take();
     }
 }
 

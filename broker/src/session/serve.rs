@@ -44,6 +44,10 @@ impl Session {
         let gather = transport.gathers();
         let timer = tokio::time::sleep_until(self.next_deadline());
         tokio::pin!(timer);
+        // Made once and kept, like the timer: a wait the `select!` made anew at every
+        // wake-up would join and leave the token's waiter list each time.
+        let shutdown = self.node.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         let mut draining = false;
         // Set when the session decided to close (too many violations): what is queued,
         // the last answer included, is written first; nothing more is read.
@@ -54,7 +58,7 @@ impl Session {
             // connection's task.
             let woke = tokio::select! {
                 biased;
-                _ = self.node.shutdown.cancelled(), if !draining => Woke::Shutdown,
+                _ = &mut shutdown, if !draining => Woke::Shutdown,
                 next = self.handle.outbound.next_batch_gathered(&mut batch, gather) => Woke::Queue(next),
                 inbound = transport.recv(), if !closing => Woke::Inbound(inbound),
                 _ = &mut timer => Woke::Timer,

@@ -50,6 +50,8 @@ pub struct WsTransport {
     eof: bool,
     /// Nothing more is handled: the client closed, or sent what cannot be read past.
     ended: bool,
+    /// A close frame went out: nothing follows it, not even a pong (RFC 6455, 5.5.1).
+    close_sent: bool,
 }
 
 /// A frame partly written: its header, its payload, and how many bytes of the two went.
@@ -104,6 +106,7 @@ impl WsTransport {
             write_bytes: settings.write_buffer_bytes.max(4_096),
             eof: false,
             ended: false,
+            close_sent: false,
         }
     }
 
@@ -205,9 +208,10 @@ impl WsTransport {
     /// before the next write. A pong waiting behind a partly written frame is dropped:
     /// that happens only to a client that stopped reading.
     fn queue_control(&mut self, opcode: Opcode, payload: Bytes) {
-        if self.partial.is_some() {
+        if self.partial.is_some() || self.close_sent {
             return;
         }
+        self.close_sent = opcode == Opcode::Close;
         let mut frame = Partial::new(opcode, payload);
         let (head, body) = frame.rest();
         match self
@@ -241,7 +245,7 @@ impl WsTransport {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.partial = Some(frame);
-                    self.stream.writable().await.map_err(io_err)?;
+                    self.writable().await.map_err(io_err)?;
                 }
                 Err(e) => return Err(io_err(e)),
             }
@@ -249,9 +253,20 @@ impl WsTransport {
         Ok(())
     }
 
+    /// Waits until the socket takes bytes. (`poll_write_ready` keeps the waker in the
+    /// socket's own slot: no waiter is added to and taken off a list at every wait, as
+    /// `writable()` does; the same for reads.)
+    async fn writable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.stream.poll_write_ready(cx)).await
+    }
+
     /// Writes a control frame, waiting for the socket as needed.
     async fn write_control(&mut self, opcode: Opcode, payload: Bytes) -> Result<(), WriteError> {
         self.finish_partial().await?;
+        if self.close_sent {
+            return Ok(());
+        }
+        self.close_sent = opcode == Opcode::Close;
         self.partial = Some(Partial::new(opcode, payload));
         self.finish_partial().await
     }
@@ -313,8 +328,11 @@ impl Transport for WsTransport {
             if self.ended || self.eof {
                 return Inbound::Closed;
             }
-            // Cancel-safe: nothing is read until the socket is readable.
-            if self.stream.readable().await.is_err() {
+            // Cancel-safe: nothing is read until the socket is readable (see `writable`).
+            if std::future::poll_fn(|cx| self.stream.poll_read_ready(cx))
+                .await
+                .is_err()
+            {
                 return Inbound::Closed;
             }
             match self.read_some() {
@@ -335,7 +353,7 @@ impl Transport for WsTransport {
             match self.write_frames(batch) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.stream.writable().await.map_err(io_err)?;
+                    self.writable().await.map_err(io_err)?;
                 }
                 Err(e) => return Err(io_err(e)),
             }
@@ -456,6 +474,35 @@ mod tests {
             Some(Ok(Message::Close(Some(close)))) => assert_eq!(u16::from(close.code), 1000),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// After the server's close, nothing more goes out: the client's answering close and a
+    /// ping sent before it get no reply (a second close or a pong would break RFC 6455).
+    #[tokio::test]
+    async fn nothing_follows_the_servers_close() {
+        let (mut server, mut client) = pair().await;
+        let closing = tokio::spawn(async move {
+            server.close(CloseCode::Restart, "restarting").await;
+        });
+        match tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(Some(close)))) => assert_eq!(u16::from(close.code), 1012),
+            other => panic!("{other:?}"),
+        }
+        // tungstenite answers the close; then the server ends the connection.
+        let after: Vec<_> = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut after = Vec::new();
+            while let Some(item) = client.next().await {
+                after.push(format!("{item:?}"));
+            }
+            after
+        })
+        .await
+        .unwrap();
+        assert!(after.is_empty(), "after the close: {after:?}");
+        closing.await.unwrap();
     }
 
     /// A message over `limits.max_frame_bytes`, in one frame or in fragments, is refused.
