@@ -90,7 +90,6 @@ fn connection(
             tracing::debug!(remote = %remote, "No handshake slot came free in time; closed");
             return;
         };
-        let _ = stream.set_nodelay(true);
         match wants_upgrade(&stream, edge::deadline(&node, opened)).await {
             Some(true) => drop(pages),
             Some(false) => {
