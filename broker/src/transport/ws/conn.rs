@@ -3,7 +3,8 @@
 //! at all (tungstenite kept a read buffer and a write buffer in every connection).
 //!
 //! Reads: a read takes what the socket has (up to `limits.read_buffer_bytes`) into the
-//! worker thread's buffer; those bytes are copied once into the connection's `read`
+//! worker thread's buffer (tokio's `poll_read`, which marks the socket drained after a
+//! short read, so no read is made only to find nothing); those bytes are copied once into the connection's `read`
 //! (exactly their length), and frames are split off it without further copies. `read` is
 //! empty, holding nothing, once every frame in it was handled.
 //!
@@ -16,9 +17,12 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::codec::{self, FrameError, MAX_HEADER, Opcode};
@@ -188,19 +192,23 @@ impl WsTransport {
         Inbound::Invalid(CloseCode::ProtocolError, why.into())
     }
 
-    /// Reads what the socket has now; `Ok(0)` at its end.
-    fn read_some(&mut self) -> io::Result<usize> {
+    /// Reads what the socket has (`Ok(0)` at its end), through tokio's `poll_read`: a read
+    /// that returns less than it asked for marks the socket drained, so the next wait
+    /// does not start with a read that finds nothing (`try_read` would make one).
+    fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         READ.with_borrow_mut(|buf| {
             if buf.len() < self.read_bytes {
                 buf.resize(self.read_bytes, 0);
             }
-            let n = self.stream.try_read(&mut buf[..self.read_bytes])?;
+            let mut into = ReadBuf::new(&mut buf[..self.read_bytes]);
+            ready!(Pin::new(&mut self.stream).poll_read(cx, &mut into))?;
+            let got = into.filled();
             if self.read.is_empty() {
-                self.read = BytesMut::from(&buf[..n]);
+                self.read = BytesMut::from(got);
             } else {
-                self.read.extend_from_slice(&buf[..n]);
+                self.read.extend_from_slice(got);
             }
-            Ok(n)
+            Poll::Ready(Ok(got.len()))
         })
     }
 
@@ -255,7 +263,7 @@ impl WsTransport {
 
     /// Waits until the socket takes bytes. (`poll_write_ready` keeps the waker in the
     /// socket's own slot: no waiter is added to and taken off a list at every wait, as
-    /// `writable()` does; the same for reads.)
+    /// `writable()` does; reads go through `poll_read` likewise.)
     async fn writable(&self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.stream.poll_write_ready(cx)).await
     }
@@ -328,18 +336,10 @@ impl Transport for WsTransport {
             if self.ended || self.eof {
                 return Inbound::Closed;
             }
-            // Cancel-safe: nothing is read until the socket is readable (see `writable`).
-            if std::future::poll_fn(|cx| self.stream.poll_read_ready(cx))
-                .await
-                .is_err()
-            {
-                return Inbound::Closed;
-            }
-            match self.read_some() {
-                Ok(0) => self.eof = true,
+            // Cancel-safe: what a read returns is kept before it returns.
+            match std::future::poll_fn(|cx| self.poll_read_some(cx)).await {
+                Ok(0) | Err(_) => self.eof = true,
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => self.eof = true,
             }
         }
     }
