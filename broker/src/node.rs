@@ -1,7 +1,7 @@
 //! The running node: everything a session or listener needs, built once from config.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -84,8 +84,12 @@ pub struct Node {
     pub pipeline: Pipeline,
     /// WebAssembly plugins (an empty set when none is configured).
     pub plugins: Arc<Plugins>,
-    /// Cancelled once to start shutdown; every listener and session watches it.
+    /// Cancelled once to start shutdown; every listener and session watches it. Cancel it
+    /// through [`Node::begin_shutdown`], which sets `draining` first.
     pub shutdown: CancellationToken,
+    /// Set when shutdown begins: what the publish path reads (tokio-util's `is_cancelled`
+    /// takes the token's lock, once per publication).
+    draining: Arc<AtomicBool>,
     /// Every connection task, so shutdown can wait for them to drain.
     pub tasks: TaskTracker,
     pub metrics: Arc<Metrics>,
@@ -148,6 +152,7 @@ impl Node {
         }
         let hub = Arc::new(hub);
         let shutdown = CancellationToken::new();
+        let draining = Arc::new(AtomicBool::new(false));
         let (log, presence): (Arc<dyn Sequencer>, Arc<dyn Presence>) = match &federation {
             Some(f) => (f.log.clone(), f.presence.clone()),
             None => (
@@ -162,7 +167,7 @@ impl Node {
             metrics.clone(),
             plugins.clone(),
             &config,
-            shutdown.clone(),
+            draining.clone(),
         );
         let (name, cluster) = match federation {
             Some(f) => (f.name, Some(f.control)),
@@ -179,6 +184,7 @@ impl Node {
             pipeline,
             plugins,
             shutdown,
+            draining,
             tasks: TaskTracker::new(),
             connections: ConnectionLimits::new(&config.connections),
             config: Arc::new(config),
@@ -210,9 +216,16 @@ impl Node {
             .inspect_err(|e| self.metrics.auth_failed(e.reason()))
     }
 
+    /// Starts shutdown: publishes are refused from now on, and every listener and session
+    /// sees the token cancelled.
+    pub fn begin_shutdown(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.shutdown.cancel();
+    }
+
     /// Whether shutdown has begun.
     pub fn draining(&self) -> bool {
-        self.shutdown.is_cancelled()
+        self.draining.load(Ordering::Relaxed)
     }
 }
 

@@ -8,6 +8,7 @@
 mod dedup;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::value::RawValue;
 
@@ -27,7 +28,6 @@ use crate::sequencer::{Acked, Sequencer, Sequencing};
 use dedup::{Dedup, Once, Publisher};
 use futures_util::future::BoxFuture;
 use std::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Where a publication comes from. Client publications are checked against the token;
 /// server-side sources are trusted.
@@ -156,9 +156,9 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     plugins: Arc<Plugins>,
     dedup: Dedup,
-    /// The node's shutdown token: once draining, publishes are refused (their deliveries
-    /// would be dropped with the connections).
-    shutdown: CancellationToken,
+    /// Set when the node's shutdown begins: publishes are refused from then on (their
+    /// deliveries would be dropped with the connections).
+    draining: Arc<AtomicBool>,
     /// The largest `message` frame a volatile namespace takes (`quic.max_datagram_bytes`).
     max_datagram_bytes: usize,
 }
@@ -171,7 +171,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         plugins: Arc<Plugins>,
         config: &Config,
-        shutdown: CancellationToken,
+        draining: Arc<AtomicBool>,
     ) -> Self {
         let settings = &config.limits;
         Self {
@@ -181,7 +181,7 @@ impl Pipeline {
             metrics,
             plugins,
             dedup: Dedup::new(settings.dedup_window_ms, settings.dedup_max_keys),
-            shutdown,
+            draining,
             max_datagram_bytes: config.quic.max_datagram_bytes,
         }
     }
@@ -216,7 +216,7 @@ impl Pipeline {
     /// fast path). A namespace with a chain answers [`Step::Plugins`]: the caller awaits
     /// [`Pipeline::finish`].
     pub fn start(&self, req: PublishRequest<'_>) -> Result<Step, ErrorReply> {
-        if self.shutdown.is_cancelled() {
+        if self.draining.load(Ordering::Relaxed) {
             return Err(draining());
         }
         let accepted_at = Instant::now();

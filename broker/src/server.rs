@@ -414,7 +414,7 @@ pub async fn watch_signals(node: Arc<Node>, reload: Reload) -> anyhow::Result<()
             }
         }
     }
-    node.shutdown.cancel();
+    node.begin_shutdown();
     Ok(())
 }
 

@@ -20,7 +20,7 @@ fn pipeline() -> Pipeline {
         metrics,
         plugins,
         &config,
-        CancellationToken::new(),
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
     )
 }
 
