@@ -4,9 +4,10 @@
 //!
 //! Reads: a read takes what the socket has (up to `limits.read_buffer_bytes`) into the
 //! worker thread's buffer (tokio's `poll_read`, which marks the socket drained after a
-//! short read, so no read is made only to find nothing); those bytes are copied once into the connection's `read`
-//! (exactly their length), and frames are split off it without further copies. `read` is
-//! empty, holding nothing, once every frame in it was handled.
+//! short read, so no read is made only to find nothing); those bytes are copied once
+//! into the connection's `read` (exactly their length), and frames are split off it
+//! without further copies. `read` is empty, holding nothing, once every frame in it was
+//! handled.
 //!
 //! Writes: queued frames are framed here and gathered in the thread's buffer, one write
 //! per `limits.write_buffer_bytes` (a frame larger than that goes out as header and
@@ -214,51 +215,50 @@ impl WsTransport {
 
     /// Writes a control frame now if the socket takes it, else leaves it to be finished
     /// before the next write. A pong waiting behind a partly written frame is dropped:
-    /// that happens only to a client that stopped reading.
+    /// that happens only to a client that stopped reading. Nothing follows a close.
     fn queue_control(&mut self, opcode: Opcode, payload: Bytes) {
         if self.partial.is_some() || self.close_sent {
             return;
         }
         self.close_sent = opcode == Opcode::Close;
-        let mut frame = Partial::new(opcode, payload);
-        let (head, body) = frame.rest();
-        match self
-            .stream
-            .try_write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
-        {
-            Ok(n) if n == frame.len() => {}
-            Ok(n) => {
-                frame.written = n;
-                self.partial = Some(frame);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.partial = Some(frame),
+        self.partial = Some(Partial::new(opcode, payload));
+        match self.write_partial_now() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => self.eof = true,
         }
+    }
+
+    /// Writes what the socket takes now of the partly written frame; `Ok(true)` once
+    /// none is left.
+    fn write_partial_now(&mut self) -> io::Result<bool> {
+        let Some(frame) = self.partial.as_mut() else {
+            return Ok(true);
+        };
+        let (head, body) = frame.rest();
+        frame.written += self
+            .stream
+            .try_write_vectored(&[IoSlice::new(head), IoSlice::new(body)])?;
+        if frame.written < frame.len() {
+            return Ok(false);
+        }
+        self.partial = None;
+        Ok(true)
     }
 
     /// Writes the rest of a partly written frame (cancel-safe: what is left stays in
     /// `partial` until it is out).
     async fn finish_partial(&mut self) -> Result<(), WriteError> {
-        while let Some(mut frame) = self.partial.take() {
-            let (head, body) = frame.rest();
-            match self
-                .stream
-                .try_write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
-            {
-                Ok(n) => {
-                    frame.written += n;
-                    if frame.written < frame.len() {
-                        self.partial = Some(frame);
-                    }
-                }
+        loop {
+            match self.write_partial_now() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.partial = Some(frame);
                     self.writable().await.map_err(io_err)?;
                 }
                 Err(e) => return Err(io_err(e)),
             }
         }
-        Ok(())
     }
 
     /// Waits until the socket takes bytes. (`poll_write_ready` keeps the waker in the
@@ -271,11 +271,7 @@ impl WsTransport {
     /// Writes a control frame, waiting for the socket as needed.
     async fn write_control(&mut self, opcode: Opcode, payload: Bytes) -> Result<(), WriteError> {
         self.finish_partial().await?;
-        if self.close_sent {
-            return Ok(());
-        }
-        self.close_sent = opcode == Opcode::Close;
-        self.partial = Some(Partial::new(opcode, payload));
+        self.queue_control(opcode, payload);
         self.finish_partial().await
     }
 
