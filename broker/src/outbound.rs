@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures_util::task::AtomicWaker;
@@ -161,54 +161,54 @@ impl Outbound {
         gather: bool,
     ) -> Next {
         debug_assert!(batch.is_empty());
-        let mut gathered = !gather;
-        loop {
-            if !gathered && self.depth() > 0 {
-                gathered = true;
-                tokio::task::yield_now().await;
-            }
-            {
-                let mut state = self.state.lock();
-                if !state.frames.is_empty() {
-                    std::mem::swap(&mut state.frames, batch);
-                    state.bytes = 0;
-                    self.depth.store(0, Ordering::Relaxed);
-                    return Next::Frames {
-                        probe: state.probe.take(),
-                    };
-                }
-                if let Some(d) = &state.closing {
-                    return Next::Close(d.clone());
-                }
-            }
-            // Registered before the state is looked at again, so a push in between is
-            // not missed (pushes wake after their lock); and taken out when the wait ends
-            // or is dropped, so the session's own pushes (its replies) do not wake it.
-            let _waiting = Waiting(&self.writer);
-            std::future::poll_fn(|cx| {
-                self.writer.register(cx.waker());
-                let state = self.state.lock();
-                match state.frames.is_empty() && state.closing.is_none() {
-                    true => Poll::Pending,
-                    false => Poll::Ready(()),
-                }
-            })
-            .await;
+        let _waiting = Waiting(&self.writer);
+        if gather {
+            std::future::poll_fn(|cx| self.poll_until(cx, || self.has_work().then_some(()))).await;
+            tokio::task::yield_now().await;
         }
+        std::future::poll_fn(|cx| self.poll_until(cx, || self.take(batch))).await
     }
 
     /// Resolves once the queue overflowed (slow consumer): a write in progress should be
     /// abandoned, since the client is not reading.
     pub async fn aborted(&self) {
         let _waiting = Waiting(&self.writer);
-        std::future::poll_fn(|cx| {
-            self.writer.register(cx.waker());
-            match self.abort_reason() {
-                Some(_) => Poll::Ready(()),
-                None => Poll::Pending,
-            }
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll_until(cx, || self.abort_reason().map(|_| ()))).await
+    }
+
+    /// `found`'s answer once it has one. The writer's waker is registered before the
+    /// second look, so a push in between is not missed (pushes wake after their lock);
+    /// a [`Waiting`] guard takes it out when the wait ends or is dropped, so the
+    /// session's own pushes (its replies) do not wake it.
+    fn poll_until<T>(&self, cx: &mut Context<'_>, mut found: impl FnMut() -> Option<T>) -> Poll<T> {
+        if let Some(t) = found() {
+            return Poll::Ready(t);
+        }
+        self.writer.register(cx.waker());
+        match found() {
+            Some(t) => Poll::Ready(t),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The queued frames, swapped into `batch`, or the close once everything before it
+    /// was handed out; `None` while there is neither.
+    fn take(&self, batch: &mut VecDeque<EncodedFrame>) -> Option<Next> {
+        let mut state = self.state.lock();
+        if !state.frames.is_empty() {
+            std::mem::swap(&mut state.frames, batch);
+            state.bytes = 0;
+            self.depth.store(0, Ordering::Relaxed);
+            return Some(Next::Frames {
+                probe: state.probe.take(),
+            });
+        }
+        state.closing.clone().map(Next::Close)
+    }
+
+    fn has_work(&self) -> bool {
+        let state = self.state.lock();
+        !state.frames.is_empty() || state.closing.is_some()
     }
 
     /// The slow-consumer disconnect, once the queue overflowed.
