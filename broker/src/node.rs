@@ -15,6 +15,7 @@ use crate::hub::{Hub, JoinLeaveCap};
 use crate::limits::{ConnectionLimits, RateLimits};
 use crate::metrics::Metrics;
 use crate::plugins::Plugins;
+use crate::protocol::{CloseCode, Disconnect};
 use crate::publish::Pipeline;
 use crate::registry::Registry;
 use crate::sequencer::{Control, Federation, Local, LocalPresence, Presence, Sequencer};
@@ -84,7 +85,8 @@ pub struct Node {
     pub pipeline: Pipeline,
     /// WebAssembly plugins (an empty set when none is configured).
     pub plugins: Arc<Plugins>,
-    /// Cancelled once to start shutdown; every listener and session watches it. Cancel it
+    /// Cancelled once to start shutdown; every listener watches it (sessions are closed
+    /// through the registry, see [`Node::begin_shutdown`]). Cancel it
     /// through [`Node::begin_shutdown`], which sets `draining` first.
     pub shutdown: CancellationToken,
     /// Set when shutdown begins: what the publish path reads (tokio-util's `is_cancelled`
@@ -216,11 +218,31 @@ impl Node {
             .inspect_err(|e| self.metrics.auth_failed(e.reason()))
     }
 
-    /// Starts shutdown: publishes are refused from now on, and every listener and session
-    /// sees the token cancelled.
+    /// Starts shutdown: publishes are refused from now on, every listener sees the token
+    /// cancelled, and every registered connection is asked to close with 1012 after what
+    /// it has queued. A session that registers later sees `draining` and closes itself
+    /// (the flag is set before the registry is walked, and both take its shard lock).
+    ///
+    /// Sessions do not wait on the token: a pending token wait takes two process-wide
+    /// locks each time it is polled (tokio-util's `is_cancelled`, tokio's `Notify`),
+    /// which every session's wake-up would pay.
     pub fn begin_shutdown(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.shutdown.cancel();
+        self.registry.close_all(|| self.restart_disconnect());
+    }
+
+    /// The `disconnect` of a drain: 1012, with a jittered reconnect delay so clients do
+    /// not all come back at once.
+    pub fn restart_disconnect(&self) -> Disconnect {
+        use rand::Rng;
+        let mut d = Disconnect::new(
+            CloseCode::Restart,
+            "the server is restarting; reconnect and recover",
+        );
+        let jitter = self.settings.reconnect_jitter_ms.max(500);
+        d.delay_ms = Some(rand::rng().random_range(500..=jitter));
+        d
     }
 
     /// Whether shutdown has begun.

@@ -54,6 +54,19 @@ impl Registry {
         peers.len()
     }
 
+    /// Asks every connection to close, each with a `disconnect` of its own (shutdown:
+    /// each gets its own reconnect delay); returns how many.
+    pub fn close_all(&self, disconnect: impl Fn() -> Disconnect) -> usize {
+        let mut n = 0;
+        for shard in &self.shards {
+            for p in shard.lock().values() {
+                p.outbound.close(disconnect());
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// (frames queued in all connections, the longest queue).
     pub fn queue_depths(&self) -> (usize, usize) {
         let (mut sum, mut max) = (0, 0);

@@ -1,8 +1,9 @@
 //! A client session: the protocol state machine for one connection, over any [`Transport`].
 //!
 //! One task per connection runs [`run`]: it waits for `connect`, then selects over inbound
-//! frames, its own outbound queue (written in batches, one flush per wake-up), a single
-//! timer (keepalive and token expiry) and the node's shutdown token. Requests are handled
+//! frames, its own outbound queue (written in batches, one flush per wake-up; shutdown
+//! arrives there too, as a 1012 close) and a single timer (keepalive and token expiry).
+//! Requests are handled
 //! synchronously (hub and pipeline calls never await), except one that must run a plugin
 //! chain: the session awaits it on the plugin threads before reading on. Every reply
 //! goes through the same outbound queue as publications, so the writer is the only one
@@ -11,7 +12,7 @@
 //! ```text
 //! session        run → handshake → live (serve) → finish; the Session state
 //!   handshake    first frame, token, per-user count, connect plugins, `connected`
-//!   serve        the select! loop: shutdown, outbound batches, inbound, the timer
+//!   serve        the select! loop: outbound batches, inbound, the timer
 //!   requests     one handler per request kind (subscribe, publish, history, …)
 //! ```
 
@@ -116,6 +117,10 @@ async fn live<T: Transport>(
         session.next_ping = Instant::now() + MAX_TOKEN_LIFE;
     }
     node.registry.insert(session.handle.clone());
+    if node.draining() {
+        // Registered after shutdown walked the registry (see `Node::begin_shutdown`).
+        session.handle.outbound.close(node.restart_disconnect());
+    }
     tracing::info!(
         client = %session.handle.client,
         user = &*session.handle.user,

@@ -1,6 +1,7 @@
-//! A live session's loop: one `select!` over shutdown, the outbound queue (written in
-//! batches, one flush per wake-up), inbound frames and a single timer (keepalive and
-//! token expiry).
+//! A live session's loop: one `select!` over the outbound queue (written in batches, one
+//! flush per wake-up), inbound frames and a single timer (keepalive and token expiry).
+//! Shutdown reaches a session through its queue (`Node::begin_shutdown` closes every
+//! registered connection with 1012), so a wake-up takes no lock shared with others.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -8,7 +9,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use rand::Rng;
 use tokio::time::Instant;
 
 use super::{Exit, Session};
@@ -24,7 +24,6 @@ const READ_AHEAD: u32 = 16;
 
 /// What woke a session's loop.
 enum Woke {
-    Shutdown,
     Queue(Next),
     Inbound(crate::transport::Inbound),
     Timer,
@@ -44,11 +43,6 @@ impl Session {
         let gather = transport.gathers();
         let timer = tokio::time::sleep_until(self.next_deadline());
         tokio::pin!(timer);
-        // Made once and kept, like the timer: a wait the `select!` made anew at every
-        // wake-up would join and leave the token's waiter list each time.
-        let shutdown = self.node.shutdown.clone().cancelled_owned();
-        tokio::pin!(shutdown);
-        let mut draining = false;
         // Set when the session decided to close (too many violations): what is queued,
         // the last answer included, is written first; nothing more is read.
         let mut closing = false;
@@ -58,16 +52,11 @@ impl Session {
             // connection's task.
             let woke = tokio::select! {
                 biased;
-                _ = &mut shutdown, if !draining => Woke::Shutdown,
                 next = self.handle.outbound.next_batch_gathered(&mut batch, gather) => Woke::Queue(next),
                 inbound = transport.recv(), if !closing => Woke::Inbound(inbound),
                 _ = &mut timer => Woke::Timer,
             };
             match woke {
-                Woke::Shutdown => {
-                    draining = true;
-                    self.start_drain();
-                }
                 Woke::Queue(Next::Frames { probe }) => {
                     let written = self.write_batch(transport, &mut batch).await;
                     if let Err(exit) = self.after_write(written, &mut batch, probe) {
@@ -157,18 +146,6 @@ impl Session {
             at = at.min(since + self.node.settings.pong_timeout);
         }
         at
-    }
-
-    /// Shutdown began: what is queued is written, then `disconnect` 1012 with a jittered
-    /// reconnect delay.
-    fn start_drain(&self) {
-        let mut d = Disconnect::new(
-            CloseCode::Restart,
-            "the server is restarting; reconnect and recover",
-        );
-        let jitter = self.node.settings.reconnect_jitter_ms.max(500);
-        d.delay_ms = Some(rand::rng().random_range(500..=jitter));
-        self.handle.outbound.close(d);
     }
 
     /// After a batch was written: records the publish latency probe and gives a burst's

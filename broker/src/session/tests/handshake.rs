@@ -209,3 +209,28 @@ async fn a_client_that_goes_away_before_connect_ends_the_session_without_a_close
         "{closed:?}"
     );
 }
+
+#[tokio::test]
+async fn shutdown_closes_live_sessions_with_1012_after_what_they_had_queued() {
+    let node = node();
+    let mut alice = MemoryClient::connect(&node, &token("alice", &["chat:*"])).await;
+    alice.subscribe("chat:room").await;
+    node.begin_shutdown();
+    let closed = alice.closed().await;
+    closed.assert_code(1012);
+    let delay = closed.disconnect.as_ref().unwrap()["delay_ms"].as_u64();
+    assert!(delay.is_some_and(|d| d >= 500), "{closed:?}");
+}
+
+#[tokio::test]
+async fn a_session_that_authenticates_during_shutdown_is_closed_with_1012() {
+    let node = node();
+    // Open before shutdown, `connect` after: the registry walk could not see it.
+    let mut late = MemoryClient::open(&node);
+    node.begin_shutdown();
+    let r = late
+        .request(json!({"type": "connect", "token": token("bob", &[])}))
+        .await;
+    assert_eq!(r["type"], "connected", "{r}");
+    late.closed().await.assert_code(1012);
+}
