@@ -57,14 +57,11 @@ impl Registry {
     /// Asks every connection to close, each with a `disconnect` of its own (shutdown:
     /// each gets its own reconnect delay); returns how many.
     pub fn close_all(&self, disconnect: impl Fn() -> Disconnect) -> usize {
-        let mut n = 0;
-        for shard in &self.shards {
-            for p in shard.lock().values() {
-                p.outbound.close(disconnect());
-                n += 1;
-            }
+        let peers = self.peers(None);
+        for p in &peers {
+            p.outbound.close(disconnect());
         }
-        n
+        peers.len()
     }
 
     /// (frames queued in all connections, the longest queue).
