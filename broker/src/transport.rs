@@ -74,6 +74,26 @@ pub trait Datagrams: Send + Sync {
     fn send(&self, frame: &EncodedFrame) -> bool;
 }
 
+/// A way around the connection's queue while traffic is light: the publishing thread
+/// writes a frame on the socket itself (WebSocket), instead of waking the connection's
+/// task to do it. Called under the queue's lock (see [`crate::outbound`]); never waits.
+pub trait DirectWrite: Send + Sync {
+    /// Writes `frame` now if the socket takes it.
+    fn try_write(&self, frame: &EncodedFrame) -> Direct;
+}
+
+/// What a [`DirectWrite`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direct {
+    /// The whole frame went out.
+    Written,
+    /// Part of it went; the rest is kept, and the connection's writer must finish it
+    /// before anything else.
+    Begun,
+    /// Nothing went (the socket is full, or busy with another write): queue it.
+    Not,
+}
+
 /// A write failed; the connection is gone.
 #[derive(Debug, thiserror::Error)]
 #[error("transport write failed: {0}")]
@@ -96,6 +116,11 @@ pub trait Transport: Send {
 
     /// Unreliable datagrams beside the stream, when the transport has them.
     fn datagrams(&self) -> Option<Arc<dyn Datagrams>> {
+        None
+    }
+
+    /// The socket, for writes from the publishing thread, when the transport allows them.
+    fn direct(&self) -> Option<Arc<dyn DirectWrite>> {
         None
     }
 

@@ -14,21 +14,29 @@
 //! payload slices, without a copy). A frame the socket took only part of is finished
 //! before anything else is written, a pong or a close included, even when the write that
 //! began it was abandoned, so the stream never holds half a frame.
+//!
+//! Direct writes: the write side (the partly written frame, whether a close went) sits
+//! behind a lock shared with the connection's queue, so a publishing thread can write a
+//! frame on the socket itself while traffic is light ([`DirectWrite`]). Every write,
+//! direct or not, happens under that lock and finishes a partly written frame first.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::codec::{self, FrameError, MAX_HEADER, Opcode};
 use crate::protocol::{CloseCode, EncodedFrame};
-use crate::transport::{Inbound, Transport, TransportKind, WriteError};
+use crate::transport::{Direct, DirectWrite, Inbound, Transport, TransportKind, WriteError};
 
 thread_local! {
     /// The worker thread's read buffer (grown to `limits.read_buffer_bytes` on first use).
@@ -44,8 +52,8 @@ pub struct WsTransport {
     read: BytesMut,
     /// A fragmented message being put together (rare): its bytes, and whether it is text.
     message: Option<(BytesMut, bool)>,
-    /// See the module doc.
-    partial: Option<Partial>,
+    /// The write side, shared with the connection's queue (see the module doc).
+    writes: Arc<Writes>,
     /// The largest message taken (`limits.max_frame_bytes`).
     max_message: usize,
     read_bytes: usize,
@@ -55,8 +63,90 @@ pub struct WsTransport {
     eof: bool,
     /// Nothing more is handled: the client closed, or sent what cannot be read past.
     ended: bool,
+}
+
+/// A directly written frame up to this size (header included) is copied into one buffer.
+const DIRECT_COPY_MAX: usize = 16 * 1024;
+
+/// The socket's write side: whoever writes holds `side`.
+struct Writes {
+    /// The socket, for direct writes (valid while `side.open`).
+    fd: RawFd,
+    side: Mutex<WriteSide>,
+}
+
+struct WriteSide {
+    /// See the module doc.
+    partial: Option<Partial>,
     /// A close frame went out: nothing follows it, not even a pong (RFC 6455, 5.5.1).
     close_sent: bool,
+    /// The transport still holds the socket: it clears this, under the lock, before the
+    /// socket is closed, so a direct write never uses a descriptor gone or reused.
+    open: bool,
+}
+
+impl WriteSide {
+    /// Writes what the socket takes now of the partly written frame; `Ok(true)` once
+    /// none is left.
+    fn write_partial_now(&mut self, stream: &TcpStream) -> io::Result<bool> {
+        let Some(frame) = self.partial.as_mut() else {
+            return Ok(true);
+        };
+        let (head, body) = frame.rest();
+        frame.written += stream.try_write_vectored(&[IoSlice::new(head), IoSlice::new(body)])?;
+        if frame.written < frame.len() {
+            return Ok(false);
+        }
+        self.partial = None;
+        Ok(true)
+    }
+}
+
+impl DirectWrite for Writes {
+    // The one unsafe line borrows the socket's descriptor from another thread; see its
+    // SAFETY note.
+    #[allow(unsafe_code)]
+    fn try_write(&self, frame: &EncodedFrame) -> Direct {
+        // A session writing (a ping, a pong) holds the lock: the frame queues instead.
+        let Some(mut side) = self.side.try_lock() else {
+            return Direct::Not;
+        };
+        if !side.open || side.close_sent || side.partial.is_some() {
+            return Direct::Not;
+        }
+        let mut header = [0u8; MAX_HEADER];
+        let len = codec::header(Opcode::Text, frame.len(), &mut header);
+        // SAFETY: `open` is true and we hold the lock, so the transport has not closed
+        // the socket: the descriptor is this connection's.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let socket = socket2::SockRef::from(&fd);
+        // A small frame is copied whole into the thread's buffer: a plain `send` costs
+        // less than `sendmsg` with two slices.
+        let sent = if len + frame.len() <= DIRECT_COPY_MAX {
+            GATHER.with_borrow_mut(|buf| {
+                buf.clear();
+                buf.extend_from_slice(&header[..len]);
+                buf.extend_from_slice(frame.as_bytes());
+                socket.send(buf)
+            })
+        } else {
+            socket.send_vectored(&[IoSlice::new(&header[..len]), IoSlice::new(frame.as_bytes())])
+        };
+        // A socket that would block, or failed: the writer finds out when it writes.
+        let Ok(n) = sent else {
+            return Direct::Not;
+        };
+        if n == 0 {
+            return Direct::Not;
+        }
+        if n == len + frame.len() {
+            return Direct::Written;
+        }
+        let mut partial = Partial::new(Opcode::Text, frame.bytes());
+        partial.written = n;
+        side.partial = Some(partial);
+        Direct::Begun
+    }
 }
 
 /// A frame partly written: its header, its payload, and how many bytes of the two went.
@@ -101,17 +191,24 @@ fn io_err(e: io::Error) -> WriteError {
 impl WsTransport {
     /// A connection whose upgrade is done (nothing of it is left unread).
     pub fn new(stream: TcpStream, settings: &crate::node::Settings) -> Self {
+        let writes = Arc::new(Writes {
+            fd: stream.as_raw_fd(),
+            side: Mutex::new(WriteSide {
+                partial: None,
+                close_sent: false,
+                open: true,
+            }),
+        });
         Self {
             stream,
             read: BytesMut::new(),
             message: None,
-            partial: None,
+            writes,
             max_message: settings.max_frame_bytes,
             read_bytes: settings.read_buffer_bytes,
             write_bytes: settings.write_buffer_bytes.max(4_096),
             eof: false,
             ended: false,
-            close_sent: false,
         }
     }
 
@@ -217,33 +314,22 @@ impl WsTransport {
     /// before the next write. A pong waiting behind a partly written frame is dropped:
     /// that happens only to a client that stopped reading. Nothing follows a close.
     fn queue_control(&mut self, opcode: Opcode, payload: Bytes) {
-        if self.partial.is_some() || self.close_sent {
+        let mut side = self.writes.side.lock();
+        if side.partial.is_some() || side.close_sent {
             return;
         }
-        self.close_sent = opcode == Opcode::Close;
-        self.partial = Some(Partial::new(opcode, payload));
-        match self.write_partial_now() {
+        side.close_sent = opcode == Opcode::Close;
+        side.partial = Some(Partial::new(opcode, payload));
+        match side.write_partial_now(&self.stream) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => self.eof = true,
         }
     }
 
-    /// Writes what the socket takes now of the partly written frame; `Ok(true)` once
-    /// none is left.
+    /// [`WriteSide::write_partial_now`], under the lock.
     fn write_partial_now(&mut self) -> io::Result<bool> {
-        let Some(frame) = self.partial.as_mut() else {
-            return Ok(true);
-        };
-        let (head, body) = frame.rest();
-        frame.written += self
-            .stream
-            .try_write_vectored(&[IoSlice::new(head), IoSlice::new(body)])?;
-        if frame.written < frame.len() {
-            return Ok(false);
-        }
-        self.partial = None;
-        Ok(true)
+        self.writes.side.lock().write_partial_now(&self.stream)
     }
 
     /// Writes the rest of a partly written frame (cancel-safe: what is left stays in
@@ -278,11 +364,16 @@ impl WsTransport {
     /// Writes the front of `batch` as far as the socket takes it now: small frames
     /// gathered in the thread's buffer into one write, a large one as header and payload
     /// slices. Frames written are popped; one the socket took only part of becomes
-    /// `partial`. `WouldBlock` when the socket took nothing.
+    /// `partial`. `WouldBlock` when the socket took nothing; nothing is written while a
+    /// frame is partly written (a direct write may have begun one: finish it first).
     fn write_frames(&mut self, batch: &mut VecDeque<EncodedFrame>) -> io::Result<()> {
+        let mut side = self.writes.side.lock();
         let Some(front) = batch.front() else {
             return Ok(());
         };
+        if side.partial.is_some() {
+            return Ok(());
+        }
         let mut header = [0u8; MAX_HEADER];
         let mut n = if codec::header_len(front.len()) + front.len() > self.write_bytes {
             let len = codec::header(Opcode::Text, front.len(), &mut header);
@@ -310,7 +401,7 @@ impl WsTransport {
             if n < whole {
                 let mut partial = Partial::new(Opcode::Text, frame.bytes());
                 partial.written = n;
-                self.partial = Some(partial);
+                side.partial = Some(partial);
                 break;
             }
             n -= whole;
@@ -322,6 +413,10 @@ impl WsTransport {
 impl Transport for WsTransport {
     fn kind(&self) -> TransportKind {
         TransportKind::WebSocket
+    }
+
+    fn direct(&self) -> Option<Arc<dyn DirectWrite>> {
+        Some(self.writes.clone())
     }
 
     async fn recv(&mut self) -> Inbound {
@@ -377,6 +472,13 @@ impl Transport for WsTransport {
             while !matches!(self.recv().await, Inbound::Closed) {}
         })
         .await;
+    }
+}
+
+impl Drop for WsTransport {
+    fn drop(&mut self) {
+        // Before the socket closes with `stream`: no direct write uses it from now on.
+        self.writes.side.lock().open = false;
     }
 }
 

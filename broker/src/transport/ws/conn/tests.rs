@@ -231,7 +231,9 @@ async fn a_close_after_an_abandoned_write_follows_whole_frames() {
                 .await
                 .is_err()
         );
-        abandoned_tx.send(transport.partial.is_some()).unwrap();
+        abandoned_tx
+            .send(transport.writes.side.lock().partial.is_some())
+            .unwrap();
         transport
             .close(CloseCode::SlowConsumer, "slow consumer")
             .await;
@@ -268,4 +270,100 @@ async fn a_close_after_an_abandoned_write_follows_whole_frames() {
         "the write stopped between frames: this case was not tested"
     );
     server.await.unwrap();
+}
+
+/// Reads `n` text frames.
+async fn read_texts(client: &mut WebSocketStream<TcpStream>, n: usize) -> Vec<String> {
+    let read = async {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match client.next().await.unwrap().unwrap() {
+                Message::Text(text) => got.push(text.to_string()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        got
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the frames did not arrive")
+}
+
+/// Frames written directly (from another thread, as a publisher does) and frames the
+/// session writes reach the client whole and in the order they were written.
+#[tokio::test]
+async fn direct_writes_and_the_sessions_writes_interleave_whole_frames() {
+    let (mut transport, mut client) = pair().await;
+    let direct = transport
+        .direct()
+        .expect("a WebSocket allows direct writes");
+    let frame = |s: &str| EncodedFrame::from_json(format!("\"{s}\""));
+    transport.send(&mut [frame("a")].into()).await.unwrap();
+    let from_another_thread = {
+        let direct = direct.clone();
+        std::thread::spawn(move || direct.try_write(&frame("b")))
+            .join()
+            .unwrap()
+    };
+    assert_eq!(from_another_thread, Direct::Written);
+    transport.send(&mut [frame("c")].into()).await.unwrap();
+    assert_eq!(direct.try_write(&frame("d")), Direct::Written);
+    let got = read_texts(&mut client, 4).await;
+    assert_eq!(got, ["\"a\"", "\"b\"", "\"c\"", "\"d\""]);
+}
+
+/// A direct write the socket took only part of is finished by the session's next write,
+/// before its own frames; no direct write goes while it is unfinished.
+#[tokio::test]
+async fn a_partial_direct_write_is_finished_before_anything_else() {
+    let (mut transport, mut client) = pair_with(true).await;
+    let direct = transport.direct().unwrap();
+    // Larger than the socket's buffers: the first write goes part way.
+    let frames: Vec<EncodedFrame> = (0..20)
+        .map(|i| EncodedFrame::from_json(format!("\"{i}:{}\"", "y".repeat(100_000))))
+        .collect();
+    // The client reads nothing yet: the socket fills, and one write goes only part way.
+    let mut written = Vec::new();
+    let mut begun = false;
+    for frame in &frames {
+        match direct.try_write(frame) {
+            Direct::Written => written.push(frame.as_str().to_string()),
+            Direct::Begun => {
+                written.push(frame.as_str().to_string());
+                begun = true;
+                break;
+            }
+            Direct::Not => break,
+        }
+    }
+    assert!(begun, "no write was partial: this case was not tested");
+    assert_eq!(direct.try_write(&frames[19]), Direct::Not);
+    let last = EncodedFrame::from_json("\"last\"".to_string());
+    written.push(last.as_str().to_string());
+    let server = tokio::spawn(async move {
+        transport.send(&mut [last].into()).await.unwrap();
+        transport
+    });
+    let got = read_texts(&mut client, written.len()).await;
+    assert!(got == written, "frames arrived changed or out of order");
+    drop(server.await.unwrap());
+}
+
+/// Nothing is written directly after the close frame, nor once the transport (and its
+/// socket) is gone.
+#[tokio::test]
+async fn no_direct_write_after_the_close_or_the_socket() {
+    let (mut transport, _client) = pair().await;
+    let direct = transport.direct().unwrap();
+    let frame = EncodedFrame::from_json("\"x\"".to_string());
+    let _ = tokio::time::timeout(
+        Duration::from_millis(100),
+        transport.close(CloseCode::Restart, "bye"),
+    )
+    .await;
+    assert_eq!(direct.try_write(&frame), Direct::Not);
+    let (transport, _client) = pair().await;
+    let direct = transport.direct().unwrap();
+    drop(transport);
+    assert_eq!(direct.try_write(&frame), Direct::Not);
 }
