@@ -1,6 +1,8 @@
 //! The hub: a sharded registry of channel subscribers that turns one publication into
-//! deliveries. It does no I/O: a delivery is a push of shared bytes onto a peer's
-//! [`Outbound`] queue, and each session's writer does the socket work.
+//! deliveries. A delivery is a push of shared bytes onto a peer's [`Outbound`] queue;
+//! each session's writer does the socket work, except on a channel whose recent rate is
+//! light ([`load`]), where a push from a session may write to an idle subscriber's socket
+//! itself (see [`crate::outbound`]).
 //!
 //! Locks: a channel's shard lock is held while its stream advances (history append) and
 //! its subscribers are given the frame, so every subscriber sees a channel's publications
@@ -9,6 +11,7 @@
 //! while holding any of them.
 
 use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use indexmap::IndexMap;
@@ -18,10 +21,11 @@ use serde_json::value::RawValue;
 use crate::channel::{ChannelName, Namespace};
 use crate::history::{HistoryPolicy, HistoryStore, Page, Position, Query, ReadError, Sequenced};
 use crate::limits::RateLimits;
-use crate::outbound::Push;
+use crate::outbound::{self, Push};
 use crate::protocol::{self, EncodedFrame, PublicationFields, StreamPosition};
 
 mod conn;
+mod load;
 mod members;
 
 pub use conn::ConnHandle;
@@ -30,7 +34,28 @@ const SHARDS: usize = 64;
 
 #[derive(Default)]
 struct Shard {
-    channels: HashMap<ChannelName, IndexMap<u64, Arc<ConnHandle>>>,
+    channels: HashMap<ChannelName, Subscribers>,
+}
+
+/// A channel's subscribers here (by connection key), and its recent rate.
+#[derive(Default)]
+struct Subscribers {
+    conns: IndexMap<u64, Arc<ConnHandle>>,
+    load: load::Load,
+}
+
+impl Deref for Subscribers {
+    type Target = IndexMap<u64, Arc<ConnHandle>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.conns
+    }
+}
+
+impl DerefMut for Subscribers {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conns
+    }
 }
 
 /// A publication to make.
@@ -378,7 +403,7 @@ impl Hub {
                 meta: publication.meta,
             })
         };
-        let shard = self.shard(publication.channel).lock();
+        let mut shard = self.shard(publication.channel).lock();
         let (offset, frame) = if ns.keeps_history() {
             let (position, frame) =
                 self.history
@@ -392,23 +417,32 @@ impl Hub {
             delivered: 0,
             overflowed: 0,
         };
-        if let Some(subs) = shard.channels.get(publication.channel) {
+        if let Some(subs) = shard.channels.get_mut(publication.channel) {
+            // A busy channel queues, even when the publishing session would write directly.
+            let direct = subs.load.direct(now, subs.len());
             let last = subs.len().saturating_sub(1);
             let volatile = ns.volatile();
-            for (i, peer) in subs.values().enumerate() {
-                let pushed = if volatile {
-                    peer.push(&frame, true)
-                } else if i == last {
-                    peer.outbound
-                        .push_probed(frame.clone(), publication.accepted_at)
-                } else {
-                    peer.outbound.push(frame.clone())
-                };
-                match pushed {
-                    Push::Queued => published.delivered += 1,
-                    Push::Overflow => published.overflowed += 1,
-                    Push::Closed => {}
+            let mut fan_out = || {
+                for (i, peer) in subs.values().enumerate() {
+                    let pushed = if volatile {
+                        peer.push(&frame, true)
+                    } else if i == last {
+                        peer.outbound
+                            .push_probed(frame.clone(), publication.accepted_at)
+                    } else {
+                        peer.outbound.push(frame.clone())
+                    };
+                    match pushed {
+                        Push::Queued => published.delivered += 1,
+                        Push::Overflow => published.overflowed += 1,
+                        Push::Closed => {}
+                    }
                 }
+            };
+            if direct {
+                fan_out();
+            } else {
+                outbound::without_direct_writes(fan_out);
             }
         }
         published

@@ -9,8 +9,16 @@
 //! The byte bound counts what waits behind the batch being written, so one connection
 //! holds at most that batch plus the bound (a frame larger than the bound is still queued
 //! when nothing else is, so a large reply reaches a client that reads).
+//!
+//! Direct writes: a frame pushed while the pushing thread is in [`direct_writes`] mode
+//! (a session handling a read that brought one frame: traffic is light) goes straight
+//! to the socket when the queue is empty, the writer holds no batch and the socket takes
+//! it ([`DirectWrite`]): no wake-up of the connection's task, no second thread. Under
+//! load the pushes queue as above, so the writer gathers many frames into one write.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -19,6 +27,38 @@ use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
 use crate::protocol::{CloseCode, Disconnect, EncodedFrame};
+use crate::transport::{Direct, DirectWrite};
+
+thread_local! {
+    /// Whether pushes from this thread may write directly (see [`direct_writes`]): the
+    /// address of the one queue excluded (the session's own), or `None` when they may not.
+    static DIRECT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with direct writes allowed for the pushes it makes on this thread, except to
+/// `own`: the session's own queue, which its writer is about to write in one batch with
+/// the replies. `f` must not await (the mode belongs to the thread, not to a task).
+pub fn direct_writes<R>(own: *const Outbound, f: impl FnOnce() -> R) -> R {
+    // Only its address is kept, to compare: it is never read through.
+    with_direct(Some(own as usize), f)
+}
+
+/// Runs `f` with direct writes off for the pushes it makes on this thread (a busy
+/// channel's fan-out, see `hub::load`).
+pub fn without_direct_writes<R>(f: impl FnOnce() -> R) -> R {
+    with_direct(None, f)
+}
+
+fn with_direct<R>(mode: Option<usize>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DIRECT.set(self.0);
+        }
+    }
+    let _restore = Restore(DIRECT.replace(mode));
+    f()
+}
 
 pub struct Outbound {
     state: Mutex<State>,
@@ -29,6 +69,9 @@ pub struct Outbound {
     limit_bytes: usize,
     /// Frames queued now (for metrics and the admin view; updated under the lock).
     depth: AtomicUsize,
+    /// The socket, for direct writes (WebSocket), and where a directly written
+    /// publication's latency is recorded.
+    direct: Option<(Arc<dyn DirectWrite>, prometheus::Histogram)>,
 }
 
 struct State {
@@ -38,6 +81,11 @@ struct State {
     closing: Option<Disconnect>,
     /// When the newest probed publication among `frames` was accepted (see `push_probed`).
     probe: Option<Instant>,
+    /// The writer took frames and may not have written them all yet: no direct write
+    /// may pass them. Cleared when it next looks and finds nothing.
+    writer_holds: bool,
+    /// A direct write left part of a frame unwritten: the writer must finish it.
+    unfinished: bool,
 }
 
 /// What happened to a pushed frame.
@@ -68,12 +116,26 @@ impl Outbound {
                 bytes: 0,
                 closing: None,
                 probe: None,
+                writer_holds: false,
+                unfinished: false,
             }),
             writer: AtomicWaker::new(),
             limit,
             limit_bytes,
             depth: AtomicUsize::new(0),
+            direct: None,
         }
+    }
+
+    /// Lets pushes in [`direct_writes`] mode write to `socket` themselves; a publication
+    /// written so records its latency in `latency`.
+    pub fn with_direct(
+        mut self,
+        socket: Option<Arc<dyn DirectWrite>>,
+        latency: &prometheus::Histogram,
+    ) -> Self {
+        self.direct = socket.map(|s| (s, latency.clone()));
+        self
     }
 
     /// Queues a frame. Never blocks beyond a short uncontended lock.
@@ -91,6 +153,32 @@ impl Outbound {
         let mut state = self.state.lock();
         if state.closing.is_some() {
             return Push::Closed;
+        }
+        if let Some((socket, latency)) = &self.direct
+            && state.frames.is_empty()
+            && !state.writer_holds
+            && !state.unfinished
+            && DIRECT
+                .get()
+                .is_some_and(|own| own != self as *const Outbound as usize)
+        {
+            match socket.try_write(&frame) {
+                Direct::Written => {
+                    drop(state);
+                    if let Some(accepted_at) = probe {
+                        latency.observe(accepted_at.elapsed().as_secs_f64());
+                    }
+                    return Push::Queued;
+                }
+                Direct::Begun => {
+                    // The rest waits in the socket's writer; the session finishes it.
+                    state.unfinished = true;
+                    drop(state);
+                    self.writer.wake();
+                    return Push::Queued;
+                }
+                Direct::Not => {}
+            }
         }
         let over_bytes = !state.frames.is_empty() && state.bytes + frame.len() > self.limit_bytes;
         if state.frames.len() >= self.limit || over_bytes {
@@ -195,7 +283,11 @@ impl Outbound {
     /// was handed out; `None` while there is neither.
     fn take(&self, batch: &mut VecDeque<EncodedFrame>) -> Option<Next> {
         let mut state = self.state.lock();
-        if !state.frames.is_empty() {
+        let unfinished = std::mem::take(&mut state.unfinished);
+        state.writer_holds = unfinished || !state.frames.is_empty();
+        if state.writer_holds {
+            // (An empty batch when only a direct write's rest is left: writing it
+            // finishes that first.)
             std::mem::swap(&mut state.frames, batch);
             state.bytes = 0;
             self.depth.store(0, Ordering::Relaxed);
@@ -208,7 +300,7 @@ impl Outbound {
 
     fn has_work(&self) -> bool {
         let state = self.state.lock();
-        !state.frames.is_empty() || state.closing.is_some()
+        !state.frames.is_empty() || state.unfinished || state.closing.is_some()
     }
 
     /// The slow-consumer disconnect, once the queue overflowed.
@@ -313,6 +405,113 @@ mod tests {
         ));
         batch.clear();
         assert!(matches!(q.next_batch(&mut batch).await, Next::Close(_)));
+    }
+
+    /// A socket that takes what it is told to, and notes what it took.
+    struct FakeSocket {
+        answer: parking_lot::Mutex<Direct>,
+        took: parking_lot::Mutex<Vec<String>>,
+    }
+
+    impl DirectWrite for FakeSocket {
+        fn try_write(&self, frame: &EncodedFrame) -> Direct {
+            let answer = *self.answer.lock();
+            if answer != Direct::Not {
+                self.took.lock().push(frame.as_str().to_string());
+            }
+            answer
+        }
+    }
+
+    fn direct_queue(answer: Direct) -> (Outbound, Arc<FakeSocket>) {
+        let socket = Arc::new(FakeSocket {
+            answer: parking_lot::Mutex::new(answer),
+            took: Default::default(),
+        });
+        let latency =
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
+        let q = Outbound::new(8, 1 << 20).with_direct(Some(socket.clone()), &latency);
+        (q, socket)
+    }
+
+    #[tokio::test]
+    async fn only_pushes_in_direct_mode_write_directly() {
+        let (q, socket) = direct_queue(Direct::Written);
+        assert_eq!(q.push(frame("queued")), Push::Queued);
+        assert_eq!(q.depth(), 1);
+        let mut batch = VecDeque::new();
+        q.next_batch(&mut batch).await;
+        batch.clear();
+        // The writer looks again and finds nothing: it holds no batch any more.
+        assert!(q.take(&mut batch).is_none());
+        let other = Outbound::new(8, 1 << 20);
+        assert_eq!(
+            direct_writes(&other, || q.push(frame("direct"))),
+            Push::Queued
+        );
+        assert_eq!(q.depth(), 0, "written directly, not queued");
+        assert_eq!(*socket.took.lock(), ["\"direct\""]);
+        // A busy channel's fan-out inside a session's direct mode queues.
+        direct_writes(&other, || without_direct_writes(|| q.push(frame("busy"))));
+        assert_eq!(q.depth(), 1);
+        batch.clear();
+        q.next_batch(&mut batch).await;
+        batch.clear();
+        assert!(q.take(&mut batch).is_none());
+        // So does a push to the session's own queue: its writer writes it with the replies.
+        direct_writes(&q, || q.push(frame("own")));
+        assert_eq!(q.depth(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_direct_write_never_passes_queued_frames_or_a_batch_being_written() {
+        let (q, socket) = direct_queue(Direct::Written);
+        let other = Outbound::new(8, 1 << 20);
+        q.push(frame("1"));
+        // Frames are queued: the next one queues behind them.
+        direct_writes(&other, || q.push(frame("2")));
+        let mut batch = VecDeque::new();
+        q.next_batch(&mut batch).await;
+        assert_eq!(batch.len(), 2);
+        // The writer holds "1" and "2", maybe not written yet: "3" queues too.
+        direct_writes(&other, || q.push(frame("3")));
+        assert!(socket.took.lock().is_empty());
+        batch.clear();
+        q.next_batch(&mut batch).await;
+        assert_eq!(batch.pop_front().unwrap().as_str(), "\"3\"");
+        assert!(q.take(&mut batch).is_none());
+        direct_writes(&other, || q.push(frame("4")));
+        assert_eq!(*socket.took.lock(), ["\"4\""]);
+    }
+
+    #[tokio::test]
+    async fn a_direct_write_begun_wakes_the_writer_to_finish_it() {
+        let (q, socket) = direct_queue(Direct::Begun);
+        let q = Arc::new(q);
+        let writer = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut batch = VecDeque::new();
+                let next = q.next_batch(&mut batch).await;
+                (matches!(next, Next::Frames { .. }), batch.len())
+            })
+        };
+        tokio::task::yield_now().await;
+        let other = Outbound::new(8, 1 << 20);
+        direct_writes(&other, || q.push(frame("half")));
+        // Nothing more goes directly until the writer finished it.
+        *socket.answer.lock() = Direct::Written;
+        direct_writes(&other, || q.push(frame("next")));
+        assert_eq!(*socket.took.lock(), ["\"half\""]);
+        let (frames, queued) = tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(frames);
+        assert_eq!(
+            queued, 1,
+            "the frame pushed after the partial one was queued"
+        );
     }
 
     #[tokio::test]

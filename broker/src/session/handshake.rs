@@ -72,7 +72,8 @@ pub(super) async fn handshake<T: Transport>(
         outbound: Outbound::new(
             node.settings.outbound_queue_frames,
             node.settings.outbound_queue_bytes,
-        ),
+        )
+        .with_direct(transport.direct(), &node.metrics.publish_latency),
         datagrams: transport.datagrams(),
         transport: transport.kind(),
         remote: conn.remote,

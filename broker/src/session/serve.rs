@@ -67,11 +67,19 @@ impl Session {
                 Woke::Inbound(inbound) => {
                     self.awaiting_pong_since = None;
                     // Then the frames the same read brought, before the next write: their
-                    // answers leave in one batch.
+                    // answers leave in one batch. A read that brought one frame says
+                    // traffic is light: what it publishes is written directly to idle
+                    // subscribers' sockets (see `outbound`), no task woken for each.
                     let mut next = Some(inbound);
                     let mut more = READ_AHEAD;
+                    let mut first = true;
                     while let Some(inbound) = next.take() {
-                        let handled = match self.on_inbound(inbound) {
+                        if more > 0 {
+                            more -= 1;
+                            next = transport.recv().now_or_never();
+                        }
+                        let alone = std::mem::take(&mut first) && next.is_none();
+                        let handled = match self.on_inbound_maybe_direct(inbound, alone) {
                             // A plugin chain runs first, on a plugin thread; boxed, so only
                             // such requests pay for its state.
                             Ok(Some(deferred)) => Box::pin(self.finish_deferred(deferred)).await,
@@ -86,11 +94,6 @@ impl Session {
                             }
                             Err(exit) => return exit,
                         }
-                        if more == 0 {
-                            break;
-                        }
-                        more -= 1;
-                        next = transport.recv().now_or_never();
                     }
                 }
                 Woke::Timer => {
@@ -138,6 +141,20 @@ impl Session {
             }
         };
         result.map_err(|_| Exit::Gone("write failed"))
+    }
+
+    /// [`Session::on_inbound`]; with direct writes allowed when the frame came `alone`.
+    fn on_inbound_maybe_direct(
+        &mut self,
+        inbound: crate::transport::Inbound,
+        alone: bool,
+    ) -> Result<Option<super::requests::Deferred>, Exit> {
+        if alone {
+            let own: *const crate::outbound::Outbound = &self.handle.outbound;
+            crate::outbound::direct_writes(own, || self.on_inbound(inbound))
+        } else {
+            self.on_inbound(inbound)
+        }
     }
 
     fn next_deadline(&self) -> Instant {
