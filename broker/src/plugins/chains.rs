@@ -1,7 +1,8 @@
 //! The chains of the hooks 0.2.0 added: `unsubscribe` and `history` (a namespace's
 //! chain) and `refresh` (the connection plugins). Like the others, each event takes
-//! one snapshot of the loaded set and a canary's share goes to the canary; shadows are
-//! not run for these hooks.
+//! one snapshot of the loaded set and a canary's share goes to the canary. A shadow is
+//! compared on `refresh` and `history` (decisions); not on `unsubscribe`, a notification
+//! with nothing to compare, where running it would only repeat its side effects.
 
 use std::sync::Arc;
 
@@ -11,8 +12,10 @@ use serde_json::value::RawValue;
 use super::answer::{self, Refusal};
 use super::host::{EntryEdit, HistoryDecision, HistoryEntry, PluginConn, RefreshDecision};
 use super::meta::{self, MetaFields};
-use super::rollout::EventKey;
+use super::rollout::{Compared, EventKey};
 use super::runtime::{Plugins, Subject};
+use super::set::LoadedPlugin;
+use super::shadow::{judge_history, judge_refresh, owned, verdict};
 use super::types::{Error, Hook};
 use crate::protocol::{self, EncodedFrame, PublicationFields};
 
@@ -80,12 +83,27 @@ impl Plugins {
         let mut meta: Option<MetaFields> = None;
         for live in set.connection.iter().filter(|p| p.has(Hook::Refresh)) {
             let p = set.pick(live, key);
-            if !p.has(Hook::Refresh) {
-                continue;
+            let refresh = |p: &LoadedPlugin| {
+                self.call(p, Hook::Refresh, |w| {
+                    w.bindings.on_refresh(&mut w.store, &wit, claims)
+                })
+            };
+            let answer = if p.has(Hook::Refresh) {
+                refresh(p)
+            } else {
+                Ok(RefreshDecision::Allow)
+            };
+            if let Some(shadow) = set.shadow_of(live).filter(|s| s.plugin.has(Hook::Refresh)) {
+                let event = Compared {
+                    hook: Hook::Refresh,
+                    channel: None,
+                    user: Some(&conn.user),
+                };
+                let live = verdict(&answer, judge_refresh);
+                self.compare_shadow(shadow, &event, &live, |sp| {
+                    refresh(sp).map(|a| owned(judge_refresh(&a)))
+                });
             }
-            let answer = self.call(p, Hook::Refresh, |w| {
-                w.bindings.on_refresh(&mut w.store, &wit, claims)
-            });
             match answer {
                 Ok(RefreshDecision::Allow) => {}
                 Ok(RefreshDecision::ReplaceMeta(json)) => {
@@ -134,13 +152,31 @@ impl Plugins {
         let mut slots: Vec<Slot> = frames.into_iter().map(Slot::of).collect();
         for live in set.chain(namespace).iter().filter(|p| p.has(Hook::History)) {
             let p = set.pick(live, key);
-            if !p.has(Hook::History) || slots.is_empty() {
-                continue;
+            if slots.is_empty() {
+                break;
             }
             let shown: Vec<HistoryEntry> = slots.iter().filter_map(Slot::entry).cloned().collect();
-            let answer = self.call(p, Hook::History, |w| {
-                w.bindings.on_history(&mut w.store, &wit, channel, &shown)
-            });
+            let history = |p: &LoadedPlugin| {
+                self.call(p, Hook::History, |w| {
+                    w.bindings.on_history(&mut w.store, &wit, channel, &shown)
+                })
+            };
+            let answer = if p.has(Hook::History) {
+                history(p)
+            } else {
+                Ok(HistoryDecision::Allow)
+            };
+            if let Some(shadow) = set.shadow_of(live).filter(|s| s.plugin.has(Hook::History)) {
+                let event = Compared {
+                    hook: Hook::History,
+                    channel: Some(channel),
+                    user: Some(&conn.user),
+                };
+                let live = verdict(&answer, judge_history);
+                self.compare_shadow(shadow, &event, &live, |sp| {
+                    history(sp).map(|a| owned(judge_history(&a)))
+                });
+            }
             let max = p.settings.limits.max_output_bytes;
             match answer.and_then(|a| checked(a, max)) {
                 Ok(HistoryDecision::Allow) => {}

@@ -3,7 +3,9 @@
 //! applied. Its failures are counted under its own labels and never touch the event.
 
 use super::answer::{self, Emit, PublishOutcome};
-use super::host::{ConnectDecision, Decision, PublicationState};
+use super::host::{
+    ConnectDecision, Decision, EntryEdit, HistoryDecision, PublicationState, RefreshDecision,
+};
 use super::meta;
 use super::rollout::{Compared, Shadow, Verdict};
 use super::runtime::Plugins;
@@ -112,6 +114,36 @@ pub(super) fn judge_connect(answer: &ConnectDecision) -> Judged<'_> {
         ConnectDecision::Accept => (Verdict::Allowed, None),
         ConnectDecision::AcceptWithMeta(json) => (Verdict::modified(&[json.as_bytes()]), None),
         ConnectDecision::Refuse(refusal) => (Verdict::Refused, Some(&refusal.reason)),
+    }
+}
+
+pub(super) fn judge_refresh(answer: &RefreshDecision) -> Judged<'_> {
+    match answer {
+        RefreshDecision::Allow => (Verdict::Allowed, None),
+        RefreshDecision::ReplaceMeta(json) => (Verdict::modified(&[json.as_bytes()]), None),
+        RefreshDecision::Refuse(refusal) => (Verdict::Refused, Some(&refusal.reason)),
+    }
+}
+
+/// A history answer: the edits it makes (all `keep` is no change).
+pub(super) fn judge_history(answer: &HistoryDecision) -> Judged<'_> {
+    match answer {
+        HistoryDecision::Allow => (Verdict::Allowed, None),
+        HistoryDecision::Refuse(refusal) => (Verdict::Refused, Some(&refusal.reason)),
+        HistoryDecision::Edit(edits) if edits.iter().all(|e| matches!(e, EntryEdit::Keep)) => {
+            (Verdict::Allowed, None)
+        }
+        HistoryDecision::Edit(edits) => {
+            let parts: Vec<&[u8]> = edits
+                .iter()
+                .map(|e| match e {
+                    EntryEdit::Keep => &b"keep"[..],
+                    EntryEdit::Drop => &b"drop"[..],
+                    EntryEdit::Replace(data) => data.as_slice(),
+                })
+                .collect();
+            (Verdict::modified(&parts), None)
+        }
     }
 }
 

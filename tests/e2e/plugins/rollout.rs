@@ -193,3 +193,78 @@ async fn a_shadow_is_compared_and_never_applied_and_rollback_drops_it() {
     let m = sub.messages("chat:room", 1).await.remove(0);
     assert_eq!(m["meta"]["tag"], "v1");
 }
+
+/// `channel-acl` on `refresh` and `redact` on `history`, each with a shadow (a copy of
+/// the module) configured to decide otherwise.
+const SHADOW_0_2: &str = r#"
+[plugins]
+instances = 1
+connection = ["channel-acl"]
+[plugins.modules.channel-acl]
+hooks = ["refresh"]
+shadow = { file = "channel-acl-v2.wasm", config = { deny_users = ["alice"] } }
+[plugins.modules.redact]
+hooks = ["history"]
+shadow = { file = "redact-v2.wasm", config = { cards = false } }
+[namespaces.chat]
+plugins = ["redact"]
+"#;
+
+#[tokio::test]
+async fn a_shadow_is_compared_on_refresh_and_history_reads_too() {
+    let dir = plugin_dir(&[(&examples(), "channel-acl"), (&examples(), "redact")]);
+    for name in ["channel-acl", "redact"] {
+        std::fs::copy(
+            dir.path().join(format!("{name}.wasm")),
+            dir.path().join(format!("{name}-v2.wasm")),
+        )
+        .unwrap();
+    }
+    let b = start(dir.path(), SHADOW_0_2).await;
+
+    // refresh: the live version allows alice's new token, the shadow would refuse it.
+    let (mut alice, _) = b.connect(&token_with("alice", json!({}))).await;
+    let r = alice
+        .request(json!({"type": "refresh", "token": token_with("alice", json!({}))}))
+        .await;
+    assert_eq!(
+        r["type"], "refreshed",
+        "the shadow's refusal was applied: {r}"
+    );
+
+    // history: the live version masks the card, the shadow (cards off) would not.
+    alice
+        .publish("chat:pay", json!({"text": "card 4111 1111 1111 1111"}))
+        .await;
+    let h = alice
+        .request(json!({"type": "history", "channel": "chat:pay"}))
+        .await;
+    assert_eq!(
+        h["publications"][0]["data"]["text"], "card [card]",
+        "the shadow's answer was applied: {h}"
+    );
+
+    let view = admin(&b, "GET", "/admin/plugins").await;
+    let plugin = |name: &str| {
+        view["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {view}"))
+            .clone()
+    };
+    let acl = &plugin("channel-acl")["shadow"]["comparison"];
+    assert_eq!(acl["differ"]["allowed→refused"], 1, "{view}");
+    assert_eq!(acl["sample"][0]["hook"], "refresh", "{view}");
+    assert!(
+        acl["sample"][0]["shadow_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("alice")),
+        "{view}"
+    );
+    let redact = &plugin("redact")["shadow"]["comparison"];
+    assert_eq!(redact["differ"]["modified→allowed"], 1, "{view}");
+    assert_eq!(redact["sample"][0]["hook"], "history", "{view}");
+    assert_eq!(redact["sample"][0]["channel"], "chat:pay", "{view}");
+}
