@@ -2,8 +2,10 @@
 //!
 //! Producers never wait: `push` is a short lock, a `VecDeque` push and, only when the
 //! queue was empty, one wake-up of the writer (an `AtomicWaker`: the writer's waker sits
-//! in one slot, not in a waiter list it would join and leave at every wait). The writer swaps the whole queue out in one
-//! lock ([`Outbound::next_batch`]) and writes the batch with one flush. A queue that passes
+//! in one slot, not in a waiter list it would join and leave at every wait). The writer
+//! takes the whole queue, buffer and all, in one lock ([`Outbound::next_batch`]) and
+//! writes the batch with one flush; the buffer is freed once written, so an idle
+//! connection holds none (one allocation per batch, not per frame). A queue that passes
 //! its bound, in frames or in bytes, marks the connection a slow consumer: queued frames
 //! are dropped and the writer is told to close with 4009, and nobody else waits for it.
 //! The byte bound counts what waits behind the batch being written, so one connection
@@ -235,7 +237,7 @@ impl Outbound {
     }
 
     /// Waits for work. `batch` must be empty; on [`Next::Frames`] it holds the queued
-    /// frames (the two buffers are swapped, so neither side allocates in steady state).
+    /// frames, in the queue's own buffer (the queue starts again with none).
     pub async fn next_batch(&self, batch: &mut VecDeque<EncodedFrame>) -> Next {
         self.next_batch_gathered(batch, false).await
     }
@@ -279,7 +281,7 @@ impl Outbound {
         }
     }
 
-    /// The queued frames, swapped into `batch`, or the close once everything before it
+    /// The queued frames, moved into `batch`, or the close once everything before it
     /// was handed out; `None` while there is neither.
     fn take(&self, batch: &mut VecDeque<EncodedFrame>) -> Option<Next> {
         let mut state = self.state.lock();
@@ -288,7 +290,9 @@ impl Outbound {
         if state.writer_holds {
             // (An empty batch when only a direct write's rest is left: writing it
             // finishes that first.)
-            std::mem::swap(&mut state.frames, batch);
+            // The writer takes the buffer itself and the queue starts again with none, so a
+            // connection with nothing to send holds none (one allocation per batch).
+            *batch = std::mem::take(&mut state.frames);
             state.bytes = 0;
             self.depth.store(0, Ordering::Relaxed);
             return Some(Next::Frames {
@@ -512,6 +516,17 @@ mod tests {
             queued, 1,
             "the frame pushed after the partial one was queued"
         );
+    }
+
+    #[tokio::test]
+    async fn the_writer_takes_the_queues_buffer_so_an_idle_queue_holds_none() {
+        let q = Outbound::new(8, 1 << 20);
+        q.push(frame("a"));
+        q.push(frame("b"));
+        let mut batch = VecDeque::new();
+        q.next_batch(&mut batch).await;
+        assert_eq!(batch.len(), 2);
+        assert_eq!(q.state.lock().frames.capacity(), 0);
     }
 
     #[tokio::test]

@@ -16,8 +16,6 @@ use crate::outbound::Next;
 use crate::protocol::{CloseCode, Disconnect, EncodedFrame};
 use crate::transport::Transport;
 
-/// A write batch whose buffer grew past this many frames is given back after the burst.
-const SHRINK_ABOVE: usize = 256;
 /// Frames already read that a session handles after the one it woke for, before it
 /// writes the answers (bounded, so one busy client cannot hold its task forever).
 const READ_AHEAD: u32 = 16;
@@ -180,11 +178,9 @@ impl Session {
                 .publish_latency
                 .observe(accepted_at.elapsed().as_secs_f64());
         }
-        batch.clear();
-        if batch.capacity() > SHRINK_ABOVE {
-            // A burst is over: do not keep its buffer for the life of the connection.
-            batch.shrink_to(0);
-        }
+        // The buffer goes with the batch: a connection with nothing to send holds none
+        // (see `Outbound::next_batch`).
+        *batch = VecDeque::new();
         written
     }
 
