@@ -15,7 +15,7 @@ use super::meta::{self, MetaFields};
 use super::rollout::{Compared, EventKey};
 use super::runtime::{Plugins, Subject};
 use super::set::LoadedPlugin;
-use super::shadow::{judge_history, judge_refresh, owned, verdict};
+use super::shadow::{judge_history, judge_refresh};
 use super::types::{Error, Hook};
 use crate::protocol::{self, EncodedFrame, PublicationFields};
 
@@ -83,27 +83,24 @@ impl Plugins {
         let mut meta: Option<MetaFields> = None;
         for live in set.connection.iter().filter(|p| p.has(Hook::Refresh)) {
             let p = set.pick(live, key);
+            let event = Compared {
+                hook: Hook::Refresh,
+                channel: None,
+                user: Some(&conn.user),
+            };
             let refresh = |p: &LoadedPlugin| {
                 self.call(p, Hook::Refresh, |w| {
                     w.bindings.on_refresh(&mut w.store, &wit, claims)
                 })
             };
-            let answer = if p.has(Hook::Refresh) {
-                refresh(p)
-            } else {
-                Ok(RefreshDecision::Allow)
-            };
-            if let Some(shadow) = set.shadow_of(live).filter(|s| s.plugin.has(Hook::Refresh)) {
-                let event = Compared {
-                    hook: Hook::Refresh,
-                    channel: None,
-                    user: Some(&conn.user),
-                };
-                let live = verdict(&answer, judge_refresh);
-                self.compare_shadow(shadow, &event, &live, |sp| {
-                    refresh(sp).map(|a| owned(judge_refresh(&a)))
-                });
-            }
+            let answer = self.answer_beside_shadow(
+                set.shadow_of(live),
+                p,
+                &event,
+                RefreshDecision::Allow,
+                refresh,
+                judge_refresh,
+            );
             match answer {
                 Ok(RefreshDecision::Allow) => {}
                 Ok(RefreshDecision::ReplaceMeta(json)) => {
@@ -156,27 +153,24 @@ impl Plugins {
                 break;
             }
             let shown: Vec<HistoryEntry> = slots.iter().filter_map(Slot::entry).cloned().collect();
+            let event = Compared {
+                hook: Hook::History,
+                channel: Some(channel),
+                user: Some(&conn.user),
+            };
             let history = |p: &LoadedPlugin| {
                 self.call(p, Hook::History, |w| {
                     w.bindings.on_history(&mut w.store, &wit, channel, &shown)
                 })
             };
-            let answer = if p.has(Hook::History) {
-                history(p)
-            } else {
-                Ok(HistoryDecision::Allow)
-            };
-            if let Some(shadow) = set.shadow_of(live).filter(|s| s.plugin.has(Hook::History)) {
-                let event = Compared {
-                    hook: Hook::History,
-                    channel: Some(channel),
-                    user: Some(&conn.user),
-                };
-                let live = verdict(&answer, judge_history);
-                self.compare_shadow(shadow, &event, &live, |sp| {
-                    history(sp).map(|a| owned(judge_history(&a)))
-                });
-            }
+            let answer = self.answer_beside_shadow(
+                set.shadow_of(live),
+                p,
+                &event,
+                HistoryDecision::Allow,
+                history,
+                judge_history,
+            );
             let max = p.settings.limits.max_output_bytes;
             match answer.and_then(|a| checked(a, max)) {
                 Ok(HistoryDecision::Allow) => {}

@@ -25,7 +25,7 @@ use super::meta::{self, MetaFields};
 use super::rollout::{Compared, EventKey};
 use super::set::{LoadedPlugin, PluginSet};
 use super::settings::PluginsSettings;
-use super::shadow::{judge_connect, judge_decision, judge_publish, owned, verdict};
+use super::shadow::{judge_connect, judge_decision, judge_publish, verdict};
 use super::threads::{Overloaded, PluginThreads};
 use super::types::{Error, Failure, Hook};
 use crate::config::Config;
@@ -245,22 +245,19 @@ impl Plugins {
                     w.bindings.on_connect(&mut w.store, &wit)
                 })
             };
-            let answer = if p.has(Hook::Connect) {
-                connect(p)
-            } else {
-                Ok(ConnectDecision::Accept)
+            let event = Compared {
+                hook: Hook::Connect,
+                channel: None,
+                user: Some(&conn.user),
             };
-            if let Some(shadow) = set.shadow_of(live).filter(|s| s.plugin.has(Hook::Connect)) {
-                let event = Compared {
-                    hook: Hook::Connect,
-                    channel: None,
-                    user: Some(&conn.user),
-                };
-                let live = verdict(&answer, judge_connect);
-                self.compare_shadow(shadow, &event, &live, |sp| {
-                    connect(sp).map(|a| owned(judge_connect(&a)))
-                });
-            }
+            let answer = self.answer_beside_shadow(
+                set.shadow_of(live),
+                p,
+                &event,
+                ConnectDecision::Accept,
+                connect,
+                judge_connect,
+            );
             let subject = Subject {
                 channel: None,
                 user: Some(&conn.user),
@@ -313,25 +310,19 @@ impl Plugins {
                     w.bindings.on_subscribe(&mut w.store, &wit, channel)
                 })
             };
-            let answer = if p.has(Hook::Subscribe) {
-                subscribe(p)
-            } else {
-                Ok(Decision::Allow)
+            let event = Compared {
+                hook: Hook::Subscribe,
+                channel: Some(channel),
+                user: Some(&conn.user),
             };
-            if let Some(shadow) = set
-                .shadow_of(live)
-                .filter(|s| s.plugin.has(Hook::Subscribe))
-            {
-                let event = Compared {
-                    hook: Hook::Subscribe,
-                    channel: Some(channel),
-                    user: Some(&conn.user),
-                };
-                let live = verdict(&answer, judge_decision);
-                self.compare_shadow(shadow, &event, &live, |sp| {
-                    subscribe(sp).map(|a| owned(judge_decision(&a)))
-                });
-            }
+            let answer = self.answer_beside_shadow(
+                set.shadow_of(live),
+                p,
+                &event,
+                Decision::Allow,
+                subscribe,
+                judge_decision,
+            );
             match answer {
                 Ok(Decision::Allow) => {}
                 Ok(Decision::Refuse(reason)) => {

@@ -16,6 +16,32 @@ use super::types::Error;
 pub(super) type Judged<'a> = (Verdict, Option<&'a str>);
 
 impl Plugins {
+    /// The answer of `p`, the version picked for this event (`default` when it lacks
+    /// the event's hook), once `shadow` (the live version's, if any), when it has the
+    /// hook, ran `call` on the same input and the two verdicts were compared.
+    pub(super) fn answer_beside_shadow<T>(
+        &self,
+        shadow: Option<&Shadow>,
+        p: &LoadedPlugin,
+        event: &Compared<'_>,
+        default: T,
+        call: impl Fn(&LoadedPlugin) -> Result<T, Error>,
+        judge: fn(&T) -> Judged<'_>,
+    ) -> Result<T, Error> {
+        let answer = if p.has(event.hook) {
+            call(p)
+        } else {
+            Ok(default)
+        };
+        if let Some(shadow) = shadow.filter(|s| s.plugin.has(event.hook)) {
+            let live = verdict(&answer, judge);
+            self.compare_shadow(shadow, event, &live, |sp| {
+                call(sp).map(|a| owned(judge(&a)))
+            });
+        }
+        answer
+    }
+
     /// Runs the shadow (`run`, on its own loaded version: its answer judged, or its
     /// failure) and records how its verdict compares with the live one's, in its diff
     /// and in `hookwire_plugin_shadow_total`.
