@@ -146,3 +146,29 @@ async fn wants_upgrade(stream: &TcpStream, deadline: Instant) -> Option<bool> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection's task holds this future for the connection's life, so its size
+    /// is paid per connection. The bound is for a debug build (larger than a release
+    /// one); `cargo test --release --lib -- --nocapture connection_task` prints the
+    /// release figure.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let config = crate::config::Config::default();
+        let verifier = crate::auth::Verifier::new(&config.auth, Some(&[7u8; 32])).unwrap();
+        let node = Node::new(config, verifier, crate::node::ApiKeys::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, remote) = listener.accept().await.unwrap();
+        let admission = edge::begin(&node, remote).unwrap();
+        let task = connection(stream, remote, node, admission, Arc::new(Pages::default()));
+        let size = std::mem::size_of_val(&task);
+        println!("connection task future: {size} bytes");
+        assert!(size <= 1_536, "the connection task grew to {size} bytes");
+    }
+}
