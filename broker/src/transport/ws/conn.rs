@@ -76,8 +76,8 @@ struct Writes {
 }
 
 struct WriteSide {
-    /// See the module doc.
-    partial: Option<Partial>,
+    /// See the module doc. Boxed: rare, and this sits in every connection.
+    partial: Option<Box<Partial>>,
     /// A close frame went out: nothing follows it, not even a pong (RFC 6455, 5.5.1).
     close_sent: bool,
     /// The transport still holds the socket: it clears this, under the lock, before the
@@ -144,7 +144,7 @@ impl DirectWrite for Writes {
         }
         let mut partial = Partial::new(Opcode::Text, frame.bytes());
         partial.written = n;
-        side.partial = Some(partial);
+        side.partial = Some(Box::new(partial));
         Direct::Begun
     }
 }
@@ -319,7 +319,7 @@ impl WsTransport {
             return;
         }
         side.close_sent = opcode == Opcode::Close;
-        side.partial = Some(Partial::new(opcode, payload));
+        side.partial = Some(Box::new(Partial::new(opcode, payload)));
         match side.write_partial_now(&self.stream) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -401,7 +401,7 @@ impl WsTransport {
             if n < whole {
                 let mut partial = Partial::new(Opcode::Text, frame.bytes());
                 partial.written = n;
-                side.partial = Some(partial);
+                side.partial = Some(Box::new(partial));
                 break;
             }
             n -= whole;
