@@ -80,7 +80,8 @@ struct State {
     frames: VecDeque<EncodedFrame>,
     /// Bytes of `frames`.
     bytes: usize,
-    closing: Option<Disconnect>,
+    /// Boxed: set once, at the end, and its room sat in every connection.
+    closing: Option<Box<Disconnect>>,
     /// When the newest probed publication among `frames` was accepted (see `push_probed`).
     probe: Option<Instant>,
     /// The writer took frames and may not have written them all yet: no direct write
@@ -191,12 +192,12 @@ impl Outbound {
             };
             state.frames = VecDeque::new();
             state.bytes = 0;
-            state.closing = Some(Disconnect::new(
+            state.closing = Some(Box::new(Disconnect::new(
                 CloseCode::SlowConsumer,
                 format!(
                     "slow consumer: more than {what} were waiting to be sent; read faster, then reconnect and recover"
                 ),
-            ));
+            )));
             self.depth.store(0, Ordering::Relaxed);
             drop(state);
             self.writer.wake();
@@ -220,7 +221,7 @@ impl Outbound {
     pub fn close(&self, disconnect: Disconnect) {
         let mut state = self.state.lock();
         if state.closing.is_none() {
-            state.closing = Some(disconnect);
+            state.closing = Some(Box::new(disconnect));
         }
         drop(state);
         self.writer.wake();
@@ -299,7 +300,7 @@ impl Outbound {
                 probe: state.probe.take(),
             });
         }
-        state.closing.clone().map(Next::Close)
+        state.closing.as_deref().cloned().map(Next::Close)
     }
 
     fn has_work(&self) -> bool {
@@ -312,7 +313,7 @@ impl Outbound {
         let state = self.state.lock();
         state
             .closing
-            .as_ref()
+            .as_deref()
             .filter(|d| d.code == CloseCode::SlowConsumer)
             .cloned()
     }
