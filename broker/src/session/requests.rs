@@ -167,7 +167,8 @@ impl Session {
     /// Checks the connection's frame limiter; over it, answers `rate_limited` and counts
     /// a violation (`Ok(false)`: the frame is dropped).
     fn frame_allowed(&mut self, id: Option<u64>) -> Result<bool, Exit> {
-        let Some(Err(e)) = self.frames.as_ref().map(|limiter| limiter.check()) else {
+        let limits = &self.node.rate_limits;
+        let Some(Err(e)) = self.frames.as_ref().map(|limiter| limiter.check(limits)) else {
             return Ok(true);
         };
         self.node.metrics.rate_limited(e.limit);
@@ -628,7 +629,7 @@ impl Session {
     /// member of a channel a `join` or `leave`.
     fn check_subscribe_rate(&self) -> Result<(), ErrorReply> {
         match &self.subscribes {
-            Some(limiter) => limiter.check().map_err(|e| {
+            Some(limiter) => limiter.check(&self.node.rate_limits).map_err(|e| {
                 self.node.metrics.rate_limited(e.limit);
                 e.to_reply()
             }),
