@@ -58,6 +58,26 @@ impl DerefMut for Subscribers {
     }
 }
 
+impl Subscribers {
+    /// Runs `each` over the subscribers (with their index), counting the deliveries in
+    /// the channel's rate: a busy or large channel ([`load`]) queues every push, even
+    /// when the pushing session would write directly.
+    fn fan_out(&mut self, now_ms: u64, mut each: impl FnMut(usize, &Arc<ConnHandle>)) {
+        let direct = self.load.direct(now_ms, self.conns.len());
+        let conns = &self.conns;
+        let mut run = || {
+            for (i, peer) in conns.values().enumerate() {
+                each(i, peer);
+            }
+        };
+        if direct {
+            run();
+        } else {
+            outbound::without_direct_writes(run);
+        }
+    }
+}
+
 /// A publication to make.
 pub struct NewPublication<'a> {
     pub channel: &'a ChannelName,
@@ -240,9 +260,9 @@ impl Hub {
                 &peer.user,
                 peer.info_or_empty(),
             );
-            for other in subs.values() {
+            subs.fan_out(protocol::now_ms(), |_, other| {
                 other.outbound.push(join.clone());
-            }
+            });
             if let Some(announce) = &self.announce {
                 announce.announce(channel, &join);
             }
@@ -312,10 +332,10 @@ impl Hub {
         }
         if ns.config.join_leave && self.join_leave_allowed(channel) {
             let leave = protocol::encode_leave(channel.as_str(), &peer.client, &peer.user);
-            if let Some(subs) = shard.channels.get(channel) {
-                for other in subs.values() {
+            if let Some(subs) = shard.channels.get_mut(channel) {
+                subs.fan_out(protocol::now_ms(), |_, other| {
                     other.outbound.push(leave.clone());
-                }
+                });
             }
             if let Some(announce) = &self.announce {
                 announce.announce(channel, &leave);
@@ -329,7 +349,7 @@ impl Hub {
     /// under the channel's lock (so a subscribe's recovery and the live stream meet
     /// without a gap or a repeat). Returns the subscribers it was queued for.
     pub fn deliver(&self, ns: &Namespace, channel: &ChannelName, delivery: Delivery) -> usize {
-        let shard = self.shard(channel).lock();
+        let mut shard = self.shard(channel).lock();
         if let Some(epoch) = delivery.epoch
             && ns.keeps_history()
         {
@@ -342,16 +362,16 @@ impl Hub {
             self.history
                 .insert(channel, policy(ns), protocol::now_ms(), sequenced);
         }
-        let Some(subs) = shard.channels.get(channel) else {
+        let Some(subs) = shard.channels.get_mut(channel) else {
             return 0;
         };
         let volatile = ns.volatile();
         let mut delivered = 0;
-        for peer in subs.values() {
+        subs.fan_out(protocol::now_ms(), |_, peer| {
             if let Push::Queued = peer.push(&delivery.frame, volatile) {
                 delivered += 1;
             }
-        }
+        });
         delivered
     }
 
@@ -374,11 +394,11 @@ impl Hub {
 
     /// Queues a frame for the channel's subscribers here (another node's `join`/`leave`).
     pub fn push(&self, channel: &ChannelName, frame: &EncodedFrame) {
-        let shard = self.shard(channel).lock();
-        if let Some(subs) = shard.channels.get(channel) {
-            for peer in subs.values() {
+        let mut shard = self.shard(channel).lock();
+        if let Some(subs) = shard.channels.get_mut(channel) {
+            subs.fan_out(protocol::now_ms(), |_, peer| {
                 peer.outbound.push(frame.clone());
-            }
+            });
         }
     }
 
@@ -418,32 +438,23 @@ impl Hub {
             overflowed: 0,
         };
         if let Some(subs) = shard.channels.get_mut(publication.channel) {
-            // A busy channel queues, even when the publishing session would write directly.
-            let direct = subs.load.direct(now, subs.len());
             let last = subs.len().saturating_sub(1);
             let volatile = ns.volatile();
-            let mut fan_out = || {
-                for (i, peer) in subs.values().enumerate() {
-                    let pushed = if volatile {
-                        peer.push(&frame, true)
-                    } else if i == last {
-                        peer.outbound
-                            .push_probed(frame.clone(), publication.accepted_at)
-                    } else {
-                        peer.outbound.push(frame.clone())
-                    };
-                    match pushed {
-                        Push::Queued => published.delivered += 1,
-                        Push::Overflow => published.overflowed += 1,
-                        Push::Closed => {}
-                    }
+            subs.fan_out(now, |i, peer| {
+                let pushed = if volatile {
+                    peer.push(&frame, true)
+                } else if i == last {
+                    peer.outbound
+                        .push_probed(frame.clone(), publication.accepted_at)
+                } else {
+                    peer.outbound.push(frame.clone())
+                };
+                match pushed {
+                    Push::Queued => published.delivered += 1,
+                    Push::Overflow => published.overflowed += 1,
+                    Push::Closed => {}
                 }
-            };
-            if direct {
-                fan_out();
-            } else {
-                outbound::without_direct_writes(fan_out);
-            }
+            });
         }
         published
     }

@@ -1,5 +1,6 @@
-//! Whether a channel's publication may be written directly from the publishing thread,
-//! or must be queued for the subscribers' writers.
+//! Whether a channel's fan-out (a publication, a `join` or `leave`) may be written
+//! directly from the pushing thread, or must be queued for the subscribers' writers
+//! (every fan-out goes through `Subscribers::fan_out`, which asks this).
 //!
 //! Direct writes ([`crate::outbound`]) spare a wake-up and a second thread per delivery,
 //! which is what light traffic costs most; but each is a write of one frame, made under
