@@ -26,6 +26,7 @@ pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod channel;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod edge;

@@ -21,7 +21,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -71,6 +71,10 @@ pub struct Outbound {
     limit_bytes: usize,
     /// Frames queued now (for metrics and the admin view; updated under the lock).
     depth: AtomicUsize,
+    /// When the writer's timer is due ([`crate::clock`] milliseconds; `u64::MAX`: not
+    /// set): the node's ticker wakes it then ([`Outbound::tick`]), so a connection keeps
+    /// no timer of its own.
+    due_ms: AtomicU64,
     /// The socket, for direct writes (WebSocket), and where a directly written
     /// publication's latency is recorded.
     direct: Option<(Arc<dyn DirectWrite>, prometheus::Histogram)>,
@@ -89,6 +93,8 @@ struct State {
     writer_holds: bool,
     /// A direct write left part of a frame unwritten: the writer must finish it.
     unfinished: bool,
+    /// The ticker found the timer due; the writer gets [`Next::Timer`] next.
+    timer_due: bool,
 }
 
 /// What happened to a pushed frame.
@@ -109,6 +115,8 @@ pub enum Next {
     Frames { probe: Option<Instant> },
     /// Everything queued before the close was handed out; close with this.
     Close(Disconnect),
+    /// The timer set with [`Outbound::set_timer`] is due (it is cleared: set it again).
+    Timer,
 }
 
 impl Outbound {
@@ -121,11 +129,13 @@ impl Outbound {
                 probe: None,
                 writer_holds: false,
                 unfinished: false,
+                timer_due: false,
             }),
             writer: AtomicWaker::new(),
             limit,
             limit_bytes,
             depth: AtomicUsize::new(0),
+            due_ms: AtomicU64::new(u64::MAX),
             direct: None,
         }
     }
@@ -232,6 +242,35 @@ impl Outbound {
         self.state.lock().closing.is_some()
     }
 
+    /// Asks for [`Next::Timer`] once [`crate::clock`] reads `at_ms` (replacing the time
+    /// set before).
+    pub fn set_timer(&self, at_ms: u64) {
+        self.due_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// The ticker's look at this connection: when its timer is due, it is cleared and
+    /// the writer woken for [`Next::Timer`]. Returns whether it was due.
+    pub fn tick(&self, now_ms: u64) -> bool {
+        let due = self.due_ms.load(Ordering::Relaxed);
+        // Cleared only if the writer set no other time meanwhile.
+        if due > now_ms
+            || self
+                .due_ms
+                .compare_exchange(due, u64::MAX, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        self.state.lock().timer_due = true;
+        self.writer.wake();
+        true
+    }
+
+    /// Whether the timer is due at `now_ms`.
+    pub fn is_due(&self, now_ms: u64) -> bool {
+        self.due_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
     /// Frames queued now.
     pub fn depth(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
@@ -286,6 +325,11 @@ impl Outbound {
     /// was handed out; `None` while there is neither.
     fn take(&self, batch: &mut VecDeque<EncodedFrame>) -> Option<Next> {
         let mut state = self.state.lock();
+        // First, so a connection that always has frames waiting still pings and still
+        // notices its token expire.
+        if std::mem::take(&mut state.timer_due) {
+            return Some(Next::Timer);
+        }
         let unfinished = std::mem::take(&mut state.unfinished);
         state.writer_holds = unfinished || !state.frames.is_empty();
         if state.writer_holds {
@@ -305,7 +349,7 @@ impl Outbound {
 
     fn has_work(&self) -> bool {
         let state = self.state.lock();
-        !state.frames.is_empty() || state.unfinished || state.closing.is_some()
+        !state.frames.is_empty() || state.unfinished || state.closing.is_some() || state.timer_due
     }
 
     /// The slow-consumer disconnect, once the queue overflowed.
@@ -546,5 +590,33 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[tokio::test]
+    async fn the_timer_wakes_the_writer_once_due_even_with_frames_waiting() {
+        let q = std::sync::Arc::new(Outbound::new(8, 1 << 20));
+        assert!(!q.tick(1_000), "no timer set: never due");
+        q.set_timer(500);
+        assert!(!q.tick(499), "not due yet");
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move {
+            let mut batch = VecDeque::new();
+            matches!(q2.next_batch(&mut batch).await, Next::Timer)
+        });
+        tokio::task::yield_now().await;
+        q.push(frame("x"));
+        q.push(frame("y"));
+        // The writer may have taken the frames already; the timer still comes next.
+        assert!(q.tick(500));
+        assert!(!q.tick(501), "a tick clears the timer: it fires once");
+        let mut batch = VecDeque::new();
+        let mut timer = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        while !timer {
+            timer = matches!(q.next_batch(&mut batch).await, Next::Timer);
+        }
+        assert!(!q.is_due(u64::MAX - 1), "cleared until set again");
     }
 }

@@ -29,6 +29,24 @@ impl Registry {
         self.shard(key).lock().remove(&key);
     }
 
+    /// Wakes every connection whose timer is due at `now_ms` (see `session::tick`). The
+    /// due ones are copied out first (a leaf lock: the wake-up takes the queue's lock).
+    pub fn tick(&self, now_ms: u64) {
+        let mut due = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock();
+            due.extend(
+                shard
+                    .values()
+                    .filter(|p| p.outbound.is_due(now_ms))
+                    .cloned(),
+            );
+        }
+        for p in due {
+            p.outbound.tick(now_ms);
+        }
+    }
+
     /// Every peer (optionally only one user's), collected without holding a lock afterwards.
     pub fn peers(&self, user: Option<&str>) -> Vec<Arc<ConnHandle>> {
         let mut out = Vec::new();

@@ -213,6 +213,8 @@ impl Server {
         raise_file_limit(node.config.connections.max);
 
         let sweeper = tokio::spawn(sweep(node.clone()));
+        // Keepalive and token expiry: one ticker for every session (see `session::tick`).
+        tokio::spawn(crate::session::tick(node.clone()));
         if let Some(cluster) = &self.cluster {
             cluster.start(&node);
         }

@@ -1,8 +1,9 @@
 //! A client session: the protocol state machine for one connection, over any [`Transport`].
 //!
 //! One task per connection runs [`run`]: it waits for `connect`, then selects over inbound
-//! frames, its own outbound queue (written in batches, one flush per wake-up; shutdown
-//! arrives there too, as a 1012 close) and a single timer (keepalive and token expiry).
+//! frames and its own outbound queue (written in batches, one flush per wake-up; shutdown
+//! arrives there too, as a 1012 close, and so does its timer, keepalive and token expiry,
+//! from the node's one ticker: [`tick`]).
 //! Requests are handled
 //! synchronously (hub and pipeline calls never await), except one that must run a plugin
 //! chain: the session awaits it on the plugin threads before reading on. Every reply
@@ -12,7 +13,7 @@
 //! ```text
 //! session        run → handshake → live (serve) → finish; the Session state
 //!   handshake    first frame, token, per-user count, connect plugins, `connected`
-//!   serve        the select! loop: outbound batches, inbound, the timer
+//!   serve        the select! loop: outbound batches (and the timer), inbound
 //!   requests     one handler per request kind (subscribe, publish, history, …)
 //! ```
 
@@ -69,6 +70,29 @@ enum Exit {
     Close(CloseCode, String),
     /// The client went away (closed, failed, or stopped answering).
     Gone(&'static str),
+}
+
+/// Wakes the sessions whose timer is due, every `period` until the node shuts down: one
+/// task for the node instead of a timer per connection. A deadline is met within a period
+/// ([`tick_period`]).
+pub async fn tick(node: Arc<Node>) {
+    let mut every = tokio::time::interval(tick_period(&node));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = node.shutdown.cancelled() => return,
+        }
+        node.registry.tick(crate::clock::now_ms());
+    }
+}
+
+/// How often [`tick`] looks: an eighth of the shortest keepalive setting, between 10 ms
+/// and 500 ms (so with the defaults a ping or an expiry is at most half a second late).
+pub fn tick_period(node: &Node) -> Duration {
+    let s = &node.settings;
+    (s.ping_interval.min(s.pong_timeout) / 8)
+        .clamp(Duration::from_millis(10), Duration::from_millis(500))
 }
 
 /// Runs a connection to its end.

@@ -59,6 +59,7 @@ async fn drain(p: &ConnHandle) -> Vec<serde_json::Value> {
             .map(|f| serde_json::from_str(f.as_str()).unwrap())
             .collect(),
         Next::Close(d) => vec![serde_json::json!({"close": d.code.code()})],
+        Next::Timer => unreachable!("these handles never set a timer"),
     }
 }
 

@@ -1,7 +1,9 @@
 //! A live session's loop: one `select!` over the outbound queue (written in batches, one
-//! flush per wake-up), inbound frames and a single timer (keepalive and token expiry).
-//! Shutdown reaches a session through its queue (`Node::begin_shutdown` closes every
-//! registered connection with 1012), so a wake-up takes no lock shared with others.
+//! flush per wake-up) and inbound frames. Shutdown and the session's timer (keepalive and
+//! token expiry) reach it through its queue too: `Node::begin_shutdown` closes every
+//! registered connection with 1012, and the node's ticker ([`super::tick`]) wakes a
+//! session whose deadline passed, so a connection keeps no timer of its own and a
+//! wake-up takes no lock shared with others.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -24,7 +26,6 @@ const READ_AHEAD: u32 = 16;
 enum Woke {
     Queue(Next),
     Inbound(crate::transport::Inbound),
-    Timer,
 }
 
 /// What the session's timer asks for.
@@ -39,8 +40,7 @@ impl Session {
     pub(super) async fn serve<T: Transport>(&mut self, transport: &mut T) -> Exit {
         let mut batch = VecDeque::new();
         let gather = transport.gathers();
-        let timer = tokio::time::sleep_until(self.next_deadline());
-        tokio::pin!(timer);
+        self.set_timer();
         // Set when the session decided to close (too many violations): what is queued,
         // the last answer included, is written first; nothing more is read.
         let mut closing = false;
@@ -52,7 +52,6 @@ impl Session {
                 biased;
                 next = self.handle.outbound.next_batch_gathered(&mut batch, gather) => Woke::Queue(next),
                 inbound = transport.recv(), if !closing => Woke::Inbound(inbound),
-                _ = &mut timer => Woke::Timer,
             };
             match woke {
                 Woke::Queue(Next::Frames { probe }) => {
@@ -94,7 +93,7 @@ impl Session {
                         }
                     }
                 }
-                Woke::Timer => {
+                Woke::Queue(Next::Timer) => {
                     match self.on_timer() {
                         Timer::Idle => {}
                         Timer::Ping => {
@@ -104,7 +103,7 @@ impl Session {
                         }
                         Timer::End(exit) => return exit,
                     }
-                    timer.as_mut().reset(self.next_deadline());
+                    self.set_timer();
                 }
             }
         }
@@ -153,6 +152,12 @@ impl Session {
         } else {
             self.on_inbound(inbound)
         }
+    }
+
+    /// Asks the node's ticker to wake this session at its next deadline.
+    fn set_timer(&self) {
+        let at = crate::clock::ms(self.next_deadline().into_std());
+        self.handle.outbound.set_timer(at);
     }
 
     fn next_deadline(&self) -> Instant {

@@ -103,6 +103,8 @@ fn full_socket_session(
         handshake: None,
         admitted: None,
     };
+    // Keepalive is the node's ticker's job (the server starts it).
+    tokio::spawn(super::tick(Arc::clone(&node)));
     let session = run(Arc::clone(&node), transport, conn);
     (node, session)
 }
