@@ -184,15 +184,18 @@ pub fn run<T: Transport>(
     let refuse = match &permit {
         Err(e) => {
             node.metrics.rate_limited(e.limit);
-            Some(Disconnect::new(CloseCode::TryAgainLater, e.message.clone()))
+            Some(Box::new(Disconnect::new(
+                CloseCode::TryAgainLater,
+                e.message.clone(),
+            )))
         }
         Ok(_) if checked.token_in_query => {
             node.metrics.auth_failed("token_in_url");
             tracing::info!(remote = %remote, "Refused a token in the URL (the token is not logged)");
-            Some(Disconnect::new(
+            Some(Box::new(Disconnect::new(
                 CloseCode::Unauthorized,
                 "tokens in the URL are refused because URLs end up in logs; send the token as `token` in the connect frame or as an Authorization: Bearer header",
-            ))
+            )))
         }
         Ok(_) => None,
     };

@@ -48,8 +48,9 @@ pub struct ConnInfo {
     /// `Authorization: Bearer …` from the upgrade request.
     pub bearer: Option<String>,
     /// The transport refuses the connection (a token in the URL, a connection limit):
-    /// the session only says so and closes.
-    pub refuse: Option<Disconnect>,
+    /// the session only says so and closes. (Boxed: rare, and its room would sit in
+    /// every connection's task.)
+    pub refuse: Option<Box<Disconnect>>,
     /// When the transport opened; the `connect` deadline counts from here.
     pub opened: Instant,
     /// The connection's slot among handshakes in progress, given back once `connect`
@@ -118,11 +119,19 @@ pub fn run<T: Transport>(
             .connections_total
             .with_label_values(&[transport.kind().as_str()])
             .inc();
-        let shook = Box::pin(handshake(&node, &mut transport, &conn)).await;
-        conn.handshake = None;
-        let exit = match shook {
-            Ok(session) => live(&node, &mut transport, &conn, session).await,
-            Err(exit) => exit,
+        // The handshake's result is taken apart in its own statement (kept whole, its
+        // room would stay in the task beside the live session), and its slot is given
+        // back as soon as it is over, either way.
+        let exit = 'ran: {
+            let session = match Box::pin(handshake(&node, &mut transport, &conn)).await {
+                Ok(session) => session,
+                Err(exit) => {
+                    drop(conn.handshake.take());
+                    break 'ran exit;
+                }
+            };
+            drop(conn.handshake.take());
+            live(&node, &mut transport, &conn, session).await
         };
         Box::pin(finish(&node, &mut transport, exit)).await;
         gauge.dec();

@@ -35,7 +35,7 @@ pub(super) async fn handshake<T: Transport>(
     conn: &ConnInfo,
 ) -> Result<Box<Session>, Exit> {
     if let Some(refuse) = &conn.refuse {
-        return Err(Exit::Disconnect(refuse.clone()));
+        return Err(Exit::Disconnect(Disconnect::clone(refuse)));
     }
     let first = first_frame(node, transport, conn).await?;
     let connect = expect_connect(transport, first).await?;

@@ -136,7 +136,7 @@ impl MemoryClient {
         let conn = ConnInfo {
             remote: "127.0.0.1:1".parse().unwrap(),
             bearer,
-            refuse,
+            refuse: refuse.map(Box::new),
             opened: Instant::now(),
             handshake: None,
             admitted: None,
