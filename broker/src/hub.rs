@@ -63,14 +63,25 @@ impl Subscribers {
     /// the channel's rate: a busy or large channel ([`load`]) queues every push, even
     /// when the pushing session would write directly.
     fn fan_out(&mut self, now_ms: u64, mut each: impl FnMut(usize, &Arc<ConnHandle>)) {
-        let direct = self.load.direct(now_ms, self.conns.len());
+        self.fan_out_deferring(now_ms, |i, peer, _| each(i, peer));
+    }
+
+    /// [`Subscribers::fan_out`], telling `each` when the channel is large and quiet: a
+    /// publication's pushes may then be deferred ([`outbound::Outbound::push_deferred`]).
+    fn fan_out_deferring(
+        &mut self,
+        now_ms: u64,
+        mut each: impl FnMut(usize, &Arc<ConnHandle>, bool),
+    ) {
+        let verdict = self.load.verdict(now_ms, self.conns.len());
         let conns = &self.conns;
+        let large = verdict == load::Verdict::Large;
         let mut run = || {
             for (i, peer) in conns.values().enumerate() {
-                each(i, peer);
+                each(i, peer, large);
             }
         };
-        if direct {
+        if verdict == load::Verdict::Direct {
             run();
         } else {
             outbound::without_direct_writes(run);
@@ -440,9 +451,15 @@ impl Hub {
         if let Some(subs) = shard.channels.get_mut(publication.channel) {
             let last = subs.len().saturating_sub(1);
             let volatile = ns.volatile();
-            subs.fan_out(now, |i, peer| {
+            // Read before the fan-out turns direct writes off for a large channel.
+            let mode = outbound::direct_mode();
+            subs.fan_out_deferring(now, |i, peer, large| {
                 let pushed = if volatile {
                     peer.push(&frame, true)
+                } else if large && mode.is_some_and(|m| m.may_defer(&peer.outbound)) {
+                    let probe = (i == last).then_some(publication.accepted_at);
+                    let holder = || Arc::clone(peer) as Arc<dyn outbound::HasOutbound>;
+                    peer.outbound.push_deferred(frame.clone(), probe, holder)
                 } else if i == last {
                     peer.outbound
                         .push_probed(frame.clone(), publication.accepted_at)

@@ -17,8 +17,14 @@
 //! to the socket when the queue is empty, the writer holds no batch and the socket takes
 //! it ([`DirectWrite`]): no wake-up of the connection's task, no second thread. Under
 //! load the pushes queue as above, so the writer gathers many frames into one write.
+//!
+//! A large channel's fan-out in direct mode is deferred instead ([`Outbound::push_deferred`]):
+//! under the channel's lock each frame is only queued, without waking the writer, and
+//! when the pushing session's request is handled (no lock held any more) the thread
+//! writes each such queue to its socket itself, in order, waking the writer only for
+//! what the socket did not take ([`direct_writes`] ends with that flush).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -35,14 +41,69 @@ thread_local! {
     /// Whether pushes from this thread may write directly (see [`direct_writes`]): the
     /// address of the one queue excluded (the session's own), or `None` when they may not.
     static DIRECT: Cell<Option<usize>> = const { Cell::new(None) };
+    /// Queues that [`Outbound::push_deferred`] filled without waking their writer: this
+    /// thread writes them (or wakes their writer) when [`direct_writes`] ends.
+    static DEFERRED: RefCell<Vec<Arc<dyn HasOutbound>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What holds a connection's [`Outbound`] (its handle), kept until a deferred flush.
+pub trait HasOutbound: Send + Sync {
+    fn outbound(&self) -> &Outbound;
+}
+
+/// This thread's direct mode, when it is in one ([`direct_writes`]): read before a
+/// large channel's fan-out (which turns direct writes off) to know which pushes it may
+/// defer ([`Outbound::push_deferred`]).
+pub fn direct_mode() -> Option<DirectMode> {
+    DIRECT.get().map(DirectMode)
+}
+
+/// See [`direct_mode`]: the address of the session's own queue.
+#[derive(Debug, Clone, Copy)]
+pub struct DirectMode(usize);
+
+impl DirectMode {
+    /// Whether a push to `outbound` may be deferred: any queue but the session's own
+    /// (which its writer sends in one batch with the replies).
+    pub fn may_defer(self, outbound: &Outbound) -> bool {
+        self.0 != outbound as *const Outbound as usize
+    }
 }
 
 /// Runs `f` with direct writes allowed for the pushes it makes on this thread, except to
 /// `own`: the session's own queue, which its writer is about to write in one batch with
 /// the replies. `f` must not await (the mode belongs to the thread, not to a task).
 pub fn direct_writes<R>(own: *const Outbound, f: impl FnOnce() -> R) -> R {
+    /// Flushes what `f` deferred, however `f` ends (a writer is never left asleep over
+    /// frames queued for it).
+    struct Flush;
+    impl Drop for Flush {
+        fn drop(&mut self) {
+            flush_deferred();
+        }
+    }
+    let _flush = Flush;
     // Only its address is kept, to compare: it is never read through.
     with_direct(Some(own as usize), f)
+}
+
+/// Writes (or hands to their writers) the queues this thread deferred.
+fn flush_deferred() {
+    let deferred = DEFERRED.take();
+    if deferred.is_empty() {
+        return;
+    }
+    for holder in &deferred {
+        holder.outbound().flush_or_wake();
+    }
+    // The list's buffer is kept for the next fan-out (one per thread).
+    let mut deferred = deferred;
+    deferred.clear();
+    DEFERRED.with_borrow_mut(|d| {
+        if d.is_empty() {
+            *d = deferred;
+        }
+    });
 }
 
 /// Runs `f` with direct writes off for the pushes it makes on this thread (a busy
@@ -107,6 +168,16 @@ pub enum Push {
     Closed,
 }
 
+/// Whether a push must wake the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    No,
+    /// The frame is the first in the queue.
+    First,
+    /// The queue passed its bound and is closing.
+    Closing,
+}
+
 /// What the writer gets next.
 #[derive(Debug)]
 pub enum Next {
@@ -162,6 +233,72 @@ impl Outbound {
         self.push_inner(frame, Some(accepted_at))
     }
 
+    /// Queues a frame of a large channel's fan-out made in direct mode ([`direct_mode`]
+    /// says when), without waking the writer: `holder` (this queue's owner) goes on the
+    /// thread's list, and when the session's request is handled the thread writes the
+    /// queue to the socket itself, or wakes the writer ([`direct_writes`]).
+    pub fn push_deferred(
+        &self,
+        frame: EncodedFrame,
+        probe: Option<Instant>,
+        holder: impl FnOnce() -> Arc<dyn HasOutbound>,
+    ) -> Push {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return Push::Closed;
+        }
+        let (pushed, wake) = self.queue(&mut state, frame, probe);
+        drop(state);
+        match wake {
+            Wake::No => {}
+            Wake::First => DEFERRED.with_borrow_mut(|d| d.push(holder())),
+            Wake::Closing => self.writer.wake(),
+        }
+        pushed
+    }
+
+    /// A deferred queue's flush: what the socket takes now is written here, in order;
+    /// the writer is woken for anything left (or when it holds a batch itself).
+    fn flush_or_wake(&self) {
+        let mut state = self.state.lock();
+        if state.frames.is_empty() && !state.unfinished {
+            // The writer took them meanwhile (or the queue was closed and emptied).
+            return;
+        }
+        if let Some((socket, latency)) = &self.direct
+            && !state.writer_holds
+            && !state.unfinished
+            && state.closing.is_none()
+        {
+            while let Some(frame) = state.frames.front() {
+                let wrote = socket.try_write(frame);
+                if wrote == Direct::Not {
+                    break;
+                }
+                let frame = state.frames.pop_front().expect("a front frame");
+                state.bytes -= frame.len();
+                if wrote == Direct::Begun {
+                    state.unfinished = true;
+                    break;
+                }
+            }
+            self.depth.store(state.frames.len(), Ordering::Relaxed);
+            if state.frames.is_empty() && !state.unfinished {
+                // Everything went: no buffer kept, and the probed publication's
+                // latency is recorded here.
+                state.frames = VecDeque::new();
+                let probe = state.probe.take();
+                drop(state);
+                if let Some(accepted_at) = probe {
+                    latency.observe(accepted_at.elapsed().as_secs_f64());
+                }
+                return;
+            }
+        }
+        drop(state);
+        self.writer.wake();
+    }
+
     fn push_inner(&self, frame: EncodedFrame, probe: Option<Instant>) -> Push {
         let mut state = self.state.lock();
         if state.closing.is_some() {
@@ -193,6 +330,23 @@ impl Outbound {
                 Direct::Not => {}
             }
         }
+        let (pushed, wake) = self.queue(&mut state, frame, probe);
+        drop(state);
+        if wake != Wake::No {
+            self.writer.wake();
+        }
+        pushed
+    }
+
+    /// Queues `frame`, or closes the queue past its bound; says whether the writer must
+    /// be woken (once the lock is let go): for the close, or for a first frame.
+    #[inline]
+    fn queue(
+        &self,
+        state: &mut State,
+        frame: EncodedFrame,
+        probe: Option<Instant>,
+    ) -> (Push, Wake) {
         let over_bytes = !state.frames.is_empty() && state.bytes + frame.len() > self.limit_bytes;
         if state.frames.len() >= self.limit || over_bytes {
             let what = if over_bytes {
@@ -209,9 +363,7 @@ impl Outbound {
                 ),
             )));
             self.depth.store(0, Ordering::Relaxed);
-            drop(state);
-            self.writer.wake();
-            return Push::Overflow;
+            return (Push::Overflow, Wake::Closing);
         }
         let was_empty = state.frames.is_empty();
         state.bytes += frame.len();
@@ -220,11 +372,8 @@ impl Outbound {
             state.probe = probe;
         }
         self.depth.store(state.frames.len(), Ordering::Relaxed);
-        drop(state);
-        if was_empty {
-            self.writer.wake();
-        }
-        Push::Queued
+        let wake = if was_empty { Wake::First } else { Wake::No };
+        (Push::Queued, wake)
     }
 
     /// Asks the writer to close after what is queued now has been sent. The first close wins.
@@ -373,250 +522,4 @@ impl Drop for Waiting<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(s: &str) -> EncodedFrame {
-        crate::protocol::encode(&s)
-    }
-
-    #[tokio::test]
-    async fn batches_in_order() {
-        let q = Outbound::new(8, 1 << 20);
-        for i in 0..3 {
-            assert_eq!(q.push(frame(&i.to_string())), Push::Queued);
-        }
-        let mut batch = VecDeque::new();
-        assert!(matches!(
-            q.next_batch(&mut batch).await,
-            Next::Frames { .. }
-        ));
-        let got: Vec<_> = batch.iter().map(|f| f.as_str().to_string()).collect();
-        assert_eq!(got, vec!["\"0\"", "\"1\"", "\"2\""]);
-    }
-
-    #[tokio::test]
-    async fn a_gathered_batch_takes_what_arrives_during_one_scheduler_turn() {
-        let q = Outbound::new(8, 1 << 20);
-        q.push(frame("a"));
-        let mut batch = VecDeque::new();
-        // The writer yields once it sees a frame; the second one arrives meanwhile.
-        let (next, _) = tokio::join!(q.next_batch_gathered(&mut batch, true), async {
-            q.push(frame("b"))
-        });
-        assert!(matches!(next, Next::Frames { .. }));
-        assert_eq!(batch.len(), 2);
-    }
-
-    #[tokio::test]
-    async fn overflow_closes_with_4009_and_drops_the_queue() {
-        let q = Outbound::new(2, 1 << 20);
-        q.push(frame("a"));
-        q.push(frame("b"));
-        assert_eq!(q.push(frame("c")), Push::Overflow);
-        assert_eq!(q.push(frame("d")), Push::Closed);
-        let mut batch = VecDeque::new();
-        match q.next_batch(&mut batch).await {
-            Next::Close(d) => assert_eq!(d.code, CloseCode::SlowConsumer),
-            other => panic!("unexpected {other:?}"),
-        }
-        assert!(batch.is_empty());
-    }
-
-    #[tokio::test]
-    async fn overflow_by_bytes_but_one_large_frame_still_goes() {
-        let q = Outbound::new(100, 10);
-        // Larger than the bound, but alone: a client that reads gets it.
-        assert_eq!(q.push(frame("a large reply")), Push::Queued);
-        let mut batch = VecDeque::new();
-        q.next_batch(&mut batch).await;
-        batch.clear();
-        assert_eq!(q.push(frame("abc")), Push::Queued);
-        assert_eq!(q.push(frame("defg")), Push::Overflow);
-        match q.next_batch(&mut batch).await {
-            Next::Close(d) => {
-                assert_eq!(d.code, CloseCode::SlowConsumer);
-                assert!(d.reason.contains("10 bytes"), "{}", d.reason);
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn close_flushes_what_was_queued_first() {
-        let q = Outbound::new(8, 1 << 20);
-        q.push(frame("a"));
-        q.close(Disconnect::new(CloseCode::Restart, "bye"));
-        let mut batch = VecDeque::new();
-        assert!(matches!(
-            q.next_batch(&mut batch).await,
-            Next::Frames { .. }
-        ));
-        batch.clear();
-        assert!(matches!(q.next_batch(&mut batch).await, Next::Close(_)));
-    }
-
-    /// A socket that takes what it is told to, and notes what it took.
-    struct FakeSocket {
-        answer: parking_lot::Mutex<Direct>,
-        took: parking_lot::Mutex<Vec<String>>,
-    }
-
-    impl DirectWrite for FakeSocket {
-        fn try_write(&self, frame: &EncodedFrame) -> Direct {
-            let answer = *self.answer.lock();
-            if answer != Direct::Not {
-                self.took.lock().push(frame.as_str().to_string());
-            }
-            answer
-        }
-    }
-
-    fn direct_queue(answer: Direct) -> (Outbound, Arc<FakeSocket>) {
-        let socket = Arc::new(FakeSocket {
-            answer: parking_lot::Mutex::new(answer),
-            took: Default::default(),
-        });
-        let latency =
-            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
-        let q = Outbound::new(8, 1 << 20).with_direct(Some(socket.clone()), &latency);
-        (q, socket)
-    }
-
-    #[tokio::test]
-    async fn only_pushes_in_direct_mode_write_directly() {
-        let (q, socket) = direct_queue(Direct::Written);
-        assert_eq!(q.push(frame("queued")), Push::Queued);
-        assert_eq!(q.depth(), 1);
-        let mut batch = VecDeque::new();
-        q.next_batch(&mut batch).await;
-        batch.clear();
-        // The writer looks again and finds nothing: it holds no batch any more.
-        assert!(q.take(&mut batch).is_none());
-        let other = Outbound::new(8, 1 << 20);
-        assert_eq!(
-            direct_writes(&other, || q.push(frame("direct"))),
-            Push::Queued
-        );
-        assert_eq!(q.depth(), 0, "written directly, not queued");
-        assert_eq!(*socket.took.lock(), ["\"direct\""]);
-        // A busy channel's fan-out inside a session's direct mode queues.
-        direct_writes(&other, || without_direct_writes(|| q.push(frame("busy"))));
-        assert_eq!(q.depth(), 1);
-        batch.clear();
-        q.next_batch(&mut batch).await;
-        batch.clear();
-        assert!(q.take(&mut batch).is_none());
-        // So does a push to the session's own queue: its writer writes it with the replies.
-        direct_writes(&q, || q.push(frame("own")));
-        assert_eq!(q.depth(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_direct_write_never_passes_queued_frames_or_a_batch_being_written() {
-        let (q, socket) = direct_queue(Direct::Written);
-        let other = Outbound::new(8, 1 << 20);
-        q.push(frame("1"));
-        // Frames are queued: the next one queues behind them.
-        direct_writes(&other, || q.push(frame("2")));
-        let mut batch = VecDeque::new();
-        q.next_batch(&mut batch).await;
-        assert_eq!(batch.len(), 2);
-        // The writer holds "1" and "2", maybe not written yet: "3" queues too.
-        direct_writes(&other, || q.push(frame("3")));
-        assert!(socket.took.lock().is_empty());
-        batch.clear();
-        q.next_batch(&mut batch).await;
-        assert_eq!(batch.pop_front().unwrap().as_str(), "\"3\"");
-        assert!(q.take(&mut batch).is_none());
-        direct_writes(&other, || q.push(frame("4")));
-        assert_eq!(*socket.took.lock(), ["\"4\""]);
-    }
-
-    #[tokio::test]
-    async fn a_direct_write_begun_wakes_the_writer_to_finish_it() {
-        let (q, socket) = direct_queue(Direct::Begun);
-        let q = Arc::new(q);
-        let writer = {
-            let q = q.clone();
-            tokio::spawn(async move {
-                let mut batch = VecDeque::new();
-                let next = q.next_batch(&mut batch).await;
-                (matches!(next, Next::Frames { .. }), batch.len())
-            })
-        };
-        tokio::task::yield_now().await;
-        let other = Outbound::new(8, 1 << 20);
-        direct_writes(&other, || q.push(frame("half")));
-        // Nothing more goes directly until the writer finished it.
-        *socket.answer.lock() = Direct::Written;
-        direct_writes(&other, || q.push(frame("next")));
-        assert_eq!(*socket.took.lock(), ["\"half\""]);
-        let (frames, queued) = tokio::time::timeout(std::time::Duration::from_secs(5), writer)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(frames);
-        assert_eq!(
-            queued, 1,
-            "the frame pushed after the partial one was queued"
-        );
-    }
-
-    #[tokio::test]
-    async fn the_writer_takes_the_queues_buffer_so_an_idle_queue_holds_none() {
-        let q = Outbound::new(8, 1 << 20);
-        q.push(frame("a"));
-        q.push(frame("b"));
-        let mut batch = VecDeque::new();
-        q.next_batch(&mut batch).await;
-        assert_eq!(batch.len(), 2);
-        assert_eq!(q.state.lock().frames.capacity(), 0);
-    }
-
-    #[tokio::test]
-    async fn wakes_a_waiting_writer() {
-        let q = std::sync::Arc::new(Outbound::new(8, 1 << 20));
-        let q2 = q.clone();
-        let waiter = tokio::spawn(async move {
-            let mut batch = VecDeque::new();
-            q2.next_batch(&mut batch).await;
-            batch.len()
-        });
-        tokio::task::yield_now().await;
-        q.push(frame("x"));
-        let n = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 1);
-    }
-
-    #[tokio::test]
-    async fn the_timer_wakes_the_writer_once_due_even_with_frames_waiting() {
-        let q = std::sync::Arc::new(Outbound::new(8, 1 << 20));
-        assert!(!q.tick(1_000), "no timer set: never due");
-        q.set_timer(500);
-        assert!(!q.tick(499), "not due yet");
-        let q2 = q.clone();
-        let waiter = tokio::spawn(async move {
-            let mut batch = VecDeque::new();
-            matches!(q2.next_batch(&mut batch).await, Next::Timer)
-        });
-        tokio::task::yield_now().await;
-        q.push(frame("x"));
-        q.push(frame("y"));
-        // The writer may have taken the frames already; the timer still comes next.
-        assert!(q.tick(500));
-        assert!(!q.tick(501), "a tick clears the timer: it fires once");
-        let mut batch = VecDeque::new();
-        let mut timer = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap();
-        while !timer {
-            timer = matches!(q.next_batch(&mut batch).await, Next::Timer);
-        }
-        assert!(!q.is_due(u64::MAX - 1), "cleared until set again");
-    }
-}
+mod tests;

@@ -145,7 +145,7 @@ async fn the_demo_page_falls_back_to_websocket_when_webtransport_is_off() {
         .open(&page_url(&broker, "user=bob&room=lobby"))
         .await;
     let transport = browser
-        .wait("window.hookwireDemo.state === 'connected' && window.hookwireDemo.transport")
+        .wait("window.hookwireDemo.state === 'connected' && window.hookwireDemo.historyLoaded && window.hookwireDemo.transport")
         .await;
     assert_eq!(transport, "websocket");
     browser.send("over a WebSocket").await;
@@ -205,7 +205,7 @@ async fn after_its_broker_restarts_the_page_reconnects_and_recovers_exactly() {
     let mut browser = Browser::start().await;
     browser.open(&page_url(&a, "user=carol&room=lobby")).await;
     let transport = browser
-        .wait("window.hookwireDemo.state === 'connected' && window.hookwireDemo.transport")
+        .wait("window.hookwireDemo.state === 'connected' && window.hookwireDemo.historyLoaded && window.hookwireDemo.transport")
         .await;
     assert_eq!(transport, "webtransport");
     let say = |text: &str| json!({"text": text, "kind": "msg"});

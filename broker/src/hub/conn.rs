@@ -51,3 +51,9 @@ fn empty_object() -> &'static RawValue {
     static EMPTY: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
     EMPTY.get_or_init(|| RawValue::from_string("{}".into()).expect("valid JSON"))
 }
+
+impl crate::outbound::HasOutbound for ConnHandle {
+    fn outbound(&self) -> &Outbound {
+        &self.outbound
+    }
+}

@@ -12,7 +12,10 @@
 //! - it has more than [`DIRECT_MAX_SUBSCRIBERS`] subscribers here: a write costs about
 //!   4 µs, so a direct fan-out to 1,024 holds the shard lock (and delays the other
 //!   channels of its shard) about as long as queueing for 10,000 does; larger ones
-//!   would hold it for tens of milliseconds.
+//!   would hold it for tens of milliseconds. A publication to such a channel is
+//!   queued under the lock without waking the writers, and the publishing thread
+//!   writes those queues once it let the lock go ([`Verdict::Large`]), so a quiet
+//!   channel of any size costs no wake-up per delivery either.
 
 /// Deliveries per second above which a channel's publications are queued.
 pub const DIRECT_MAX_PER_SEC: u64 = 300_000;
@@ -35,7 +38,13 @@ impl Load {
     /// Counts a publication to `subscribers` at `now_ms`; whether it may be written
     /// directly (not too many subscribers, and the last window's rate was under
     /// [`DIRECT_MAX_PER_SEC`]).
+    #[cfg(test)]
     pub fn direct(&mut self, now_ms: u64, subscribers: usize) -> bool {
+        self.verdict(now_ms, subscribers) == Verdict::Direct
+    }
+
+    /// [`Load::direct`], telling a large quiet channel ([`Verdict::Large`]) from a busy one.
+    pub fn verdict(&mut self, now_ms: u64, subscribers: usize) -> Verdict {
         let elapsed = now_ms.saturating_sub(self.window_start_ms);
         if elapsed >= WINDOW_MS {
             self.busy = self.in_window * 1000 / elapsed > DIRECT_MAX_PER_SEC;
@@ -43,8 +52,26 @@ impl Load {
             self.in_window = 0;
         }
         self.in_window += subscribers as u64;
-        !self.busy && subscribers <= DIRECT_MAX_SUBSCRIBERS
+        if self.busy {
+            Verdict::Busy
+        } else if subscribers > DIRECT_MAX_SUBSCRIBERS {
+            Verdict::Large
+        } else {
+            Verdict::Direct
+        }
     }
+}
+
+/// How a channel's fan-out goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Written directly under the channel's lock where the pushing thread may.
+    Direct,
+    /// Quiet but large: a publication is queued under the lock without waking anyone,
+    /// and the pushing thread writes it once the lock is let go (`Outbound::push_deferred`).
+    Large,
+    /// Busy: queued for the subscribers' writers.
+    Busy,
 }
 
 #[cfg(test)]

@@ -189,3 +189,47 @@ async fn large_answers_are_cut_and_say_more() {
     })
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_large_quiet_channel_defers_its_fan_out_to_the_end_of_the_request() {
+    let hub = Hub::new(Arc::new(MemoryHistory::new()));
+    let ns = ns(0, false);
+    let ch = ChannelName::parse("chat:big").unwrap();
+    let peers: Vec<_> = (1..=load::DIRECT_MAX_SUBSCRIBERS as u64 + 1)
+        .map(peer)
+        .collect();
+    for p in &peers {
+        join(&hub, &ns, &ch, p).unwrap();
+        drain(p).await;
+    }
+    let publisher = &peers[0];
+    let d = data();
+    let publish = || {
+        hub.publish(
+            &ns,
+            NewPublication {
+                channel: &ch,
+                user: Some("u1"),
+                data: &d,
+                meta: None,
+                accepted_at: std::time::Instant::now(),
+            },
+        )
+    };
+    // Inside the publishing session's request every subscriber has it queued, nobody
+    // is woken yet; once the request is handled, each writer is (these test handles
+    // have no socket to write to directly).
+    let published = crate::outbound::direct_writes(&publisher.outbound, || {
+        let published = publish();
+        assert!(peers.iter().all(|p| p.outbound.depth() == 1));
+        published
+    });
+    assert_eq!(published.delivered, peers.len());
+    for p in &peers {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), drain(p))
+            .await
+            .expect("a deferred writer was never woken");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["type"], "message");
+    }
+}
