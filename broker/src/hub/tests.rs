@@ -63,6 +63,26 @@ async fn drain(p: &ConnHandle) -> Vec<serde_json::Value> {
     }
 }
 
+/// Publishes `data` to `ch` as `user` (accepted now).
+fn publish(
+    hub: &Hub,
+    ns: &Namespace,
+    ch: &ChannelName,
+    user: Option<&str>,
+    data: &RawValue,
+) -> Published {
+    hub.publish(
+        ns,
+        NewPublication {
+            channel: ch,
+            user,
+            data,
+            meta: None,
+            accepted_at: std::time::Instant::now(),
+        },
+    )
+}
+
 fn data() -> Box<RawValue> {
     RawValue::from_string("{\"n\":1}".into()).unwrap()
 }
@@ -79,16 +99,7 @@ async fn fan_out_shares_one_encoding_and_keeps_order() {
     drain(&b).await;
     let d = data();
     for _ in 0..2 {
-        let p = hub.publish(
-            &ns,
-            NewPublication {
-                channel: &ch,
-                user: Some("u1"),
-                data: &d,
-                meta: None,
-                accepted_at: std::time::Instant::now(),
-            },
-        );
+        let p = publish(&hub, &ns, &ch, Some("u1"), &d);
         assert_eq!(p.delivered, 2);
     }
     let got = drain(&a).await;
@@ -109,18 +120,7 @@ async fn slow_consumer_overflows_without_touching_others() {
     let mut overflowed = 0;
     for _ in 0..8 {
         drain(&fast).await;
-        overflowed += hub
-            .publish(
-                &ns,
-                NewPublication {
-                    channel: &ch,
-                    user: None,
-                    data: &d,
-                    meta: None,
-                    accepted_at: std::time::Instant::now(),
-                },
-            )
-            .overflowed;
+        overflowed += publish(&hub, &ns, &ch, None, &d).overflowed;
     }
     assert_eq!(overflowed, 1);
     assert_eq!(drain(&slow).await[0]["close"], 4009);
@@ -160,14 +160,7 @@ async fn large_answers_are_cut_and_say_more() {
     assert!(more && clients.len() < 100 && !clients.is_empty());
     let d = serde_json::value::to_raw_value(&"z".repeat(1_000)).unwrap();
     for _ in 0..10 {
-        let publication = NewPublication {
-            channel: &ch,
-            user: None,
-            data: &d,
-            meta: None,
-            accepted_at: std::time::Instant::now(),
-        };
-        hub.publish(&ns, publication);
+        publish(&hub, &ns, &ch, None, &d);
     }
     let epoch = hub.position(&ns, &ch).unwrap().epoch.to_string();
     let from = StreamPosition { offset: 0, epoch };
@@ -204,23 +197,11 @@ async fn a_large_quiet_channel_defers_its_fan_out_to_the_end_of_the_request() {
     }
     let publisher = &peers[0];
     let d = data();
-    let publish = || {
-        hub.publish(
-            &ns,
-            NewPublication {
-                channel: &ch,
-                user: Some("u1"),
-                data: &d,
-                meta: None,
-                accepted_at: std::time::Instant::now(),
-            },
-        )
-    };
     // Inside the publishing session's request every subscriber has it queued, nobody
     // is woken yet; once the request is handled, each writer is (these test handles
     // have no socket to write to directly).
     let published = crate::outbound::direct_writes(&publisher.outbound, || {
-        let published = publish();
+        let published = publish(&hub, &ns, &ch, Some("u1"), &d);
         assert!(peers.iter().all(|p| p.outbound.depth() == 1));
         published
     });
