@@ -66,19 +66,24 @@ impl Subscribers {
         self.fan_out_deferring(now_ms, |i, peer, _| each(i, peer));
     }
 
-    /// [`Subscribers::fan_out`], telling `each` when the channel is large and quiet: a
-    /// publication's pushes may then be deferred ([`outbound::Outbound::push_deferred`]).
+    /// [`Subscribers::fan_out`], giving `each` the pushing thread's direct mode when the
+    /// channel is large and quiet: a publication's pushes may then be deferred
+    /// ([`outbound::Outbound::push_deferred`]).
     fn fan_out_deferring(
         &mut self,
         now_ms: u64,
-        mut each: impl FnMut(usize, &Arc<ConnHandle>, bool),
+        mut each: impl FnMut(usize, &Arc<ConnHandle>, Option<outbound::DirectMode>),
     ) {
         let verdict = self.load.verdict(now_ms, self.conns.len());
         let conns = &self.conns;
-        let large = verdict == load::Verdict::Large;
+        // Read here: the fan-out below turns direct writes off for a large channel.
+        let defer = match verdict {
+            load::Verdict::Large => outbound::direct_mode(),
+            _ => None,
+        };
         let mut run = || {
             for (i, peer) in conns.values().enumerate() {
-                each(i, peer, large);
+                each(i, peer, defer);
             }
         };
         if verdict == load::Verdict::Direct {
@@ -451,12 +456,10 @@ impl Hub {
         if let Some(subs) = shard.channels.get_mut(publication.channel) {
             let last = subs.len().saturating_sub(1);
             let volatile = ns.volatile();
-            // Read before the fan-out turns direct writes off for a large channel.
-            let mode = outbound::direct_mode();
-            subs.fan_out_deferring(now, |i, peer, large| {
+            subs.fan_out_deferring(now, |i, peer, defer| {
                 let pushed = if volatile {
                     peer.push(&frame, true)
-                } else if large && mode.is_some_and(|m| m.may_defer(&peer.outbound)) {
+                } else if defer.is_some_and(|m| m.may_defer(&peer.outbound)) {
                     let probe = (i == last).then_some(publication.accepted_at);
                     let holder = || Arc::clone(peer) as Arc<dyn outbound::HasOutbound>;
                     peer.outbound.push_deferred(frame.clone(), probe, holder)

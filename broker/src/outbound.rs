@@ -89,21 +89,9 @@ pub fn direct_writes<R>(own: *const Outbound, f: impl FnOnce() -> R) -> R {
 
 /// Writes (or hands to their writers) the queues this thread deferred.
 fn flush_deferred() {
-    let deferred = DEFERRED.take();
-    if deferred.is_empty() {
-        return;
-    }
-    for holder in &deferred {
+    for holder in DEFERRED.take() {
         holder.outbound().flush_or_wake();
     }
-    // The list's buffer is kept for the next fan-out (one per thread).
-    let mut deferred = deferred;
-    deferred.clear();
-    DEFERRED.with_borrow_mut(|d| {
-        if d.is_empty() {
-            *d = deferred;
-        }
-    });
 }
 
 /// Runs `f` with direct writes off for the pushes it makes on this thread (a busy

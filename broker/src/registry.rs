@@ -32,34 +32,25 @@ impl Registry {
     /// Wakes every connection whose timer is due at `now_ms` (see `session::tick`). The
     /// due ones are copied out first (a leaf lock: the wake-up takes the queue's lock).
     pub fn tick(&self, now_ms: u64) {
-        let mut due = Vec::new();
-        for shard in &self.shards {
-            let shard = shard.lock();
-            due.extend(
-                shard
-                    .values()
-                    .filter(|p| p.outbound.is_due(now_ms))
-                    .cloned(),
-            );
-        }
-        for p in due {
+        for p in self.copy_out(|p| p.outbound.is_due(now_ms)) {
             p.outbound.tick(now_ms);
         }
     }
 
     /// Every peer (optionally only one user's), collected without holding a lock afterwards.
     pub fn peers(&self, user: Option<&str>) -> Vec<Arc<ConnHandle>> {
+        let mut out = self.copy_out(|p| user.is_none_or(|u| &*p.user == u));
+        out.sort_by_key(|p| p.key);
+        out
+    }
+
+    /// The handles `keep` picks, one shard lock at a time, none held afterwards.
+    fn copy_out(&self, mut keep: impl FnMut(&ConnHandle) -> bool) -> Vec<Arc<ConnHandle>> {
         let mut out = Vec::new();
         for shard in &self.shards {
             let shard = shard.lock();
-            out.extend(
-                shard
-                    .values()
-                    .filter(|p| user.is_none_or(|u| &*p.user == u))
-                    .cloned(),
-            );
+            out.extend(shard.values().filter(|p| keep(p)).cloned());
         }
-        out.sort_by_key(|p| p.key);
         out
     }
 
