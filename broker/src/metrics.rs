@@ -90,6 +90,8 @@ pub struct Metrics {
     registry: Registry,
     pub connections: IntGaugeVec,
     pub connections_total: IntCounterVec,
+    /// Connections parked now: idle, holding no task (see `session::park`).
+    pub connections_parked: IntGauge,
     pub connection_duration: Histogram,
     frames_received: IntCounterVec,
     frames_sent: IntCounterVec,
@@ -201,6 +203,11 @@ impl Metrics {
                 opts("connections_total", "Client connections accepted."),
                 &["transport"],
             )
+            .expect("valid metric"),
+            connections_parked: IntGauge::with_opts(opts(
+                "connections_parked",
+                "Client connections parked now: idle, holding no task until the socket or their queue wakes them.",
+            ))
             .expect("valid metric"),
             connection_duration: Histogram::with_opts(
                 HistogramOpts::new("connection_duration_seconds", "How long client connections lasted.")
@@ -357,6 +364,7 @@ impl Metrics {
             |c: Box<dyn prometheus::core::Collector>| r.register(c).expect("unique metric names");
         register(Box::new(m.connections.clone()));
         register(Box::new(m.connections_total.clone()));
+        register(Box::new(m.connections_parked.clone()));
         register(Box::new(m.connection_duration.clone()));
         register(Box::new(m.frames_received.clone()));
         register(Box::new(m.frames_sent.clone()));

@@ -28,7 +28,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use futures_util::task::AtomicWaker;
@@ -482,6 +482,14 @@ impl Outbound {
             });
         }
         state.closing.as_deref().cloned().map(Next::Close)
+    }
+
+    /// For a writer that parks (its session gives its task up while idle): `waker` is
+    /// woken by the next push, close or timer. Says whether there is work already (then
+    /// it must not park). Registered before the look, so a push in between is not missed.
+    pub fn park(&self, waker: &Waker) -> bool {
+        self.writer.register(waker);
+        self.has_work()
     }
 
     fn has_work(&self) -> bool {

@@ -124,6 +124,20 @@ pub trait Transport: Send {
         None
     }
 
+    /// Whether a session over this transport may park while idle (give its task up
+    /// until the socket or its queue has something: `session::park`).
+    fn parks(&self) -> bool {
+        false
+    }
+
+    /// For a session that parks: registers `cx` to be woken once there may be something
+    /// to read, and is `Ready` when there may be now (then the session does not park).
+    /// Only called when [`Transport::parks`] says so.
+    fn poll_park(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let _ = cx;
+        std::task::Poll::Ready(())
+    }
+
     /// The next inbound item. Must be cancel-safe: sessions poll it in `select!`.
     fn recv(&mut self) -> impl Future<Output = Inbound> + Send;
 

@@ -29,12 +29,24 @@ enum Event {
     Frame(Value),
     /// The close it sent.
     Close(u16, String),
+    /// The session's task panicked (the transport is dropped while it unwinds).
+    Panicked,
 }
 
 /// The session's end of an in-memory connection.
 pub(super) struct MemoryTransport {
     inbound: mpsc::UnboundedReceiver<Inbound>,
+    /// An item taken while parking (a channel cannot be peeked): `recv` gives it first.
+    parked_on: Option<Inbound>,
     events: mpsc::UnboundedSender<Event>,
+}
+
+impl Drop for MemoryTransport {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.events.send(Event::Panicked);
+        }
+    }
 }
 
 impl Transport for MemoryTransport {
@@ -42,7 +54,23 @@ impl Transport for MemoryTransport {
         TransportKind::Memory
     }
 
+    // Sessions in these tests park as over a socket, so every test goes through it.
+    fn parks(&self) -> bool {
+        true
+    }
+
+    fn poll_park(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.parked_on.is_none() {
+            let item = std::task::ready!(self.inbound.poll_recv(cx));
+            self.parked_on = Some(item.unwrap_or(Inbound::Closed));
+        }
+        std::task::Poll::Ready(())
+    }
+
     async fn recv(&mut self) -> Inbound {
+        if let Some(item) = self.parked_on.take() {
+            return item;
+        }
         // Cancel-safe: `mpsc::UnboundedReceiver::recv` is.
         self.inbound.recv().await.unwrap_or(Inbound::Closed)
     }
@@ -131,6 +159,7 @@ impl MemoryClient {
         let (events_tx, events) = mpsc::unbounded_channel();
         let transport = MemoryTransport {
             inbound,
+            parked_on: None,
             events: events_tx,
         };
         let conn = ConnInfo {
@@ -196,6 +225,7 @@ impl MemoryClient {
         match event {
             Some(Event::Frame(v)) => v,
             Some(Event::Close(code, reason)) => panic!("unexpected close {code}: {reason}"),
+            Some(Event::Panicked) => panic!("the session panicked"),
             None => panic!("the session ended"),
         }
     }
@@ -280,13 +310,16 @@ impl MemoryClient {
             match event {
                 Some(Event::Frame(v)) => closed.frame(v),
                 Some(Event::Close(code, reason)) => closed.close = Some((code, reason)),
+                Some(Event::Panicked) => panic!("the session panicked"),
                 None => break,
             }
         }
+        // The handshake's task (the live session runs in a task of its own, whose end
+        // is its transport's drop, above).
         tokio::time::timeout(WAIT, &mut self.session)
             .await
             .expect("the session dropped its transport but did not end")
-            .expect("the session panicked");
+            .expect("the session's handshake panicked");
         closed
     }
 }

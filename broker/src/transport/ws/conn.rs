@@ -419,6 +419,16 @@ impl Transport for WsTransport {
         Some(self.writes.clone())
     }
 
+    fn parks(&self) -> bool {
+        true
+    }
+
+    fn poll_park(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // What was read is handled before a session parks (its `recv` was pending), so
+        // only the socket can bring more. An error is for `recv` to find.
+        self.stream.poll_read_ready(cx).map(|_| ())
+    }
+
     async fn recv(&mut self) -> Inbound {
         loop {
             if let Some(inbound) = self.next_inbound() {
