@@ -172,7 +172,7 @@ fn bearer(authorization: &str) -> Option<String> {
 /// it owns keeps room for it twice (its field, and the awaited copy), and this one holds
 /// the transport, in every connection task. The connection's permit goes into the
 /// session's `ConnInfo`, so it is given back when the session ends.
-pub fn run<T: Transport>(
+pub fn run<T: Transport + 'static>(
     node: Arc<Node>,
     transport: T,
     remote: SocketAddr,

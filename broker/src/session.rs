@@ -1,9 +1,10 @@
 //! A client session: the protocol state machine for one connection, over any [`Transport`].
 //!
-//! One task per connection runs [`run`]: it waits for `connect`, then selects over inbound
+//! A task per connection runs [`run`]: it waits for `connect`, then selects over inbound
 //! frames and its own outbound queue (written in batches, one flush per wake-up; shutdown
 //! arrives there too, as a 1012 close, and so does its timer, keepalive and token expiry,
-//! from the node's one ticker: [`tick`]).
+//! from the node's one ticker: [`tick`]). A session with nothing to do parks: it gives
+//! its task up until the socket or the queue wakes it ([`park`]).
 //! Requests are handled
 //! synchronously (hub and pipeline calls never await), except one that must run a plugin
 //! chain: the session awaits it on the plugin threads before reading on. Every reply
@@ -11,14 +12,16 @@
 //! touching the socket.
 //!
 //! ```text
-//! session        run → handshake → live (serve) → finish; the Session state
+//! session        run → handshake → enter → Live::run (serve, park) → leave → finish
 //!   handshake    first frame, token, per-user count, connect plugins, `connected`
+//!   park         Live: the session between its handshake and its end; parking
 //!   serve        the select! loop: outbound batches (and the timer), inbound
 //!   requests     one handler per request kind (subscribe, publish, history, …)
 //! ```
 
 mod handshake;
 mod hooked;
+mod park;
 mod requests;
 mod serve;
 
@@ -36,7 +39,7 @@ use crate::channel::{ChannelName, Namespace};
 use crate::hub::ConnHandle;
 use crate::limits::{ConnectionLimiter, ConnectionPermit, HandshakePermit, UserPermit};
 use crate::node::Node;
-use crate::plugins::{Hook, PluginConn};
+use crate::plugins::PluginConn;
 use crate::protocol::{self, CloseCode, Disconnect, EncodedFrame, ErrorReply};
 use crate::transport::{Inbound, Keepalive, Transport};
 use handshake::handshake;
@@ -98,13 +101,14 @@ pub fn tick_period(node: &Node) -> Duration {
 
 /// Runs a connection to its end.
 ///
-/// Every connection's task holds this future for its whole life, so its size is counted
-/// per connection: it is an async block rather than an async fn (whose state keeps its
+/// The connection's first task runs the handshake, then hands the session to a task of
+/// its own ([`park::Live::run`]), which parks while idle. Both futures' sizes count per
+/// busy connection: they are async blocks rather than async fns (whose state keeps its
 /// arguments twice), the session lives on the heap, and the short-lived handshake and
 /// close futures are boxed.
 // Deliberately not `async fn`: see the doc comment (the state's size).
 #[allow(clippy::manual_async_fn)]
-pub fn run<T: Transport>(
+pub fn run<T: Transport + 'static>(
     node: Arc<Node>,
     mut transport: T,
     mut conn: ConnInfo,
@@ -119,32 +123,32 @@ pub fn run<T: Transport>(
             .connections_total
             .with_label_values(&[transport.kind().as_str()])
             .inc();
-        // The handshake's result is taken apart in its own statement (kept whole, its
-        // room would stay in the task beside the live session), and its slot is given
-        // back as soon as it is over, either way.
-        let exit = 'ran: {
-            let session = match Box::pin(handshake(&node, &mut transport, &conn)).await {
-                Ok(session) => session,
-                Err(exit) => {
-                    drop(conn.handshake.take());
-                    break 'ran exit;
-                }
-            };
-            drop(conn.handshake.take());
-            live(&node, &mut transport, &conn, session).await
-        };
-        Box::pin(finish(&node, &mut transport, exit)).await;
-        gauge.dec();
+        // The handshake's slot is given back as soon as it is over, either way.
+        let handshake = Box::pin(handshake(&node, &mut transport, &conn)).await;
+        drop(conn.handshake.take());
+        match handshake {
+            // In a task of its own: this one's state is mostly the handshake's, and the
+            // session's parks (see `park`), so nothing idle keeps it.
+            Ok(session) => {
+                let tasks = node.tasks.clone();
+                tasks.spawn(enter(node, transport, conn, session, gauge).run());
+            }
+            Err(exit) => {
+                Box::pin(finish(&node, &mut transport, exit)).await;
+                gauge.dec();
+            }
+        }
     }
 }
 
-/// Serves an authenticated session and cleans up after it.
-async fn live<T: Transport>(
-    node: &Node,
-    transport: &mut T,
-    conn: &ConnInfo,
+/// Registers an authenticated session; what serves it from here on.
+fn enter<T: Transport>(
+    node: Arc<Node>,
+    transport: T,
+    conn: ConnInfo,
     mut session: Box<Session>,
-) -> Exit {
+    gauge: prometheus::IntGauge,
+) -> park::Live<T> {
     if transport.keepalive() == Keepalive::Transport {
         // Never due: the transport has its own idle timeout and keep-alive.
         session.next_ping = Instant::now() + MAX_TOKEN_LIFE;
@@ -162,37 +166,13 @@ async fn live<T: Transport>(
         name = session.name.as_deref().unwrap_or(""),
         "Connected"
     );
-    let exit = session.serve(transport).await;
-    session.leave_all();
-    node.registry.remove(session.handle.key);
-    let (code, reason) = match &exit {
-        Exit::Disconnect(d) => (d.code.code(), d.reason.to_string()),
-        Exit::Close(code, reason) => (code.code(), reason.clone()),
-        Exit::Gone(why) => (1000, why.to_string()),
-    };
-    if let Some(view) = &session.plugin_conn
-        && node.plugins.connection_has(Hook::Disconnect)
-    {
-        let (view, why) = (view.clone(), reason.clone());
-        // On a plugin thread; a full queue skips the notification (counted). Boxed: its
-        // state is not part of every connection's task.
-        let _ = Box::pin(node.plugins.offload(Hook::Disconnect, move |plugins| {
-            plugins.on_disconnect(&view, &why);
-        }))
-        .await;
+    park::Live {
+        node,
+        transport,
+        session,
+        _admitted: conn.admitted,
+        gauge,
     }
-    tracing::info!(
-        client = %session.handle.client,
-        user = &*session.handle.user,
-        code,
-        reason = reason.as_str(),
-        secs = session.started.elapsed().as_secs(),
-        "Disconnected"
-    );
-    node.metrics
-        .connection_duration
-        .observe(session.started.elapsed().as_secs_f64());
-    exit
 }
 
 /// Sends the `disconnect` push and the close, waiting at most `pong_timeout` for a client
@@ -290,6 +270,10 @@ struct Session {
     awaiting_pong_since: Option<Instant>,
     /// The client's self-chosen name from `connect`, for logs.
     name: Option<String>,
+    /// When the session last resumed after parking ([`crate::clock`] ms; 0: never).
+    last_resumed_ms: u64,
+    /// Until when a busy session keeps its task instead of parking (0: it is not busy).
+    busy_until_ms: u64,
 }
 
 impl Session {

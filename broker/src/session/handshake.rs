@@ -262,5 +262,7 @@ fn new_session(
         next_ping: now + node.settings.ping_interval,
         awaiting_pong_since: None,
         name,
+        last_resumed_ms: 0,
+        busy_until_ms: 0,
     })
 }

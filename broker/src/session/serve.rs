@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
+use super::park::{BUSY_WITHIN_MS, STAY_AWAKE_MS, Served};
 use super::{Exit, Session};
 use crate::outbound::Next;
 use crate::protocol::{CloseCode, Disconnect, EncodedFrame};
@@ -26,6 +27,8 @@ const READ_AHEAD: u32 = 16;
 enum Woke {
     Queue(Next),
     Inbound(crate::transport::Inbound),
+    /// Nothing: the session may park.
+    Idle,
 }
 
 /// What the session's timer asks for.
@@ -36,10 +39,12 @@ enum Timer {
 }
 
 impl Session {
-    /// Serves requests, writes queued frames and keeps the connection alive until it ends.
-    pub(super) async fn serve<T: Transport>(&mut self, transport: &mut T) -> Exit {
+    /// Serves requests, writes queued frames and keeps the connection alive until it ends,
+    /// or until it has nothing to do and may park (then it is called again once woken).
+    pub(super) async fn serve<T: Transport>(&mut self, transport: &mut T) -> Served {
         let mut batch = VecDeque::new();
         let gather = transport.gathers();
+        let parks = transport.parks();
         self.set_timer();
         // Set when the session decided to close (too many violations): what is queued,
         // the last answer included, is written first; nothing more is read.
@@ -48,19 +53,23 @@ impl Session {
             // What woke the session is handled after the `select!`, once its futures are
             // gone: a write or a ping then does not keep room beside them in every
             // connection's task.
+            let may_park = parks && !closing && self.busy_until_ms == 0;
             let woke = tokio::select! {
                 biased;
                 next = self.handle.outbound.next_batch_gathered(&mut batch, gather) => Woke::Queue(next),
                 inbound = transport.recv(), if !closing => Woke::Inbound(inbound),
+                // Polled last: ready only when neither of the others is.
+                () = std::future::ready(()), if may_park => Woke::Idle,
             };
             match woke {
                 Woke::Queue(Next::Frames { probe }) => {
                     let written = self.write_batch(transport, &mut batch).await;
                     if let Err(exit) = self.after_write(written, &mut batch, probe) {
-                        return exit;
+                        return Served::Exit(exit);
                     }
                 }
-                Woke::Queue(Next::Close(d)) => return Exit::Disconnect(d),
+                Woke::Idle => return Served::Park,
+                Woke::Queue(Next::Close(d)) => return Served::Exit(Exit::Disconnect(d)),
                 Woke::Inbound(inbound) => {
                     self.awaiting_pong_since = None;
                     // Then the frames the same read brought, before the next write: their
@@ -89,7 +98,7 @@ impl Session {
                                 self.handle.outbound.close(d);
                                 break;
                             }
-                            Err(exit) => return exit,
+                            Err(exit) => return Served::Exit(exit),
                         }
                     }
                 }
@@ -98,10 +107,10 @@ impl Session {
                         Timer::Idle => {}
                         Timer::Ping => {
                             if let Err(exit) = self.ping(transport).await {
-                                return exit;
+                                return Served::Exit(exit);
                             }
                         }
-                        Timer::End(exit) => return exit,
+                        Timer::End(exit) => return Served::Exit(exit),
                     }
                     self.set_timer();
                 }
@@ -156,8 +165,23 @@ impl Session {
 
     /// Asks the node's ticker to wake this session at its next deadline.
     fn set_timer(&self) {
-        let at = crate::clock::ms(self.next_deadline().into_std());
+        let mut at = crate::clock::ms(self.next_deadline().into_std());
+        if self.busy_until_ms != 0 {
+            at = at.min(self.busy_until_ms);
+        }
         self.handle.outbound.set_timer(at);
+    }
+
+    /// A parked session was woken: two wake-ups in a short while make it busy, and it
+    /// keeps its task for a while (see `park`).
+    pub(super) fn resumed(&mut self) {
+        // (At least 1: 0 says "never".)
+        let now = crate::clock::now_ms().max(1);
+        if self.last_resumed_ms != 0 && now - self.last_resumed_ms < BUSY_WITHIN_MS {
+            self.busy_until_ms = now + STAY_AWAKE_MS;
+            self.set_timer();
+        }
+        self.last_resumed_ms = now;
     }
 
     fn next_deadline(&self) -> Instant {
@@ -191,6 +215,10 @@ impl Session {
 
     /// The session's one timer fired: token expiry, keepalive timeout, or time to ping.
     fn on_timer(&mut self) -> Timer {
+        if self.busy_until_ms != 0 && crate::clock::now_ms() >= self.busy_until_ms {
+            // May park again (`set_timer` follows).
+            self.busy_until_ms = 0;
+        }
         let now = Instant::now();
         if now >= self.expires_at {
             self.handle.outbound.close(Disconnect::new(

@@ -9,6 +9,7 @@
 mod channels;
 mod handshake;
 mod memory;
+mod park;
 mod publish;
 
 use std::collections::VecDeque;
@@ -105,7 +106,14 @@ fn full_socket_session(
     };
     // Keepalive is the node's ticker's job (the server starts it).
     tokio::spawn(super::tick(Arc::clone(&node)));
-    let session = run(Arc::clone(&node), transport, conn);
+    let tasks = node.tasks.clone();
+    let handshake = run(Arc::clone(&node), transport, conn);
+    // The session runs in a task of its own after its handshake: until it ends.
+    let session = async move {
+        handshake.await;
+        tasks.close();
+        tasks.wait().await;
+    };
     (node, session)
 }
 
