@@ -209,10 +209,11 @@ async fn wants_upgrade(stream: &TcpStream, deadline: Instant) -> Option<bool> {
 mod tests {
     use super::*;
 
-    /// Every connection's task holds this future for the connection's life, so its size
-    /// is paid per connection. The bound is for a debug build (larger than a release
-    /// one); `cargo test --release --lib -- --nocapture connection_task` prints the
-    /// release figure.
+    /// Every connection's first task holds this future through the upgrade and the
+    /// handshake (then the live session runs in a task of its own, and parks while
+    /// idle: `session::park`), so its size is paid per connection being opened. The
+    /// bound is for a debug build (larger than a release one); `cargo test --release
+    /// --lib -- --nocapture connection_task` prints the release figure.
     #[tokio::test]
     async fn a_connection_task_stays_small() {
         let config = crate::config::Config::default();
