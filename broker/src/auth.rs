@@ -333,9 +333,15 @@ impl Verifier {
                 "the claims are not a UTF-8 JSON object".into(),
             ));
         }
-        let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
+        let mut claims = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map(|data| data.claims)
             .map_err(|e| map_error(&e))?;
+        // Kept for the connection's life: no room for patterns it does not have (a
+        // vector deserialised grows by doubling from four).
+        claims.channels.shrink_to_fit();
+        if let Some(publish) = &mut claims.publish {
+            publish.shrink_to_fit();
+        }
         // Revocation compares `iat` with when it was made: a token must not date itself
         // after a revocation it predates.
         let now = crate::protocol::now_ms() / 1000;

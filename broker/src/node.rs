@@ -94,6 +94,9 @@ pub struct Node {
     draining: Arc<AtomicBool>,
     /// Every connection task, so shutdown can wait for them to drain.
     pub tasks: TaskTracker,
+    /// The runtime the sessions run on (set when the first one parks): a parked
+    /// session's wake-up, from any thread, spawns its task there (`session::park`).
+    pub runtime: std::sync::OnceLock<tokio::runtime::Handle>,
     pub metrics: Arc<Metrics>,
     pub rate_limits: Arc<RateLimits>,
     pub connections: Arc<ConnectionLimits>,
@@ -188,6 +191,7 @@ impl Node {
             shutdown,
             draining,
             tasks: TaskTracker::new(),
+            runtime: std::sync::OnceLock::new(),
             connections: ConnectionLimits::new(&config.connections),
             config: Arc::new(config),
             metrics,

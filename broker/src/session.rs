@@ -24,8 +24,9 @@ mod hooked;
 mod park;
 mod requests;
 mod serve;
+mod subscriptions;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +36,6 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::auth::Claims;
-use crate::channel::{ChannelName, Namespace};
 use crate::hub::ConnHandle;
 use crate::limits::{ConnectionLimiter, ConnectionPermit, HandshakePermit, UserPermit};
 use crate::node::Node;
@@ -131,7 +131,7 @@ pub fn run<T: Transport + 'static>(
             // session's parks (see `park`), so nothing idle keeps it.
             Ok(session) => {
                 let tasks = node.tasks.clone();
-                tasks.spawn(enter(node, transport, conn, session, gauge).run());
+                tasks.spawn(enter(node, transport, conn, session).run());
             }
             Err(exit) => {
                 Box::pin(finish(&node, &mut transport, exit)).await;
@@ -147,11 +147,10 @@ fn enter<T: Transport>(
     transport: T,
     conn: ConnInfo,
     mut session: Box<Session>,
-    gauge: prometheus::IntGauge,
 ) -> park::Live<T> {
     if transport.keepalive() == Keepalive::Transport {
         // Never due: the transport has its own idle timeout and keep-alive.
-        session.next_ping = Instant::now() + MAX_TOKEN_LIFE;
+        session.next_ping_ms = u64::MAX;
     }
     node.registry.insert(session.handle.clone());
     if node.draining() {
@@ -171,7 +170,6 @@ fn enter<T: Transport>(
         transport,
         session,
         _admitted: conn.admitted,
-        gauge,
     }
 }
 
@@ -237,11 +235,16 @@ fn unauthorized(reason: impl Into<std::borrow::Cow<'static, str>>) -> Exit {
 /// number; adding a huge one to the clock would overflow).
 const MAX_TOKEN_LIFE: Duration = Duration::from_secs(10 * 365 * 86_400);
 
-/// The `Instant` at which a token with this `exp` (Unix seconds) expires.
-fn expiry_instant(exp: u64) -> Instant {
+/// When ([`crate::clock`] ms) a token with this `exp` (Unix seconds) expires.
+fn expiry_ms(exp: u64) -> u64 {
     let now_s = protocol::now_ms() / 1000;
     let life = Duration::from_secs(exp.saturating_sub(now_s)).min(MAX_TOKEN_LIFE);
-    Instant::now() + life
+    crate::clock::now_ms() + life.as_millis() as u64
+}
+
+/// A setting's duration in [`crate::clock`] milliseconds.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// One authenticated connection's protocol state, owned by its task.
@@ -250,8 +253,6 @@ struct Session {
     /// The shared part of the connection: what the hub and the registry hold.
     handle: Arc<ConnHandle>,
     claims: Claims,
-    /// `claims.sub`, shared (the per-user limiter's key).
-    user: Arc<str>,
     /// Holds this connection's slot in the per-user count.
     _user_permit: UserPermit,
     /// This connection's frame rate limiter.
@@ -260,16 +261,19 @@ struct Session {
     subscribes: Option<ConnectionLimiter>,
     /// `rate_limited` errors in the current window, and when the window began.
     violations: u32,
-    violations_since: Instant,
-    expires_at: Instant,
-    subscriptions: HashMap<ChannelName, Arc<Namespace>>,
+    /// The times below are [`crate::clock`] milliseconds (8 bytes, not an `Instant`'s
+    /// 16: this sits in every connection).
+    violations_since_ms: u64,
+    expires_at_ms: u64,
+    subscriptions: subscriptions::Subscriptions,
     /// The connection as plugins see it (`None` when no plugin is loaded).
     plugin_conn: Option<Arc<PluginConn>>,
-    started: Instant,
-    next_ping: Instant,
-    awaiting_pong_since: Option<Instant>,
+    started_ms: u64,
+    next_ping_ms: u64,
+    /// A ping went out then and no pong came yet (0: none outstanding).
+    awaiting_pong_since_ms: u64,
     /// The client's self-chosen name from `connect`, for logs.
-    name: Option<String>,
+    name: Option<Box<str>>,
     /// When the session last resumed after parking ([`crate::clock`] ms; 0: never).
     last_resumed_ms: u64,
     /// Until when a busy session keeps its task instead of parking (0: it is not busy).
@@ -295,7 +299,7 @@ impl Session {
 
     /// Leaves every channel (join/leave pushes go to the others).
     fn leave_all(&mut self) {
-        for (channel, ns) in self.subscriptions.drain() {
+        for (channel, ns) in self.subscriptions.take_all() {
             self.node.hub.unsubscribe(&ns, &channel, &self.handle);
         }
     }

@@ -2,14 +2,12 @@
 //! then the token, the per-user connection count and the connect plugins decide, and the
 //! `connected` reply is queued.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rand::Rng;
 use serde::Serialize;
-use tokio::time::Instant;
 
-use super::{ConnInfo, Exit, Session, expiry_instant, refused_frame, send_now, unauthorized};
+use super::{ConnInfo, Exit, Session, refused_frame, send_now, unauthorized};
 use crate::auth::{self, Claims};
 use crate::hub::ConnHandle;
 use crate::limits::UserPermit;
@@ -244,24 +242,23 @@ fn new_session(
     plugin_conn: Option<Arc<PluginConn>>,
     name: Option<String>,
 ) -> Box<Session> {
-    let now = Instant::now();
+    let now = crate::clock::now_ms();
     Box::new(Session {
         node: node.clone(),
-        expires_at: expiry_instant(claims.exp),
-        user: handle.user.clone(),
+        expires_at_ms: super::expiry_ms(claims.exp),
         claims,
         _user_permit: user_permit,
         frames: node.rate_limits.connection_frames(),
         subscribes: node.rate_limits.connection_subscribes(),
         violations: 0,
-        violations_since: now,
+        violations_since_ms: now,
         handle,
-        subscriptions: HashMap::new(),
+        subscriptions: Default::default(),
         plugin_conn,
-        started: now,
-        next_ping: now + node.settings.ping_interval,
-        awaiting_pong_since: None,
-        name,
+        started_ms: now,
+        next_ping_ms: now + super::ms(node.settings.ping_interval),
+        awaiting_pong_since_ms: 0,
+        name: name.map(String::into_boxed_str),
         last_resumed_ms: 0,
         busy_until_ms: 0,
     })

@@ -60,7 +60,7 @@ impl Session {
         claims_json: Option<Arc<str>>,
         meta: Option<Arc<str>>,
     ) {
-        self.expires_at = super::expiry_instant(claims.exp);
+        self.expires_at_ms = super::expiry_ms(claims.exp);
         #[derive(Serialize)]
         struct Refreshed {
             expires: u64,

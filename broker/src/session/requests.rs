@@ -6,10 +6,8 @@
 //! `plugins::threads`) before it reads its next frame, so replies stay in order.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Serialize;
-use tokio::time::Instant;
 
 use super::hooked::HookedRead;
 use super::{Exit, Session, refused_frame};
@@ -275,12 +273,10 @@ impl Session {
     /// Counts a `rate_limited` answer; too many within the window close the connection.
     fn count_violation(&mut self) -> Result<(), Exit> {
         let limits = &self.node.rate_limits;
-        let now = Instant::now();
-        if now.duration_since(self.violations_since)
-            > Duration::from_millis(limits.violation_window_ms)
-        {
+        let now = crate::clock::now_ms();
+        if now.saturating_sub(self.violations_since_ms) > limits.violation_window_ms {
             self.violations = 0;
-            self.violations_since = now;
+            self.violations_since_ms = now;
         }
         self.violations += 1;
         if self.violations >= limits.max_violations {
@@ -381,7 +377,7 @@ impl Session {
         ns: Arc<Namespace>,
         recover: Option<&StreamPosition>,
     ) -> Result<(), ErrorReply> {
-        if self.subscriptions.contains_key(&channel) {
+        if self.subscriptions.contains(&channel) {
             return Err(ErrorReply::new(
                 ErrorCode::BadRequest,
                 format!("already subscribed to {channel}"),
@@ -435,7 +431,7 @@ impl Session {
             source: Source::Client {
                 client: &self.handle.client,
                 claims: &self.claims,
-                user: &self.user,
+                user: &self.handle.user,
                 conn: self.plugin_conn.as_ref(),
             },
             channel,

@@ -8,10 +8,8 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::task::Poll;
-use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::time::Instant;
 
 use super::park::{BUSY_WITHIN_MS, STAY_AWAKE_MS, Served};
 use super::{Exit, Session};
@@ -71,7 +69,7 @@ impl Session {
                 Woke::Idle => return Served::Park,
                 Woke::Queue(Next::Close(d)) => return Served::Exit(Exit::Disconnect(d)),
                 Woke::Inbound(inbound) => {
-                    self.awaiting_pong_since = None;
+                    self.awaiting_pong_since_ms = 0;
                     // Then the frames the same read brought, before the next write: their
                     // answers leave in one batch. A read that brought one frame says
                     // traffic is light: what it publishes is written directly to idle
@@ -165,7 +163,7 @@ impl Session {
 
     /// Asks the node's ticker to wake this session at its next deadline.
     fn set_timer(&self) {
-        let mut at = crate::clock::ms(self.next_deadline().into_std());
+        let mut at = self.next_deadline();
         if self.busy_until_ms != 0 {
             at = at.min(self.busy_until_ms);
         }
@@ -184,10 +182,11 @@ impl Session {
         self.last_resumed_ms = now;
     }
 
-    fn next_deadline(&self) -> Instant {
-        let mut at = self.next_ping.min(self.expires_at);
-        if let Some(since) = self.awaiting_pong_since {
-            at = at.min(since + self.node.settings.pong_timeout);
+    /// When ([`crate::clock`] ms) the session's timer should fire next.
+    fn next_deadline(&self) -> u64 {
+        let mut at = self.next_ping_ms.min(self.expires_at_ms);
+        if self.awaiting_pong_since_ms != 0 {
+            at = at.min(self.awaiting_pong_since_ms + super::ms(self.node.settings.pong_timeout));
         }
         at
     }
@@ -219,20 +218,20 @@ impl Session {
             // May park again (`set_timer` follows).
             self.busy_until_ms = 0;
         }
-        let now = Instant::now();
-        if now >= self.expires_at {
+        let now = crate::clock::now_ms();
+        if now >= self.expires_at_ms {
             self.handle.outbound.close(Disconnect::new(
                 CloseCode::TokenExpired,
                 "the token expired; send refresh with a new token before exp, or reconnect with one",
             ));
-            self.expires_at = now + Duration::from_secs(86_400 * 365);
+            self.expires_at_ms = u64::MAX;
         }
-        if let Some(since) = self.awaiting_pong_since
-            && now >= since + self.node.settings.pong_timeout
+        if self.awaiting_pong_since_ms != 0
+            && now >= self.awaiting_pong_since_ms + super::ms(self.node.settings.pong_timeout)
         {
             return Timer::End(Exit::Gone("keepalive timeout"));
         }
-        if now >= self.next_ping {
+        if now >= self.next_ping_ms {
             return Timer::Ping;
         }
         Timer::Idle
@@ -242,15 +241,17 @@ impl Session {
     /// reading. The wait is boxed: it happens once per ping interval, and inline it would
     /// sit in every connection's task state.
     async fn ping<T: Transport>(&mut self, transport: &mut T) -> Result<(), Exit> {
-        let now = Instant::now();
+        let now = crate::clock::now_ms().max(1);
         let pong_timeout = self.node.settings.pong_timeout;
         match Box::pin(tokio::time::timeout(pong_timeout, transport.ping())).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(Exit::Gone("write failed")),
             Err(_) => return Err(Exit::Gone("keepalive timeout")),
         }
-        self.awaiting_pong_since.get_or_insert(now);
-        self.next_ping = now + self.node.settings.ping_interval;
+        if self.awaiting_pong_since_ms == 0 {
+            self.awaiting_pong_since_ms = now;
+        }
+        self.next_ping_ms = now + super::ms(self.node.settings.ping_interval);
         Ok(())
     }
 }

@@ -51,18 +51,23 @@ pub struct WsTransport {
     /// or the start of one still arriving.
     read: BytesMut,
     /// A fragmented message being put together (rare): its bytes, and whether it is text.
-    message: Option<(BytesMut, bool)>,
+    /// Boxed: rare, and its room would sit in every connection (idle ones too).
+    message: Option<Box<(BytesMut, bool)>>,
     /// The write side, shared with the connection's queue (see the module doc).
     writes: Arc<Writes>,
     /// The largest message taken (`limits.max_frame_bytes`).
-    max_message: usize,
-    read_bytes: usize,
-    write_bytes: usize,
+    max_message: u32,
+    read_bytes: u32,
+    write_bytes: u32,
     /// Nothing more comes from the socket (its end, or a read failed); frames already
     /// read are still handled.
     eof: bool,
     /// Nothing more is handled: the client closed, or sent what cannot be read past.
     ended: bool,
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// A directly written frame up to this size (header included) is copied into one buffer.
@@ -204,9 +209,10 @@ impl WsTransport {
             read: BytesMut::new(),
             message: None,
             writes,
-            max_message: settings.max_frame_bytes,
-            read_bytes: settings.read_buffer_bytes,
-            write_bytes: settings.write_buffer_bytes.max(4_096),
+            // (u32: this sits in every connection; the config's bounds fit.)
+            max_message: clamp_u32(settings.max_frame_bytes),
+            read_bytes: clamp_u32(settings.read_buffer_bytes),
+            write_bytes: clamp_u32(settings.write_buffer_bytes.max(4_096)),
             eof: false,
             ended: false,
         }
@@ -218,7 +224,7 @@ impl WsTransport {
             return None;
         }
         loop {
-            let frame = match codec::next_frame(&mut self.read, self.max_message) {
+            let frame = match codec::next_frame(&mut self.read, self.max_message as usize) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
                     if self.read.is_empty() {
@@ -248,21 +254,23 @@ impl WsTransport {
                         false => Inbound::Binary,
                     });
                 }
-                Opcode::Text | Opcode::Binary => self.message = Some((frame.payload, text)),
+                Opcode::Text | Opcode::Binary => {
+                    self.message = Some(Box::new((frame.payload, text)));
+                }
                 Opcode::Continue => {
                     if self.message.is_none() {
                         return Some(
                             self.broken("a continuation frame with no message to continue"),
                         );
                     }
-                    let (message, _) = self.message.as_mut().expect("checked above");
-                    if message.len() + frame.payload.len() > self.max_message {
+                    let (message, _) = &mut **self.message.as_mut().expect("checked above");
+                    if message.len() + frame.payload.len() > self.max_message as usize {
                         self.ended = true;
                         return Some(Inbound::TooLarge);
                     }
                     message.extend_from_slice(&frame.payload);
                     if frame.fin {
-                        let (message, text) = self.message.take().expect("checked above");
+                        let (message, text) = *self.message.take().expect("checked above");
                         return Some(match text {
                             true => Inbound::Text(message.freeze()),
                             false => Inbound::Binary,
@@ -295,10 +303,11 @@ impl WsTransport {
     /// does not start with a read that finds nothing (`try_read` would make one).
     fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         READ.with_borrow_mut(|buf| {
-            if buf.len() < self.read_bytes {
-                buf.resize(self.read_bytes, 0);
+            let read_bytes = self.read_bytes as usize;
+            if buf.len() < read_bytes {
+                buf.resize(read_bytes, 0);
             }
-            let mut into = ReadBuf::new(&mut buf[..self.read_bytes]);
+            let mut into = ReadBuf::new(&mut buf[..read_bytes]);
             ready!(Pin::new(&mut self.stream).poll_read(cx, &mut into))?;
             let got = into.filled();
             if self.read.is_empty() {
@@ -375,7 +384,7 @@ impl WsTransport {
             return Ok(());
         }
         let mut header = [0u8; MAX_HEADER];
-        let mut n = if codec::header_len(front.len()) + front.len() > self.write_bytes {
+        let mut n = if codec::header_len(front.len()) + front.len() > self.write_bytes as usize {
             let len = codec::header(Opcode::Text, front.len(), &mut header);
             let slices = [IoSlice::new(&header[..len]), IoSlice::new(front.as_bytes())];
             self.stream.try_write_vectored(&slices)?
@@ -384,7 +393,7 @@ impl WsTransport {
                 buf.clear();
                 for frame in batch.iter() {
                     let len = codec::header(Opcode::Text, frame.len(), &mut header);
-                    if buf.len() + len + frame.len() > self.write_bytes {
+                    if buf.len() + len + frame.len() > self.write_bytes as usize {
                         break;
                     }
                     buf.extend_from_slice(&header[..len]);
