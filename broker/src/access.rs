@@ -36,7 +36,7 @@ pub fn can_subscribe(
         let own = channel
             .as_str()
             .split_once(':')
-            .is_some_and(|(_, user)| user == claims.sub);
+            .is_some_and(|(_, user)| user == &*claims.sub);
         return if own {
             Ok(())
         } else {

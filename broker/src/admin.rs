@@ -284,7 +284,7 @@ async fn connections(
             client: p.client.to_string(),
             user: p.user.to_string(),
             transport: p.transport,
-            remote: p.remote.to_string(),
+            remote: p.remote().to_string(),
             connected_at: p.connected_at_ms,
             subscriptions: node
                 .hub

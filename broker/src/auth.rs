@@ -22,13 +22,23 @@ pub const DEV_SECRET: &str = "hookwire-dev-secret-do-not-use-in-production";
 /// Shortest HS256 secret accepted (256 bits, as RFC 7518 asks).
 pub const MIN_SECRET_BYTES: usize = 32;
 
+fn nonzero_or_none<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::num::NonZeroU64>, D::Error> {
+    let n: Option<u64> = Deserialize::deserialize(d)?;
+    Ok(n.and_then(std::num::NonZeroU64::new))
+}
+
 /// The claims Hookwire reads.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Claims {
-    pub sub: String,
+    /// Shared: the connection's user is this same string (`ConnHandle::user`).
+    pub sub: std::sync::Arc<str>,
     pub exp: u64,
-    #[serde(default)]
-    pub iat: Option<u64>,
+    /// `iat`; 0 counts as none (8 bytes, not an `Option<u64>`'s 16: the claims sit in
+    /// every session).
+    #[serde(default, deserialize_with = "nonzero_or_none")]
+    pub iat: Option<std::num::NonZeroU64>,
     /// Subscribe patterns.
     #[serde(default)]
     pub channels: Vec<String>,
@@ -345,7 +355,7 @@ impl Verifier {
         // Revocation compares `iat` with when it was made: a token must not date itself
         // after a revocation it predates.
         let now = crate::protocol::now_ms() / 1000;
-        if let Some(iat) = claims.iat
+        if let Some(iat) = claims.iat.map(std::num::NonZeroU64::get)
             && iat > now.saturating_add(self.leeway)
         {
             return Err(Error::IssuedInFuture {
@@ -490,8 +500,17 @@ mod tests {
             .channels(["chat:*"])
             .sign_hs256(SECRET);
         let c = v.verify(&t).unwrap();
-        assert_eq!(c.sub, "alice");
+        assert_eq!(&*c.sub, "alice");
         assert_eq!(c.channels, vec!["chat:*"]);
+        assert!(c.iat.is_some());
+    }
+
+    #[test]
+    fn an_iat_of_zero_counts_as_none() {
+        let v = verifier(AuthConfig::default());
+        let mut spec = TokenSpec::new("alice", Duration::from_secs(60));
+        spec.iat = 0;
+        assert_eq!(v.verify(&spec.sign_hs256(SECRET)).unwrap().iat, None);
     }
 
     #[test]

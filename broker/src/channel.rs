@@ -141,6 +141,11 @@ impl ChannelName {
         (h % shards as u64) as usize
     }
 
+    /// Whether both are the same allocation (not only the same name).
+    pub fn shares_with(&self, other: &ChannelName) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The namespace: the part before the first `:`, or `None` for the default namespace.
     pub fn namespace(&self) -> Option<&str> {
         self.0.split_once(':').map(|(ns, _)| ns)

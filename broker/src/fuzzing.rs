@@ -142,7 +142,7 @@ fn check_token(token: &str) {
                 .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
             assert_eq!(
                 sub.as_deref(),
-                Some(claims.sub.as_str()),
+                Some(&*claims.sub),
                 "claims_json disagrees with the verified claims"
             );
             let now = protocol::now_ms() / 1000;

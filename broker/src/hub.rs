@@ -28,7 +28,7 @@ mod conn;
 mod load;
 mod members;
 
-pub use conn::ConnHandle;
+pub use conn::{ClientId, ConnHandle};
 
 const SHARDS: usize = 64;
 
@@ -248,6 +248,8 @@ impl Hub {
     /// `subscribed` reply) comes before any later publication of the channel. `paged`:
     /// the recovered publications go into one reply, so they are cut at
     /// `limits.max_reply_bytes` (otherwise they are queued as separate pushes, all of them).
+    /// Returns the channel's name as the hub keeps it, for the session to keep too (one
+    /// allocation per channel, not per subscriber).
     pub fn subscribe(
         &self,
         ns: &Namespace,
@@ -256,9 +258,13 @@ impl Hub {
         recover: Option<&StreamPosition>,
         paged: bool,
         on_joined: impl FnOnce(Joined),
-    ) -> Result<(), SubscribeError> {
+    ) -> Result<ChannelName, SubscribeError> {
         let mut shard = self.shard(channel).lock();
-        let subs = shard.channels.entry(channel.clone()).or_default();
+        let kept = match shard.channels.get_key_value(channel) {
+            Some((kept, _)) => kept.clone(),
+            None => channel.clone(),
+        };
+        let subs = shard.channels.entry(kept.clone()).or_default();
         if subs.contains_key(&peer.key) {
             return Err(SubscribeError::AlreadySubscribed(channel.clone()));
         }
@@ -284,7 +290,7 @@ impl Hub {
             }
         }
         subs.insert(peer.key, peer.clone());
-        Ok(())
+        Ok(kept)
     }
 
     /// Where a subscriber joins the stream, with its recovery read (under the channel's lock).

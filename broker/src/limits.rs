@@ -119,13 +119,13 @@ impl RateLimits {
     /// A new connection's own frame limiter (`None`: unlimited).
     pub fn connection_frames(&self) -> Option<ConnectionLimiter> {
         self.frames
-            .map(|(rate, burst)| ConnectionLimiter::new(Limit::ConnectionFrames, rate, burst))
+            .map(|_| ConnectionLimiter::new(Limit::ConnectionFrames))
     }
 
     /// A new connection's own subscribe/unsubscribe limiter (`None`: unlimited).
     pub fn connection_subscribes(&self) -> Option<ConnectionLimiter> {
         self.subscribes
-            .map(|(rate, burst)| ConnectionLimiter::new(Limit::ConnectionSubscribes, rate, burst))
+            .map(|_| ConnectionLimiter::new(Limit::ConnectionSubscribes))
     }
 
     /// Now, for the connection limiters: nanoseconds since the node started.
@@ -208,32 +208,37 @@ impl RateLimits {
 }
 
 /// One of a connection's own limiters (frames; subscribe and unsubscribe requests): the
-/// GCRA governor's direct limiter runs, kept in 24 bytes instead of its 88, as it sits in
+/// GCRA governor's direct limiter runs, kept in 16 bytes instead of its 88, as it sits in
 /// every session: the theoretical arrival time of the next cell, in nanoseconds of the
 /// node's limiter clock (atomic only so the session can be shared across its awaits;
-/// only that session reads and writes it, so a load and a store do).
+/// only that session reads and writes it, so a load and a store do), and which limit it
+/// is (its rate and burst are the node's, in [`RateLimits`]).
 pub struct ConnectionLimiter {
     tat: AtomicU64,
     limit: Limit,
-    rate: u32,
-    burst: u32,
 }
 
 impl ConnectionLimiter {
-    fn new(limit: Limit, rate: u32, burst: u32) -> Self {
+    fn new(limit: Limit) -> Self {
         Self {
             tat: AtomicU64::new(0),
             limit,
-            rate,
-            burst,
         }
     }
 
     /// Counts one cell at `limits`' clock's now; `Err` when over the rate and burst.
     pub fn check(&self, limits: &RateLimits) -> Result<(), Exceeded> {
+        let configured = match self.limit {
+            Limit::ConnectionSubscribes => limits.subscribes,
+            _ => limits.frames,
+        };
+        let Some((rate, burst)) = configured else {
+            // (Made only for a configured limit; the configuration does not change.)
+            return Ok(());
+        };
         // As governor's GCRA: one cell every `t`, up to `burst` at once.
-        let t = 1_000_000_000 / u64::from(self.rate);
-        let tau = t * u64::from(self.burst - 1);
+        let t = 1_000_000_000 / u64::from(rate);
+        let tau = t * u64::from(burst - 1);
         let now = limits.now_ns();
         let tat = self.tat.load(Ordering::Relaxed);
         if now >= tat.saturating_sub(tau) {
@@ -244,12 +249,12 @@ impl ConnectionLimiter {
             limit: self.limit,
             message: format!(
                 "this connection sent more than {} {} per second (burst {}); slow down",
-                self.rate,
+                rate,
                 match self.limit {
                     Limit::ConnectionSubscribes => "subscribe and unsubscribe requests",
                     _ => "frames",
                 },
-                self.burst
+                burst
             ),
         })
     }

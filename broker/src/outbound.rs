@@ -116,8 +116,9 @@ pub struct Outbound {
     /// The writer, while it waits in [`Outbound::next_batch`] or [`Outbound::aborted`]
     /// (one at a time: both are the session's).
     writer: AtomicWaker,
-    limit: usize,
-    limit_bytes: usize,
+    /// The bounds, as `u32` (this sits in every connection; the config's bounds fit).
+    limit: u32,
+    limit_bytes: u32,
     /// Frames queued now (for metrics and the admin view; updated under the lock).
     depth: AtomicUsize,
     /// When the writer's timer is due ([`crate::clock`] milliseconds; `u64::MAX`: not
@@ -132,7 +133,7 @@ pub struct Outbound {
 struct State {
     frames: VecDeque<EncodedFrame>,
     /// Bytes of `frames`.
-    bytes: usize,
+    bytes: u32,
     /// Boxed: set once, at the end, and its room sat in every connection.
     closing: Option<Box<Disconnect>>,
     /// When the newest probed publication among `frames` was accepted (see `push_probed`).
@@ -191,8 +192,8 @@ impl Outbound {
                 timer_due: false,
             }),
             writer: AtomicWaker::new(),
-            limit,
-            limit_bytes,
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            limit_bytes: u32::try_from(limit_bytes).unwrap_or(u32::MAX),
             depth: AtomicUsize::new(0),
             due_ms: AtomicU64::new(u64::MAX),
             direct: None,
@@ -264,7 +265,7 @@ impl Outbound {
                     break;
                 }
                 let frame = state.frames.pop_front().expect("a front frame");
-                state.bytes -= frame.len();
+                state.bytes = state.bytes.saturating_sub(frame.len() as u32);
                 if wrote == Direct::Begun {
                     state.unfinished = true;
                     break;
@@ -335,8 +336,9 @@ impl Outbound {
         frame: EncodedFrame,
         probe: Option<Instant>,
     ) -> (Push, Wake) {
-        let over_bytes = !state.frames.is_empty() && state.bytes + frame.len() > self.limit_bytes;
-        if state.frames.len() >= self.limit || over_bytes {
+        let over_bytes = !state.frames.is_empty()
+            && state.bytes as usize + frame.len() > self.limit_bytes as usize;
+        if state.frames.len() >= self.limit as usize || over_bytes {
             let what = if over_bytes {
                 format!("{} bytes", self.limit_bytes)
             } else {
@@ -354,7 +356,10 @@ impl Outbound {
             return (Push::Overflow, Wake::Closing);
         }
         let was_empty = state.frames.is_empty();
-        state.bytes += frame.len();
+        // (Within `limit_bytes`, a u32, plus one frame: frames are far smaller.)
+        state.bytes = state
+            .bytes
+            .saturating_add(u32::try_from(frame.len()).unwrap_or(u32::MAX));
         state.frames.push_back(frame);
         if probe.is_some() {
             state.probe = probe;

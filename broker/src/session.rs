@@ -157,14 +157,6 @@ fn enter<T: Transport>(
         // Registered after shutdown walked the registry (see `Node::begin_shutdown`).
         session.handle.outbound.close(node.restart_disconnect());
     }
-    tracing::info!(
-        client = %session.handle.client,
-        user = &*session.handle.user,
-        transport = transport.kind().as_str(),
-        remote = %conn.remote,
-        name = session.name.as_deref().unwrap_or(""),
-        "Connected"
-    );
     park::Live {
         node,
         transport,
@@ -272,12 +264,11 @@ struct Session {
     next_ping_ms: u64,
     /// A ping went out then and no pong came yet (0: none outstanding).
     awaiting_pong_since_ms: u64,
-    /// The client's self-chosen name from `connect`, for logs.
-    name: Option<Box<str>>,
     /// When the session last resumed after parking ([`crate::clock`] ms; 0: never).
     last_resumed_ms: u64,
-    /// Until when a busy session keeps its task instead of parking (0: it is not busy).
-    busy_until_ms: u64,
+    /// Resumed twice within a short while: it keeps its task instead of parking until
+    /// [`park::STAY_AWAKE_MS`] after `last_resumed_ms`.
+    busy: bool,
 }
 
 impl Session {

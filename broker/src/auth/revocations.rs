@@ -119,9 +119,9 @@ impl Revocations {
     /// without `iat` counts as issued before.
     pub fn check(&self, claims: &Claims, now_s: u64) -> Result<(), Error> {
         let by_user = self.by_user.lock();
-        match by_user.get(&claims.sub) {
+        match by_user.get(&*claims.sub) {
             Some(&(revoked_at, until))
-                if now_s < until && claims.iat.is_none_or(|iat| iat <= revoked_at) =>
+                if now_s < until && claims.iat.is_none_or(|iat| iat.get() <= revoked_at) =>
             {
                 Err(Error::Revoked { revoked_at, until })
             }
@@ -194,7 +194,7 @@ mod tests {
         Claims {
             sub: sub.into(),
             exp: 2_000,
-            iat,
+            iat: iat.and_then(std::num::NonZeroU64::new),
             channels: Vec::new(),
             publish: None,
             info: None,

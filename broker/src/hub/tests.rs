@@ -20,13 +20,14 @@ fn ns(history: usize, join_leave: bool) -> Namespace {
 fn peer(key: u64) -> Arc<ConnHandle> {
     Arc::new(ConnHandle {
         key,
-        client: format!("c-{key}").into(),
+        client: crate::hub::ClientId::new(&format!("c-{key}")).unwrap(),
         user: format!("u{key}").into(),
         info: None,
         outbound: Outbound::new(4, 1 << 20),
         datagrams: None,
         transport: crate::transport::TransportKind::Memory,
-        remote: ([127, 0, 0, 1], 1).into(),
+        remote_ip: [127, 0, 0, 1].into(),
+        remote_port: 1,
         connected_at_ms: 0,
     })
 }
@@ -49,6 +50,7 @@ fn join(
         p.outbound
             .push(protocol::subscribed_reply(Some(1), ch.as_str(), &r));
     })
+    .map(|_| ())
 }
 
 async fn drain(p: &ConnHandle) -> Vec<serde_json::Value> {
@@ -145,6 +147,24 @@ async fn join_and_leave_go_to_the_others() {
         hub.subscribe(&ns, &ch, &a, None, true, |_| {}),
         Err(SubscribeError::AlreadySubscribed(_))
     ));
+}
+
+#[tokio::test]
+async fn subscribers_keep_the_hubs_copy_of_a_channels_name() {
+    let (hub, ns) = (Hub::new(Arc::new(MemoryHistory::new())), ns(0, false));
+    let first = ChannelName::parse("chat:room").unwrap();
+    let second = ChannelName::parse("chat:room").unwrap();
+    let a = hub
+        .subscribe(&ns, &first, &peer(1), None, true, |_| {})
+        .unwrap();
+    let b = hub
+        .subscribe(&ns, &second, &peer(2), None, true, |_| {})
+        .unwrap();
+    assert_eq!(a, second);
+    assert!(
+        a.shares_with(&b),
+        "one allocation for the name, not one per subscriber"
+    );
 }
 
 #[tokio::test]

@@ -39,7 +39,7 @@ pub(super) async fn handshake<T: Transport>(
     let connect = expect_connect(transport, first).await?;
     let token = connect.token.clone().or_else(|| conn.bearer.clone());
     let claims = authenticate(node, transport, conn, connect.id, token.as_deref()).await?;
-    let user: Arc<str> = Arc::from(claims.sub.as_str());
+    let user: Arc<str> = claims.sub.clone();
     let user_permit = node.connections.admit_user(&user).map_err(|e| {
         node.metrics.rate_limited(e.limit);
         Exit::Disconnect(Disconnect::new(CloseCode::TryAgainLater, e.message))
@@ -64,7 +64,7 @@ pub(super) async fn handshake<T: Transport>(
     };
     let handle = Arc::new(ConnHandle {
         key,
-        client: Box::from(&*client),
+        client: crate::hub::ClientId::new(&client).expect("a client id fits"),
         user: user.clone(),
         info: claims.info.clone(),
         outbound: Outbound::new(
@@ -74,20 +74,24 @@ pub(super) async fn handshake<T: Transport>(
         .with_direct(transport.direct(), &node.metrics.publish_latency),
         datagrams: transport.datagrams(),
         transport: transport.kind(),
-        remote: conn.remote,
+        remote_ip: conn.remote.ip(),
+        remote_port: conn.remote.port(),
         connected_at_ms: protocol::now_ms(),
     });
     handle
         .outbound
         .push(connected_reply(node, &handle, connect.id, claims.exp));
-    Ok(new_session(
-        node,
-        handle,
-        claims,
-        user_permit,
-        plugin_conn,
-        connect.name,
-    ))
+    // Said here, where the client's self-chosen name is at hand (the session keeps
+    // none: it is for this line).
+    tracing::info!(
+        client = %handle.client,
+        user = &*handle.user,
+        transport = transport.kind().as_str(),
+        remote = %conn.remote,
+        name = connect.name.as_deref().unwrap_or(""),
+        "Connected"
+    );
+    Ok(new_session(node, handle, claims, user_permit, plugin_conn))
 }
 
 /// The first frame, within the handshake deadline (transport-level activity does not count).
@@ -240,7 +244,6 @@ fn new_session(
     claims: Claims,
     user_permit: UserPermit,
     plugin_conn: Option<Arc<PluginConn>>,
-    name: Option<String>,
 ) -> Box<Session> {
     let now = crate::clock::now_ms();
     Box::new(Session {
@@ -258,8 +261,7 @@ fn new_session(
         started_ms: now,
         next_ping_ms: now + super::ms(node.settings.ping_interval),
         awaiting_pong_since_ms: 0,
-        name: name.map(String::into_boxed_str),
         last_resumed_ms: 0,
-        busy_until_ms: 0,
+        busy: false,
     })
 }

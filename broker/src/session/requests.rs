@@ -399,13 +399,15 @@ impl Session {
         let handle = &self.handle;
         // With an id the recovery goes into one reply, so it is paged.
         let paged = id.is_some();
-        self.node
+        // The hub's copy of the name is kept: the one parsed from the request goes.
+        let kept = self
+            .node
             .hub
             .subscribe(&ns, &channel, handle, recover, paged, |joined| {
                 queue_joined(handle, id, &channel, joined)
             })
             .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
-        self.subscriptions.insert(channel, ns);
+        self.subscriptions.insert(kept, ns);
         Ok(())
     }
 
@@ -565,8 +567,8 @@ impl Session {
         let claims = self.node.authenticate(token).map_err(|e| e.to_reply())?;
         if claims.sub != self.claims.sub {
             let e = auth::Error::SubMismatch {
-                current: self.claims.sub.clone(),
-                new: claims.sub,
+                current: self.claims.sub.to_string(),
+                new: claims.sub.to_string(),
             };
             return Err(e.to_reply());
         }

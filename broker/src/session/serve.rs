@@ -51,7 +51,7 @@ impl Session {
             // What woke the session is handled after the `select!`, once its futures are
             // gone: a write or a ping then does not keep room beside them in every
             // connection's task.
-            let may_park = parks && !closing && self.busy_until_ms == 0;
+            let may_park = parks && !closing && !self.busy;
             let woke = tokio::select! {
                 biased;
                 next = self.handle.outbound.next_batch_gathered(&mut batch, gather) => Woke::Queue(next),
@@ -164,8 +164,8 @@ impl Session {
     /// Asks the node's ticker to wake this session at its next deadline.
     fn set_timer(&self) {
         let mut at = self.next_deadline();
-        if self.busy_until_ms != 0 {
-            at = at.min(self.busy_until_ms);
+        if self.busy {
+            at = at.min(self.last_resumed_ms + STAY_AWAKE_MS);
         }
         self.handle.outbound.set_timer(at);
     }
@@ -176,7 +176,7 @@ impl Session {
         // (At least 1: 0 says "never".)
         let now = crate::clock::now_ms().max(1);
         if self.last_resumed_ms != 0 && now - self.last_resumed_ms < BUSY_WITHIN_MS {
-            self.busy_until_ms = now + STAY_AWAKE_MS;
+            self.busy = true;
             self.set_timer();
         }
         self.last_resumed_ms = now;
@@ -214,9 +214,9 @@ impl Session {
 
     /// The session's one timer fired: token expiry, keepalive timeout, or time to ping.
     fn on_timer(&mut self) -> Timer {
-        if self.busy_until_ms != 0 && crate::clock::now_ms() >= self.busy_until_ms {
+        if self.busy && crate::clock::now_ms() >= self.last_resumed_ms + STAY_AWAKE_MS {
             // May park again (`set_timer` follows).
-            self.busy_until_ms = 0;
+            self.busy = false;
         }
         let now = crate::clock::now_ms();
         if now >= self.expires_at_ms {

@@ -1,5 +1,5 @@
-//! A session's subscriptions: a short vector while there are few, a hash map past
-//! [`FEW`]. Most clients hold a handful of channels, and for them a map's table (about
+//! A session's subscriptions: one inline, a short vector while there are few, a hash
+//! map past [`FEW`]. Most clients hold a handful of channels, and for them a map's table (about
 //! 110 bytes for one channel) was an idle connection's largest allocation after its
 //! session; the vector holds exactly what it has. Lookups happen at subscribe and
 //! unsubscribe only, never per message.
@@ -15,6 +15,8 @@ const FEW: usize = 16;
 type Entry = (ChannelName, Arc<Namespace>);
 
 pub(super) enum Subscriptions {
+    /// One channel, inline (an idle client's common case: no allocation at all).
+    One(Entry),
     Few(Vec<Entry>),
     // Boxed: the enum stays a vector's size in every session (the map alone is 48 bytes).
     #[allow(clippy::box_collection)]
@@ -30,6 +32,7 @@ impl Default for Subscriptions {
 impl Subscriptions {
     pub fn contains(&self, channel: &ChannelName) -> bool {
         match self {
+            Self::One((c, _)) => c == channel,
             Self::Few(few) => few.iter().any(|(c, _)| c == channel),
             Self::Many(many) => many.contains_key(channel),
         }
@@ -37,6 +40,7 @@ impl Subscriptions {
 
     pub fn len(&self) -> usize {
         match self {
+            Self::One(_) => 1,
             Self::Few(few) => few.len(),
             Self::Many(many) => many.len(),
         }
@@ -45,6 +49,13 @@ impl Subscriptions {
     /// Adds a channel the session is not subscribed to ([`Subscriptions::contains`]).
     pub fn insert(&mut self, channel: ChannelName, ns: Arc<Namespace>) {
         match self {
+            Self::Few(few) if few.is_empty() => *self = Self::One((channel, ns)),
+            Self::One(_) => {
+                let Self::One(first) = std::mem::take(self) else {
+                    unreachable!("matched above")
+                };
+                *self = Self::Few(vec![first, (channel, ns)]);
+            }
             Self::Few(few) if few.len() < FEW => {
                 // Room for exactly one more: subscribing is rare, memory is per connection.
                 few.reserve_exact(1);
@@ -63,6 +74,11 @@ impl Subscriptions {
 
     pub fn remove(&mut self, channel: &ChannelName) -> Option<Arc<Namespace>> {
         match self {
+            Self::One((c, _)) if c == channel => match std::mem::take(self) {
+                Self::One((_, ns)) => Some(ns),
+                _ => unreachable!("matched above"),
+            },
+            Self::One(_) => None,
             Self::Few(few) => {
                 let at = few.iter().position(|(c, _)| c == channel)?;
                 let (_, ns) = few.swap_remove(at);
@@ -78,6 +94,7 @@ impl Subscriptions {
 
     pub fn iter(&self) -> Box<dyn Iterator<Item = (&ChannelName, &Arc<Namespace>)> + '_> {
         match self {
+            Self::One((c, ns)) => Box::new(std::iter::once((c, ns))),
             Self::Few(few) => Box::new(few.iter().map(|(c, ns)| (c, ns))),
             Self::Many(many) => Box::new(many.iter()),
         }
@@ -86,6 +103,7 @@ impl Subscriptions {
     /// Takes every subscription out.
     pub fn take_all(&mut self) -> Vec<Entry> {
         match std::mem::take(self) {
+            Self::One(one) => vec![one],
             Self::Few(few) => few,
             Self::Many(many) => many.into_iter().collect(),
         }
@@ -113,17 +131,19 @@ mod tests {
             assert!(subs.contains(&name(i)));
             assert_eq!(subs.len(), i + 1);
             assert_eq!(matches!(subs, Subscriptions::Many(_)), i >= FEW);
+            assert_eq!(matches!(subs, Subscriptions::One(_)), i == 0);
         }
         assert_eq!(subs.iter().count(), 40);
         assert!(subs.remove(&name(3)).is_some());
         assert!(subs.remove(&name(3)).is_none());
         assert_eq!(subs.take_all().len(), 39);
         assert_eq!(subs.len(), 0);
-        // One channel takes room for one entry.
-        subs.insert(name(1), ns);
-        let Subscriptions::Few(few) = &subs else {
-            panic!("one channel is few")
-        };
-        assert_eq!(few.capacity(), 1);
+        // One channel is kept inline; a second moves both into a vector.
+        subs.insert(name(1), ns.clone());
+        assert!(matches!(subs, Subscriptions::One(_)));
+        subs.insert(name(2), ns);
+        assert!(matches!(&subs, Subscriptions::Few(few) if few.len() == 2));
+        assert!(subs.remove(&name(1)).is_some() && subs.contains(&name(2)));
+        assert!(subs.remove(&name(2)).is_some() && subs.len() == 0);
     }
 }
