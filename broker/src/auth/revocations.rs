@@ -195,7 +195,7 @@ mod tests {
             sub: sub.into(),
             exp: 2_000,
             iat: iat.and_then(std::num::NonZeroU64::new),
-            channels: Vec::new(),
+            channels: Box::default(),
             publish: None,
             info: None,
         }

@@ -208,7 +208,7 @@ mod tests {
             std::mem::size_of::<crate::limits::UserPermit>(),
             std::mem::size_of::<Option<crate::limits::ConnectionLimiter>>()
         );
-        assert!(size <= 264, "the session grew to {size} bytes");
+        assert!(size <= 248, "the session grew to {size} bytes");
         let size = std::mem::size_of::<crate::hub::ConnHandle>();
         println!("connection handle: {size} bytes");
         assert!(size <= 264, "the connection handle grew to {size} bytes");
