@@ -19,7 +19,10 @@ pub struct ConnHandle {
     pub info: Option<Box<RawValue>>,
     pub outbound: Outbound,
     /// Datagrams for volatile namespaces (WebTransport), beside the queue.
-    pub datagrams: Option<Arc<dyn Datagrams>>,
+    /// (Boxed: a thin pointer, 8 bytes less in every connection; only WebTransport ones
+    /// have datagrams.)
+    #[allow(clippy::redundant_allocation)]
+    pub datagrams: Option<Box<Arc<dyn Datagrams>>>,
     pub transport: crate::transport::TransportKind,
     /// The peer's address, apart ([`ConnHandle::remote`]): a `SocketAddr` keeps room for
     /// IPv6 flow and scope ids, 16 bytes more in every connection.

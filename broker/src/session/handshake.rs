@@ -72,7 +72,7 @@ pub(super) async fn handshake<T: Transport>(
             node.settings.outbound_queue_bytes,
         )
         .with_direct(transport.direct(), &node.metrics.publish_latency),
-        datagrams: transport.datagrams(),
+        datagrams: transport.datagrams().map(Box::new),
         transport: transport.kind(),
         remote_ip: conn.remote.ip(),
         remote_port: conn.remote.port(),
