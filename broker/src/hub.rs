@@ -260,11 +260,10 @@ impl Hub {
         on_joined: impl FnOnce(Joined),
     ) -> Result<ChannelName, SubscribeError> {
         let mut shard = self.shard(channel).lock();
-        let kept = match shard.channels.get_key_value(channel) {
-            Some((kept, _)) => kept.clone(),
-            None => channel.clone(),
-        };
-        let subs = shard.channels.entry(kept.clone()).or_default();
+        let entry = shard.channels.entry(channel.clone());
+        // The map's own key when the channel has subscribers here already.
+        let kept = entry.key().clone();
+        let subs = entry.or_default();
         if subs.contains_key(&peer.key) {
             return Err(SubscribeError::AlreadySubscribed(channel.clone()));
         }

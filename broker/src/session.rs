@@ -231,12 +231,7 @@ const MAX_TOKEN_LIFE: Duration = Duration::from_secs(10 * 365 * 86_400);
 fn expiry_ms(exp: u64) -> u64 {
     let now_s = protocol::now_ms() / 1000;
     let life = Duration::from_secs(exp.saturating_sub(now_s)).min(MAX_TOKEN_LIFE);
-    crate::clock::now_ms() + life.as_millis() as u64
-}
-
-/// A setting's duration in [`crate::clock`] milliseconds.
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    crate::clock::now_ms() + crate::clock::duration_ms(life)
 }
 
 /// One authenticated connection's protocol state, owned by its task.

@@ -259,7 +259,7 @@ fn new_session(
         subscriptions: Default::default(),
         plugin_conn,
         started_ms: now,
-        next_ping_ms: now + super::ms(node.settings.ping_interval),
+        next_ping_ms: now + crate::clock::duration_ms(node.settings.ping_interval),
         awaiting_pong_since_ms: 0,
         last_resumed_ms: 0,
         busy: false,

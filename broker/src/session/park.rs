@@ -139,7 +139,9 @@ impl<T: Transport + 'static> Wake for Parked<T> {
         if self.state.swap(WOKEN, Ordering::AcqRel) != PARKED {
             return;
         }
-        if let Some(mut live) = self.live.lock().take() {
+        // Taken in its own statement: the lock is not held through the spawn.
+        let live = self.live.lock().take();
+        if let Some(mut live) = live {
             live.node.metrics.connections_parked.dec();
             live.session.resumed();
             let node = Arc::clone(&live.node);

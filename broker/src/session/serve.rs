@@ -161,13 +161,24 @@ impl Session {
         }
     }
 
-    /// Asks the node's ticker to wake this session at its next deadline.
+    /// Asks the node's ticker to wake this session at its next deadline: a ping, a pong
+    /// overdue, the token's expiry, or the end of a busy session's stay awake.
     fn set_timer(&self) {
-        let mut at = self.next_deadline();
+        let mut at = self.next_ping_ms.min(self.expires_at_ms);
+        if let Some(pong_due) = self.pong_due_ms() {
+            at = at.min(pong_due);
+        }
         if self.busy {
             at = at.min(self.last_resumed_ms + STAY_AWAKE_MS);
         }
         self.handle.outbound.set_timer(at);
+    }
+
+    /// When the outstanding ping's pong is overdue, if one is outstanding.
+    fn pong_due_ms(&self) -> Option<u64> {
+        (self.awaiting_pong_since_ms != 0).then(|| {
+            self.awaiting_pong_since_ms + crate::clock::duration_ms(self.node.settings.pong_timeout)
+        })
     }
 
     /// A parked session was woken: two wake-ups in a short while make it busy, and it
@@ -180,15 +191,6 @@ impl Session {
             self.set_timer();
         }
         self.last_resumed_ms = now;
-    }
-
-    /// When ([`crate::clock`] ms) the session's timer should fire next.
-    fn next_deadline(&self) -> u64 {
-        let mut at = self.next_ping_ms.min(self.expires_at_ms);
-        if self.awaiting_pong_since_ms != 0 {
-            at = at.min(self.awaiting_pong_since_ms + super::ms(self.node.settings.pong_timeout));
-        }
-        at
     }
 
     /// After a batch was written: records the publish latency probe and gives a burst's
@@ -214,11 +216,11 @@ impl Session {
 
     /// The session's one timer fired: token expiry, keepalive timeout, or time to ping.
     fn on_timer(&mut self) -> Timer {
-        if self.busy && crate::clock::now_ms() >= self.last_resumed_ms + STAY_AWAKE_MS {
+        let now = crate::clock::now_ms();
+        if self.busy && now >= self.last_resumed_ms + STAY_AWAKE_MS {
             // May park again (`set_timer` follows).
             self.busy = false;
         }
-        let now = crate::clock::now_ms();
         if now >= self.expires_at_ms {
             self.handle.outbound.close(Disconnect::new(
                 CloseCode::TokenExpired,
@@ -226,9 +228,7 @@ impl Session {
             ));
             self.expires_at_ms = u64::MAX;
         }
-        if self.awaiting_pong_since_ms != 0
-            && now >= self.awaiting_pong_since_ms + super::ms(self.node.settings.pong_timeout)
-        {
+        if self.pong_due_ms().is_some_and(|due| now >= due) {
             return Timer::End(Exit::Gone("keepalive timeout"));
         }
         if now >= self.next_ping_ms {
@@ -251,7 +251,7 @@ impl Session {
         if self.awaiting_pong_since_ms == 0 {
             self.awaiting_pong_since_ms = now;
         }
-        self.next_ping_ms = now + super::ms(self.node.settings.ping_interval);
+        self.next_ping_ms = now + crate::clock::duration_ms(self.node.settings.ping_interval);
         Ok(())
     }
 }
