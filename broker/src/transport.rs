@@ -80,6 +80,25 @@ pub trait Datagrams: Send + Sync {
 pub trait DirectWrite: Send + Sync {
     /// Writes `frame` now if the socket takes it.
     fn try_write(&self, frame: &EncodedFrame) -> Direct;
+
+    /// Writes the front of `frames` as far as the socket takes it now, popping what went:
+    /// [`Direct::Written`] once none is left, [`Direct::Begun`] when one went in part (it
+    /// is popped; the rest is kept as with `try_write`), [`Direct::Not`] when the socket
+    /// took no more. A transport that can gathers several frames into one write; this
+    /// default writes them one by one.
+    fn try_write_queued(&self, frames: &mut VecDeque<EncodedFrame>) -> Direct {
+        while let Some(frame) = frames.front() {
+            let wrote = self.try_write(frame);
+            if wrote == Direct::Not {
+                return Direct::Not;
+            }
+            frames.pop_front();
+            if wrote == Direct::Begun {
+                return Direct::Begun;
+            }
+        }
+        Direct::Written
+    }
 }
 
 /// What a [`DirectWrite`] did.

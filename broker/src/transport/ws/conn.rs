@@ -152,6 +152,29 @@ impl DirectWrite for Writes {
         side.partial = Some(Box::new(partial));
         Direct::Begun
     }
+
+    // As `try_write`, for several frames: gathered, up to `DIRECT_COPY_MAX` bytes a write.
+    #[allow(unsafe_code)]
+    fn try_write_queued(&self, frames: &mut VecDeque<EncodedFrame>) -> Direct {
+        let Some(mut side) = self.side.try_lock() else {
+            return Direct::Not;
+        };
+        if !side.open || side.close_sent || side.partial.is_some() {
+            return Direct::Not;
+        }
+        // SAFETY: as in `try_write`: `open` is true and we hold the lock.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let socket = socket2::SockRef::from(&fd);
+        while !frames.is_empty() {
+            match write_front(&mut side, &socket, frames, DIRECT_COPY_MAX) {
+                Ok(n) if n > 0 && side.partial.is_none() => {}
+                Ok(n) if n > 0 => return Direct::Begun,
+                // A socket that would block, or failed: the writer finds out when it writes.
+                _ => return Direct::Not,
+            }
+        }
+        Direct::Written
+    }
 }
 
 /// A frame partly written: its header, its payload, and how many bytes of the two went.
@@ -370,53 +393,90 @@ impl WsTransport {
         self.finish_partial().await
     }
 
-    /// Writes the front of `batch` as far as the socket takes it now: small frames
-    /// gathered in the thread's buffer into one write, a large one as header and payload
-    /// slices. Frames written are popped; one the socket took only part of becomes
-    /// `partial`. `WouldBlock` when the socket took nothing; nothing is written while a
-    /// frame is partly written (a direct write may have begun one: finish it first).
+    /// Writes the front of `batch` as far as the socket takes it now ([`write_front`]).
+    /// `WouldBlock` when the socket took nothing; nothing is written while a frame is
+    /// partly written (a direct write may have begun one: finish it first).
     fn write_frames(&mut self, batch: &mut VecDeque<EncodedFrame>) -> io::Result<()> {
         let mut side = self.writes.side.lock();
-        let Some(front) = batch.front() else {
-            return Ok(());
-        };
         if side.partial.is_some() {
             return Ok(());
         }
-        let mut header = [0u8; MAX_HEADER];
-        let mut n = if codec::header_len(front.len()) + front.len() > self.write_bytes as usize {
-            let len = codec::header(Opcode::Text, front.len(), &mut header);
-            let slices = [IoSlice::new(&header[..len]), IoSlice::new(front.as_bytes())];
-            self.stream.try_write_vectored(&slices)?
-        } else {
-            GATHER.with_borrow_mut(|buf| {
-                buf.clear();
-                for frame in batch.iter() {
-                    let len = codec::header(Opcode::Text, frame.len(), &mut header);
-                    if buf.len() + len + frame.len() > self.write_bytes as usize {
-                        break;
-                    }
-                    buf.extend_from_slice(&header[..len]);
-                    buf.extend_from_slice(frame.as_bytes());
-                }
-                self.stream.try_write(buf)
-            })?
-        };
-        while n > 0 {
-            let frame = batch
-                .pop_front()
-                .expect("written bytes belong to queued frames");
-            let whole = codec::header_len(frame.len()) + frame.len();
-            if n < whole {
-                let mut partial = Partial::new(Opcode::Text, frame.bytes());
-                partial.written = n;
-                side.partial = Some(Box::new(partial));
-                break;
-            }
-            n -= whole;
-        }
-        Ok(())
+        write_front(&mut side, &self.stream, batch, self.write_bytes as usize).map(|_| ())
     }
+}
+
+/// Where [`write_front`] writes: the connection's tokio stream (its writer, which waits on
+/// the stream's readiness), or the bare socket (a direct write from another thread).
+trait Sink {
+    fn write(&self, buf: &[u8]) -> io::Result<usize>;
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+impl Sink for TcpStream {
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.try_write(buf)
+    }
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.try_write_vectored(bufs)
+    }
+}
+
+impl Sink for socket2::SockRef<'_> {
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.send(buf)
+    }
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.send_vectored(bufs)
+    }
+}
+
+/// Writes the front of `batch` in one write: small frames gathered in the thread's buffer
+/// (up to `limit` bytes), a large one as header and payload slices. Frames written are
+/// popped; one the socket took only part of becomes `side.partial`. Returns the bytes
+/// written; the caller made sure no frame is partly written already.
+fn write_front(
+    side: &mut WriteSide,
+    sink: &impl Sink,
+    batch: &mut VecDeque<EncodedFrame>,
+    limit: usize,
+) -> io::Result<usize> {
+    debug_assert!(side.partial.is_none());
+    let Some(front) = batch.front() else {
+        return Ok(0);
+    };
+    let mut header = [0u8; MAX_HEADER];
+    let wrote = if codec::header_len(front.len()) + front.len() > limit {
+        let len = codec::header(Opcode::Text, front.len(), &mut header);
+        sink.write_vectored(&[IoSlice::new(&header[..len]), IoSlice::new(front.as_bytes())])?
+    } else {
+        GATHER.with_borrow_mut(|buf| {
+            buf.clear();
+            for frame in batch.iter() {
+                let len = codec::header(Opcode::Text, frame.len(), &mut header);
+                if buf.len() + len + frame.len() > limit {
+                    break;
+                }
+                buf.extend_from_slice(&header[..len]);
+                buf.extend_from_slice(frame.as_bytes());
+            }
+            sink.write(buf)
+        })?
+    };
+    let mut n = wrote;
+    while n > 0 {
+        let frame = batch
+            .pop_front()
+            .expect("written bytes belong to queued frames");
+        let whole = codec::header_len(frame.len()) + frame.len();
+        if n < whole {
+            let mut partial = Partial::new(Opcode::Text, frame.bytes());
+            partial.written = n;
+            side.partial = Some(Box::new(partial));
+            break;
+        }
+        n -= whole;
+    }
+    Ok(wrote)
 }
 
 impl Transport for WsTransport {

@@ -349,6 +349,42 @@ async fn a_partial_direct_write_is_finished_before_anything_else() {
     drop(server.await.unwrap());
 }
 
+/// Queued frames written directly in one go (a deferred fan-out's flush) arrive whole
+/// and in order, small ones gathered, large ones through a write the socket took only
+/// part of, which the session then finishes before its own frames.
+#[tokio::test]
+async fn queued_frames_written_directly_arrive_whole_and_in_order() {
+    let (mut transport, mut client) = pair_with(true).await;
+    let direct = transport.direct().unwrap();
+    let frame = |s: String| EncodedFrame::from_json(format!("\"{s}\""));
+    let mut small: VecDeque<EncodedFrame> = (0..50).map(|i| frame(i.to_string())).collect();
+    assert_eq!(direct.try_write_queued(&mut small), Direct::Written);
+    assert!(small.is_empty());
+    let mut expected: Vec<String> = (0..50).map(|i| format!("\"{i}\"")).collect();
+    // Larger than the socket's buffers, the client reading nothing yet.
+    let mut large: VecDeque<EncodedFrame> = (0..20)
+        .map(|i| frame(format!("{i}:{}", "z".repeat(100_000))))
+        .collect();
+    let all: Vec<String> = large.iter().map(|f| f.as_str().to_string()).collect();
+    assert_eq!(direct.try_write_queued(&mut large), Direct::Begun);
+    let went = all.len() - large.len();
+    expected.extend(all[..went].iter().cloned());
+    assert_eq!(
+        direct.try_write_queued(&mut large),
+        Direct::Not,
+        "a partial write first"
+    );
+    let last = frame("last".to_string());
+    expected.push(last.as_str().to_string());
+    let server = tokio::spawn(async move {
+        transport.send(&mut [last].into()).await.unwrap();
+        transport
+    });
+    let got = read_texts(&mut client, expected.len()).await;
+    assert!(got == expected, "frames arrived changed or out of order");
+    drop(server.await.unwrap());
+}
+
 /// Nothing is written directly after the close frame, nor once the transport (and its
 /// socket) is gone.
 #[tokio::test]
