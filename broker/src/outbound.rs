@@ -19,10 +19,13 @@
 //! load the pushes queue as above, so the writer gathers many frames into one write.
 //!
 //! A large channel's fan-out in direct mode is deferred instead ([`Outbound::push_deferred`]):
-//! under the channel's lock each frame is only queued, without waking the writer, and
-//! when the pushing session's request is handled (no lock held any more) the thread
-//! writes each such queue to its socket itself, in order, waking the writer only for
-//! what the socket did not take ([`direct_writes`] ends with that flush).
+//! under the channel's lock each frame is only set aside (in the thread's list, when the
+//! queue is empty: no allocation, no wake-up), and when the pushing session's read is
+//! handled (no lock held any more) the thread writes each such queue to its socket
+//! itself, in order, waking the writer only for what the socket did not take
+//! ([`direct_writes`] ends with that flush; a session handling a read that brought
+//! several frames defers in [`deferring`] mode and flushes once, at the end of the read,
+//! so the frames of several publications leave in one write per subscriber).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -38,12 +41,33 @@ use crate::protocol::{CloseCode, Disconnect, EncodedFrame};
 use crate::transport::{Direct, DirectWrite};
 
 thread_local! {
-    /// Whether pushes from this thread may write directly (see [`direct_writes`]): the
-    /// address of the one queue excluded (the session's own), or `None` when they may not.
-    static DIRECT: Cell<Option<usize>> = const { Cell::new(None) };
-    /// Queues that [`Outbound::push_deferred`] filled without waking their writer: this
-    /// thread writes them (or wakes their writer) when [`direct_writes`] ends.
-    static DEFERRED: RefCell<Vec<Arc<dyn HasOutbound>>> = const { RefCell::new(Vec::new()) };
+    /// This thread's mode (see [`direct_writes`] and [`deferring`]), or `None` when its
+    /// pushes may neither write directly nor defer.
+    static MODE: Cell<Option<Mode>> = const { Cell::new(None) };
+    /// Queues that [`Outbound::push_deferred`] filled or set a frame aside for, without
+    /// waking their writer: this thread writes them (or wakes their writer) at
+    /// [`flush_deferred`]. Its room is kept between flushes, up to [`DEFERRED_KEPT`].
+    static DEFERRED: RefCell<Vec<Deferred>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The deferred list's room kept between flushes, in entries (a larger fan-out's list is
+/// given back: its cost is spread over that many deliveries).
+const DEFERRED_KEPT: usize = 1_024;
+
+/// A thread's mode: the address of the session's own queue (never deferred to nor
+/// written directly: its writer sends it with the replies), and whether pushes may
+/// write directly (a read that brought one frame) or only defer.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    own: usize,
+    direct: bool,
+}
+
+/// A queue on a thread's deferred list, with the frame set aside for it (`None`: the
+/// frames are in the queue).
+struct Deferred {
+    holder: Arc<dyn HasOutbound>,
+    frame: Option<EncodedFrame>,
 }
 
 /// What holds a connection's [`Outbound`] (its handle), kept until a deferred flush.
@@ -55,7 +79,7 @@ pub trait HasOutbound: Send + Sync {
 /// large channel's fan-out (which turns direct writes off) to know which pushes it may
 /// defer ([`Outbound::push_deferred`]).
 pub fn direct_mode() -> Option<DirectMode> {
-    DIRECT.get().map(DirectMode)
+    MODE.get().map(|mode| DirectMode(mode.own))
 }
 
 /// See [`direct_mode`]: the address of the session's own queue.
@@ -74,40 +98,73 @@ impl DirectMode {
 /// `own`: the session's own queue, which its writer is about to write in one batch with
 /// the replies. `f` must not await (the mode belongs to the thread, not to a task).
 pub fn direct_writes<R>(own: *const Outbound, f: impl FnOnce() -> R) -> R {
-    /// Flushes what `f` deferred, however `f` ends (a writer is never left asleep over
-    /// frames queued for it).
-    struct Flush;
-    impl Drop for Flush {
-        fn drop(&mut self) {
-            flush_deferred();
-        }
-    }
-    let _flush = Flush;
+    // What `f` deferred is flushed however `f` ends.
+    let _flush = FlushGuard;
     // Only its address is kept, to compare: it is never read through.
-    with_direct(Some(own as usize), f)
+    with_mode(
+        Some(Mode {
+            own: own as usize,
+            direct: true,
+        }),
+        f,
+    )
+}
+
+/// Runs `f` with a large channel's fan-out deferred ([`Outbound::push_deferred`]) but no
+/// direct writes (a session handling a read that brought several frames: their
+/// publications' fan-outs to small channels are queued for the subscribers' writers,
+/// which gather them). Unlike [`direct_writes`], nothing is flushed when `f` returns:
+/// the caller calls [`flush_deferred`] once the read is handled, and before it awaits
+/// anything (the list belongs to the thread). `f` must not await.
+pub fn deferring<R>(own: *const Outbound, f: impl FnOnce() -> R) -> R {
+    with_mode(
+        Some(Mode {
+            own: own as usize,
+            direct: false,
+        }),
+        f,
+    )
+}
+
+/// Flushes what this thread deferred ([`flush_deferred`]) when dropped, however the
+/// scope it guards ends (a writer is never left asleep over frames queued for it).
+pub struct FlushGuard;
+
+impl Drop for FlushGuard {
+    fn drop(&mut self) {
+        flush_deferred();
+    }
 }
 
 /// Writes (or hands to their writers) the queues this thread deferred.
-fn flush_deferred() {
-    for holder in DEFERRED.take() {
-        holder.outbound().flush_or_wake();
+pub fn flush_deferred() {
+    let mut list = DEFERRED.take();
+    for Deferred { holder, frame } in list.drain(..) {
+        holder.outbound().flush_or_wake(frame);
+    }
+    if list.capacity() <= DEFERRED_KEPT {
+        DEFERRED.with_borrow_mut(|kept| {
+            if kept.capacity() == 0 {
+                *kept = list;
+            }
+        });
     }
 }
 
 /// Runs `f` with direct writes off for the pushes it makes on this thread (a busy
 /// channel's fan-out, see `hub::load`).
 pub fn without_direct_writes<R>(f: impl FnOnce() -> R) -> R {
-    with_direct(None, f)
+    with_mode(None, f)
 }
 
-fn with_direct<R>(mode: Option<usize>, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<usize>);
+fn with_mode<R>(mode: Option<Mode>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Mode>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            DIRECT.set(self.0);
+            MODE.set(self.0);
         }
     }
-    let _restore = Restore(DIRECT.replace(mode));
+    let _restore = Restore(MODE.replace(mode));
     f()
 }
 
@@ -145,6 +202,10 @@ struct State {
     unfinished: bool,
     /// The ticker found the timer due; the writer gets [`Next::Timer`] next.
     timer_due: bool,
+    /// A frame for this queue was set aside on a thread's deferred list, ahead of
+    /// `frames` ([`Outbound::push_deferred`]): the writer takes nothing (but its timer)
+    /// until that thread's flush, which writes it first and wakes the writer if need be.
+    deferred: bool,
 }
 
 /// What happened to a pushed frame.
@@ -190,6 +251,7 @@ impl Outbound {
                 writer_holds: false,
                 unfinished: false,
                 timer_due: false,
+                deferred: false,
             }),
             writer: AtomicWaker::new(),
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
@@ -222,10 +284,11 @@ impl Outbound {
         self.push_inner(frame, Some(accepted_at))
     }
 
-    /// Queues a frame of a large channel's fan-out made in direct mode ([`direct_mode`]
-    /// says when), without waking the writer: `holder` (this queue's owner) goes on the
-    /// thread's list, and when the session's request is handled the thread writes the
-    /// queue to the socket itself, or wakes the writer ([`direct_writes`]).
+    /// Queues a frame of a large channel's fan-out made in direct or deferring mode
+    /// ([`direct_mode`] says when), without waking the writer: when the queue is empty,
+    /// the frame is set aside with `holder` (this queue's owner) on the thread's list;
+    /// when the thread flushes ([`flush_deferred`]) it writes the frame and whatever
+    /// queued behind it to the socket itself, or wakes the writer.
     pub fn push_deferred(
         &self,
         frame: EncodedFrame,
@@ -236,22 +299,94 @@ impl Outbound {
         if state.closing.is_some() {
             return Push::Closed;
         }
+        if self.direct.is_some()
+            && !state.deferred
+            && state.frames.is_empty()
+            && !state.writer_holds
+            && !state.unfinished
+        {
+            state.deferred = true;
+            if probe.is_some() {
+                state.probe = probe;
+            }
+            drop(state);
+            let frame = Some(frame);
+            DEFERRED.with_borrow_mut(|d| {
+                d.push(Deferred {
+                    holder: holder(),
+                    frame,
+                })
+            });
+            return Push::Queued;
+        }
+        // Behind a frame set aside (by this thread or another), or for a writer at work.
         let (pushed, wake) = self.queue(&mut state, frame, probe);
         drop(state);
         match wake {
             Wake::No => {}
-            Wake::First => DEFERRED.with_borrow_mut(|d| d.push(holder())),
+            Wake::First => DEFERRED.with_borrow_mut(|d| {
+                d.push(Deferred {
+                    holder: holder(),
+                    frame: None,
+                })
+            }),
             Wake::Closing => self.writer.wake(),
         }
         pushed
     }
 
-    /// A deferred queue's flush: what the socket takes now is written here, in order;
-    /// the writer is woken for anything left (or when it holds a batch itself).
-    fn flush_or_wake(&self) {
+    /// A deferred queue's flush: `first` (the frame set aside, if any), then what is
+    /// queued, as far as the socket takes it now, in order and in as few writes as it
+    /// can; the writer is woken for anything left (or when it holds a batch itself).
+    fn flush_or_wake(&self, first: Option<EncodedFrame>) {
         let mut state = self.state.lock();
+        if let Some(frame) = first {
+            state.deferred = false;
+            // The common case, one frame for an idle connection: written without a queue.
+            if let Some((socket, latency)) = &self.direct
+                && state.frames.is_empty()
+                && state.closing.is_none()
+            {
+                match socket.try_write(&frame) {
+                    Direct::Written => {
+                        let probe = state.probe.take();
+                        drop(state);
+                        if let Some(accepted_at) = probe {
+                            latency.observe(accepted_at.elapsed().as_secs_f64());
+                        }
+                        return;
+                    }
+                    Direct::Begun => {
+                        state.unfinished = true;
+                        drop(state);
+                        self.writer.wake();
+                        return;
+                    }
+                    Direct::Not => {}
+                }
+            }
+            if state.closing.as_deref().map(|d| d.code) == Some(CloseCode::SlowConsumer) {
+                // Cut off meanwhile: what was queued is dropped, and so is this.
+                drop(state);
+                self.writer.wake();
+                return;
+            }
+            state.bytes = state
+                .bytes
+                .saturating_add(u32::try_from(frame.len()).unwrap_or(u32::MAX));
+            state.frames.push_front(frame);
+            self.depth.store(state.frames.len(), Ordering::Relaxed);
+        } else if state.deferred {
+            // A frame was set aside since this queue was listed: nothing may pass it,
+            // and the thread holding it flushes the queue (and wakes the writer).
+            return;
+        }
         if state.frames.is_empty() && !state.unfinished {
             // The writer took them meanwhile (or the queue was closed and emptied).
+            if state.closing.is_some() {
+                drop(state);
+                self.writer.wake();
+            }
             return;
         }
         if let Some((socket, latency)) = &self.direct
@@ -259,18 +394,10 @@ impl Outbound {
             && !state.unfinished
             && state.closing.is_none()
         {
-            while let Some(frame) = state.frames.front() {
-                let wrote = socket.try_write(frame);
-                if wrote == Direct::Not {
-                    break;
-                }
-                let frame = state.frames.pop_front().expect("a front frame");
-                state.bytes = state.bytes.saturating_sub(frame.len() as u32);
-                if wrote == Direct::Begun {
-                    state.unfinished = true;
-                    break;
-                }
+            if socket.try_write_queued(&mut state.frames) == Direct::Begun {
+                state.unfinished = true;
             }
+            state.bytes = state.frames.iter().map(|f| f.len() as u32).sum();
             self.depth.store(state.frames.len(), Ordering::Relaxed);
             if state.frames.is_empty() && !state.unfinished {
                 // Everything went: no buffer kept, and the probed publication's
@@ -297,9 +424,10 @@ impl Outbound {
             && state.frames.is_empty()
             && !state.writer_holds
             && !state.unfinished
-            && DIRECT
+            && !state.deferred
+            && MODE
                 .get()
-                .is_some_and(|own| own != self as *const Outbound as usize)
+                .is_some_and(|mode| mode.direct && mode.own != self as *const Outbound as usize)
         {
             match socket.try_write(&frame) {
                 Direct::Written => {
@@ -355,7 +483,8 @@ impl Outbound {
             self.depth.store(0, Ordering::Relaxed);
             return (Push::Overflow, Wake::Closing);
         }
-        let was_empty = state.frames.is_empty();
+        // Behind a frame set aside, the flushing thread wakes the writer if need be.
+        let was_empty = state.frames.is_empty() && !state.deferred;
         // (Within `limit_bytes`, a u32, plus one frame: frames are far smaller.)
         state.bytes = state
             .bytes
@@ -472,6 +601,10 @@ impl Outbound {
         if std::mem::take(&mut state.timer_due) {
             return Some(Next::Timer);
         }
+        if state.deferred {
+            // Nothing may pass the frame set aside; its flush wakes the writer.
+            return None;
+        }
         let unfinished = std::mem::take(&mut state.unfinished);
         state.writer_holds = unfinished || !state.frames.is_empty();
         if state.writer_holds {
@@ -499,7 +632,9 @@ impl Outbound {
 
     fn has_work(&self) -> bool {
         let state = self.state.lock();
-        !state.frames.is_empty() || state.unfinished || state.closing.is_some() || state.timer_due
+        state.timer_due
+            || (!state.deferred
+                && (!state.frames.is_empty() || state.unfinished || state.closing.is_some()))
     }
 
     /// The slow-consumer disconnect, once the queue overflowed.

@@ -35,7 +35,7 @@ pub use command::{run_hookwire, run_hookwire_in, run_hookwire_within};
 pub use nats::TestNats;
 pub use raw_client::RawClient;
 pub use tokens::{SECRET, forged_token, now_s, sign_claims, sign_with, spec, token};
-pub use wait::{WAIT, deadline};
+pub use wait::{WAIT, deadline, raise_open_files};
 pub use wt::{OpenError, WtWire, cert_hash};
 
 // Part of the harness's API, though no test names them at the moment.

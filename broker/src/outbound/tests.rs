@@ -96,6 +96,22 @@ impl DirectWrite for FakeSocket {
         }
         answer
     }
+
+    /// One write of every frame (noted joined by `+`), or of part of the first.
+    fn try_write_queued(&self, frames: &mut VecDeque<EncodedFrame>) -> Direct {
+        let answer = *self.answer.lock();
+        let took: Vec<String> = match answer {
+            Direct::Written => frames.drain(..).map(|f| f.as_str().to_string()).collect(),
+            Direct::Begun => frames
+                .pop_front()
+                .map(|f| f.as_str().to_string())
+                .into_iter()
+                .collect(),
+            Direct::Not => return Direct::Not,
+        };
+        self.took.lock().push(took.join("+"));
+        answer
+    }
 }
 
 fn direct_queue(answer: Direct) -> (Outbound, Arc<FakeSocket>) {
@@ -287,13 +303,119 @@ fn a_deferred_fan_out_is_written_in_order_when_the_request_is_handled_and_wakes_
     direct_writes(&own, || {
         assert_eq!(push_deferred(&h, "a"), Push::Queued);
         assert_eq!(push_deferred(&h, "b"), Push::Queued);
-        // Under the channel's lock nothing is written and nobody is woken.
-        assert_eq!(h.0.depth(), 2);
+        // Under the channel's lock nothing is written and nobody is woken: the first
+        // frame is set aside (no queue allocated), the second queues behind it.
+        assert_eq!(h.0.depth(), 1);
         assert!(socket.took.lock().is_empty());
+        // The writer takes nothing ahead of the frame set aside.
+        assert!(h.0.take(&mut VecDeque::new()).is_none());
+        assert!(!h.0.has_work(), "a parked writer stays parked");
     });
-    assert_eq!(*socket.took.lock(), ["\"a\"", "\"b\""]);
+    assert_eq!(*socket.took.lock(), ["\"a\"+\"b\""], "one write, in order");
     assert_eq!(h.0.depth(), 0);
     assert_eq!(woken.load(Ordering::SeqCst), 0, "the writer slept through");
+    // One frame alone is written as it is.
+    direct_writes(&own, || push_deferred(&h, "c"));
+    assert_eq!(socket.took.lock().last().unwrap(), "\"c\"");
+    assert!(h.0.state.lock().frames.capacity() == 0, "no queue kept");
+}
+
+#[test]
+fn deferring_mode_defers_without_direct_writes_and_writes_once_at_the_flush() {
+    let (h, socket) = direct_holder(Direct::Written);
+    let (small, small_socket) = direct_queue(Direct::Written);
+    let own = Outbound::new(8, 1 << 20);
+    // A read that brought several frames: two publications to a large channel, one to a
+    // small one.
+    deferring(&own, || {
+        push_deferred(&h, "1");
+        small.push(frame("s"));
+    });
+    deferring(&own, || push_deferred(&h, "2"));
+    assert!(
+        socket.took.lock().is_empty(),
+        "nothing written before the flush"
+    );
+    assert!(small_socket.took.lock().is_empty(), "no direct write");
+    assert_eq!(small.depth(), 1, "queued for its writer, which gathers");
+    flush_deferred();
+    assert_eq!(*socket.took.lock(), ["\"1\"+\"2\""]);
+    assert_eq!(h.0.depth(), 0);
+}
+
+#[test]
+fn a_frame_set_aside_goes_before_what_another_thread_pushes_meanwhile() {
+    let (h, socket) = direct_holder(Direct::Written);
+    let woken = waiting_writer(&h.0);
+    let own = Outbound::new(8, 1 << 20);
+    deferring(&own, || push_deferred(&h, "first"));
+    // Another publishing thread, in direct mode: it must not write past "first".
+    let h2 = h.clone();
+    std::thread::spawn(move || {
+        let other = Outbound::new(8, 1 << 20);
+        direct_writes(&other, || h2.0.push(frame("second")));
+        direct_writes(&other, || push_deferred(&h2, "third"));
+    })
+    .join()
+    .unwrap();
+    assert!(socket.took.lock().is_empty());
+    assert_eq!(h.0.depth(), 2);
+    assert_eq!(
+        woken.load(Ordering::SeqCst),
+        0,
+        "the flush wakes if need be"
+    );
+    flush_deferred();
+    assert_eq!(*socket.took.lock(), ["\"first\"+\"second\"+\"third\""]);
+    assert_eq!(woken.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_queue_cut_off_while_a_frame_is_set_aside_closes_and_drops_it() {
+    let (h, socket) = direct_holder(Direct::Written);
+    let own = Outbound::new(8, 1 << 20);
+    deferring(&own, || push_deferred(&h, "aside"));
+    // The writer still gets its timer.
+    h.0.set_timer(10);
+    assert!(h.0.tick(10));
+    assert!(matches!(h.0.take(&mut VecDeque::new()), Some(Next::Timer)));
+    // More than its 8 frames queue behind: a slow consumer.
+    let overflowed = (0..9)
+        .map(|i| h.0.push(frame(&i.to_string())))
+        .filter(|p| *p == Push::Overflow)
+        .count();
+    assert_eq!(overflowed, 1);
+    flush_deferred();
+    assert!(
+        socket.took.lock().is_empty(),
+        "nothing goes to a slow consumer"
+    );
+    let mut batch = VecDeque::new();
+    assert!(matches!(h.0.next_batch(&mut batch).await, Next::Close(_)));
+}
+
+#[tokio::test]
+async fn a_close_waits_for_the_frame_set_aside() {
+    let (h, socket) = direct_holder(Direct::Written);
+    let own = Outbound::new(8, 1 << 20);
+    deferring(&own, || push_deferred(&h, "last"));
+    h.0.close(Disconnect::new(CloseCode::Normal, "bye"));
+    assert!(
+        h.0.take(&mut VecDeque::new()).is_none(),
+        "not before the frame"
+    );
+    flush_deferred();
+    assert!(
+        socket.took.lock().is_empty(),
+        "a closing queue is left to its writer"
+    );
+    let mut batch = VecDeque::new();
+    assert!(matches!(
+        h.0.next_batch(&mut batch).await,
+        Next::Frames { .. }
+    ));
+    assert_eq!(batch.pop_front().unwrap().as_str(), "\"last\"");
+    assert!(matches!(h.0.next_batch(&mut batch).await, Next::Close(_)));
 }
 
 #[test]
@@ -335,6 +457,31 @@ async fn a_deferred_flush_never_passes_a_batch_the_writer_holds() {
     assert!(socket.took.lock().is_empty());
     assert_eq!(h.0.depth(), 1);
     assert_eq!(woken.load(Ordering::SeqCst), 1);
+}
+
+/// A queue listed for its writer (it held a batch) and then given a frame to set aside
+/// in the same read: the listed flush must not write what queued behind that frame.
+#[tokio::test]
+async fn a_queue_listed_before_a_frame_was_set_aside_waits_for_that_frame() {
+    let (h, socket) = direct_holder(Direct::Written);
+    h.0.push(frame("0"));
+    let mut batch = VecDeque::new();
+    h.0.next_batch(&mut batch).await;
+    let own = Outbound::new(8, 1 << 20);
+    deferring(&own, || {
+        // The writer holds "0": "1" queues and the queue is listed without a frame.
+        push_deferred(&h, "1");
+        // The writer writes both batches and finds nothing more.
+        batch.clear();
+        assert!(matches!(h.0.take(&mut batch), Some(Next::Frames { .. })));
+        batch.clear();
+        assert!(h.0.take(&mut batch).is_none());
+        // Now the queue is empty and idle: "2" is set aside, "3" queues behind it.
+        push_deferred(&h, "2");
+        push_deferred(&h, "3");
+    });
+    flush_deferred();
+    assert_eq!(*socket.took.lock(), ["\"2\"+\"3\""]);
 }
 
 #[test]

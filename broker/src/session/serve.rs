@@ -73,7 +73,10 @@ impl Session {
                     // Then the frames the same read brought, before the next write: their
                     // answers leave in one batch. A read that brought one frame says
                     // traffic is light: what it publishes is written directly to idle
-                    // subscribers' sockets (see `outbound`), no task woken for each.
+                    // subscribers' sockets (see `outbound`), no task woken for each. A
+                    // large channel's fan-out is deferred either way, and written once
+                    // the read is handled: several publications in one write each.
+                    let flush = crate::outbound::FlushGuard;
                     let mut next = Some(inbound);
                     let mut more = READ_AHEAD;
                     let mut first = true;
@@ -86,7 +89,11 @@ impl Session {
                         let handled = match self.on_inbound_maybe_direct(inbound, alone) {
                             // A plugin chain runs first, on a plugin thread; boxed, so only
                             // such requests pay for its state.
-                            Ok(Some(deferred)) => Box::pin(self.finish_deferred(deferred)).await,
+                            Ok(Some(deferred)) => {
+                                // (The deferred list is the thread's: flushed before any wait.)
+                                crate::outbound::flush_deferred();
+                                Box::pin(self.finish_deferred(deferred)).await
+                            }
                             other => other.map(|_| ()),
                         };
                         match handled {
@@ -99,6 +106,7 @@ impl Session {
                             Err(exit) => return Served::Exit(exit),
                         }
                     }
+                    drop(flush);
                 }
                 Woke::Queue(Next::Timer) => {
                     match self.on_timer() {
@@ -147,17 +155,18 @@ impl Session {
         result.map_err(|_| Exit::Gone("write failed"))
     }
 
-    /// [`Session::on_inbound`]; with direct writes allowed when the frame came `alone`.
+    /// [`Session::on_inbound`]; with direct writes allowed when the frame came `alone`,
+    /// and a large channel's fan-out deferred either way (see `outbound`).
     fn on_inbound_maybe_direct(
         &mut self,
         inbound: crate::transport::Inbound,
         alone: bool,
     ) -> Result<Option<super::requests::Deferred>, Exit> {
+        let own: *const crate::outbound::Outbound = &self.handle.outbound;
         if alone {
-            let own: *const crate::outbound::Outbound = &self.handle.outbound;
             crate::outbound::direct_writes(own, || self.on_inbound(inbound))
         } else {
-            self.on_inbound(inbound)
+            crate::outbound::deferring(own, || self.on_inbound(inbound))
         }
     }
 

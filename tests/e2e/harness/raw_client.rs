@@ -62,7 +62,12 @@ impl RawClient {
 
     /// Sends a text frame (masked, as a client must; the zero mask keeps it readable).
     pub async fn send(&mut self, frame: Value) {
-        use tokio::io::AsyncWriteExt;
+        self.send_raw(&Self::frame(&frame)).await;
+    }
+
+    /// The bytes of a text frame carrying `frame` (masked with the zero mask), so several
+    /// can go in one write.
+    pub fn frame(frame: &Value) -> Vec<u8> {
         let payload = frame.to_string().into_bytes();
         let mut out = vec![0x81u8];
         match payload.len() {
@@ -78,7 +83,7 @@ impl RawClient {
         }
         out.extend_from_slice(&[0, 0, 0, 0]);
         out.extend_from_slice(&payload);
-        self.stream.write_all(&out).await.unwrap();
+        out
     }
 
     /// Writes bytes as they are: a hand-built frame, right or wrong.
