@@ -339,7 +339,7 @@ impl Verifier {
         let validation = &self.validations[&header.alg];
         // JWT claims are UTF-8 JSON (RFC 7519). serde skips the bytes of claims it does
         // not read, so check it here: plugins see the claims as text.
-        if claims_text(token).is_none() {
+        if claims_bytes(token).is_none() {
             return Err(Error::Malformed(
                 "the claims are not a UTF-8 JSON object".into(),
             ));
@@ -371,20 +371,46 @@ pub fn claims_json(token: &str) -> String {
 
 /// A token's payload, when it is a UTF-8 JSON object.
 fn claims_text(token: &str) -> Option<String> {
+    claims_bytes(token).and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+/// A token's payload decoded, when it is a UTF-8 JSON object: checked without keeping
+/// anything of it (a connect verifies every token so, and the claims' own parse follows).
+fn claims_bytes(token: &str) -> Option<Vec<u8>> {
     use base64::Engine;
-    token
-        .split('.')
-        .nth(1)
-        .and_then(|payload| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(payload.trim_end_matches('='))
-                .ok()
-        })
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .filter(|text| {
-            // Raw values: any JSON number is a valid claim, even past f64's range.
-            serde_json::from_str::<HashMap<String, Box<RawValue>>>(text).is_ok()
-        })
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    // Raw values: any JSON number is a valid claim, even past f64's range (ignored
+    // values are scanned, not converted); the UTF-8 check covers the ignored strings.
+    let object =
+        std::str::from_utf8(&bytes).is_ok() && serde_json::from_slice::<JsonObject>(&bytes).is_ok();
+    object.then_some(bytes)
+}
+
+/// Any JSON object, its members skipped.
+struct JsonObject;
+
+impl<'de> Deserialize<'de> for JsonObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = JsonObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonObject, A::Error> {
+                use serde::de::IgnoredAny;
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(JsonObject)
+            }
+        }
+        d.deserialize_map(Members)
+    }
 }
 
 fn raw_alg(token: &str) -> Option<String> {
@@ -524,6 +550,34 @@ mod tests {
         // alg none: header {"alg":"none","typ":"JWT"}
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
         assert!(matches!(v.verify(none), Err(Error::AlgNone(_))));
+    }
+
+    #[test]
+    fn the_claims_must_be_a_utf8_json_object_any_number_allowed() {
+        use base64::Engine;
+        let token = |payload: &[u8]| {
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload);
+            format!("h.{b64}.s")
+        };
+        let object = br#"{"sub":"a","exp":1,"big":1e999,"n":[{"x":null}],"s":"\u00e9"}"#;
+        assert_eq!(claims_bytes(&token(object)).as_deref(), Some(&object[..]));
+        assert!(claims_text(&token(object)).is_some());
+        for bad in [
+            &br#"["sub"]"#[..],
+            br#""text""#,
+            br#"{"sub":"a"} trailing"#,
+            br#"{"sub":"a""#,
+            b"{\"sub\":\"\xff\"}",
+            b"",
+        ] {
+            assert_eq!(
+                claims_bytes(&token(bad)),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(claims_bytes("no-dots"), None);
     }
 
     #[test]

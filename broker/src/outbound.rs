@@ -335,6 +335,13 @@ impl Outbound {
         pushed
     }
 
+    /// Writes what is queued to the socket now, as far as it takes it, from the calling
+    /// thread (a session just past its handshake, which parks without a task when its
+    /// `connected` went out at once); the writer is woken for anything left.
+    pub fn write_now(&self) {
+        self.flush_or_wake(None);
+    }
+
     /// A deferred queue's flush: `first` (the frame set aside, if any), then what is
     /// queued, as far as the socket takes it now, in order and in as few writes as it
     /// can; the writer is woken for anything left (or when it holds a batch itself).

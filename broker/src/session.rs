@@ -12,7 +12,7 @@
 //! touching the socket.
 //!
 //! ```text
-//! session        run → handshake → enter → Live::run (serve, park) → leave → finish
+//! session        run → handshake → enter → Live::start (park, or a task: Live::run, serve, park) → leave → finish
 //!   handshake    first frame, token, per-user count, connect plugins, `connected`
 //!   park         Live: the session between its handshake and its end; parking
 //!   serve        the select! loop: outbound batches (and the timer), inbound
@@ -101,11 +101,11 @@ pub fn tick_period(node: &Node) -> Duration {
 
 /// Runs a connection to its end.
 ///
-/// The connection's first task runs the handshake, then hands the session to a task of
-/// its own ([`park::Live::run`]), which parks while idle. Both futures' sizes count per
-/// busy connection: they are async blocks rather than async fns (whose state keeps its
-/// arguments twice), the session lives on the heap, and the short-lived handshake and
-/// close futures are boxed.
+/// The connection's first task runs the handshake, then parks the session or hands it
+/// to a task of its own ([`park::Live::start`]); that task parks it while idle. Both
+/// futures' sizes count per busy connection: they are async blocks rather than async fns
+/// (whose state keeps its arguments twice), the session lives on the heap, and the
+/// short-lived handshake and close futures are boxed.
 // Deliberately not `async fn`: see the doc comment (the state's size).
 #[allow(clippy::manual_async_fn)]
 pub fn run<T: Transport + 'static>(
@@ -127,12 +127,9 @@ pub fn run<T: Transport + 'static>(
         let handshake = Box::pin(handshake(&node, &mut transport, &conn)).await;
         drop(conn.handshake.take());
         match handshake {
-            // In a task of its own: this one's state is mostly the handshake's, and the
-            // session's parks (see `park`), so nothing idle keeps it.
-            Ok(session) => {
-                let tasks = node.tasks.clone();
-                tasks.spawn(enter(node, transport, conn, session).run());
-            }
+            // Not in this task, whose state is mostly the handshake's: the session parks
+            // at once, or gets a task of its own (see `park`), so nothing idle keeps it.
+            Ok(session) => enter(node, transport, conn, session).start(),
             Err(exit) => {
                 Box::pin(finish(&node, &mut transport, exit)).await;
                 gauge.dec();

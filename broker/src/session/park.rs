@@ -49,6 +49,24 @@ pub(super) enum Served {
 }
 
 impl<T: Transport + 'static> Live<T> {
+    /// Starts serving a session just past its handshake: its queued `connected` is
+    /// written at once and the session parks, without a task, while the client has not
+    /// sent more (it usually waits for that answer); otherwise a task of its own serves it.
+    pub(super) fn start(mut self) {
+        if self.transport.parks() {
+            // (`serve` sets it each time it starts; a session parked before it ever
+            // served needs it for its first ping.)
+            self.session.set_timer();
+            self.session.handle.outbound.write_now();
+            match park(self) {
+                None => return,
+                Some(live) => self = live,
+            }
+        }
+        let tasks = self.node.tasks.clone();
+        tasks.spawn(self.run());
+    }
+
     /// Serves the session until it ends or parks, then (at its end) cleans up, says
     /// goodbye and closes. An async block, not an async fn: see `session::run`.
     // Deliberately not `async fn`: the state's size.

@@ -172,7 +172,7 @@ impl Session {
 
     /// Asks the node's ticker to wake this session at its next deadline: a ping, a pong
     /// overdue, the token's expiry, or the end of a busy session's stay awake.
-    fn set_timer(&self) {
+    pub(super) fn set_timer(&self) {
         let mut at = self.next_ping_ms.min(self.expires_at_ms);
         if let Some(pong_due) = self.pong_due_ms() {
             at = at.min(pong_due);
