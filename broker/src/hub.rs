@@ -66,9 +66,10 @@ impl Subscribers {
         self.fan_out_deferring(now_ms, |i, peer, _| each(i, peer));
     }
 
-    /// [`Subscribers::fan_out`], giving `each` the pushing thread's direct mode when the
-    /// channel is large and quiet: a publication's pushes may then be deferred
-    /// ([`outbound::Outbound::push_deferred`]).
+    /// [`Subscribers::fan_out`], giving `each` the pushing thread's mode when a
+    /// publication's pushes may be deferred ([`outbound::Outbound::push_deferred`]): the
+    /// channel is large and quiet, or it is quiet and the pushing session is handling a
+    /// read that brought several frames ([`outbound::deferral`]).
     fn fan_out_deferring(
         &mut self,
         now_ms: u64,
@@ -78,8 +79,9 @@ impl Subscribers {
         let conns = &self.conns;
         // Read here: the fan-out below turns direct writes off for a large channel.
         let defer = match verdict {
-            load::Verdict::Large => outbound::direct_mode(),
-            _ => None,
+            load::Verdict::Large => outbound::deferral(true),
+            load::Verdict::Direct => outbound::deferral(false),
+            load::Verdict::Busy => None,
         };
         let mut run = || {
             for (i, peer) in conns.values().enumerate() {

@@ -75,14 +75,18 @@ pub trait HasOutbound: Send + Sync {
     fn outbound(&self) -> &Outbound;
 }
 
-/// This thread's direct mode, when it is in one ([`direct_writes`]): read before a
-/// large channel's fan-out (which turns direct writes off) to know which pushes it may
-/// defer ([`Outbound::push_deferred`]).
-pub fn direct_mode() -> Option<DirectMode> {
-    MODE.get().map(|mode| DirectMode(mode.own))
+/// This thread's mode when its pushes to a channel may be deferred
+/// ([`Outbound::push_deferred`]): a large channel's in either mode, and any channel's in
+/// [`deferring`] mode (a read that brought several frames: each subscriber then gets the
+/// read's frames in one write, and no writer is woken for them). Read before the
+/// fan-out, which may turn direct writes off.
+pub fn deferral(large: bool) -> Option<DirectMode> {
+    MODE.get()
+        .filter(|mode| large || !mode.direct)
+        .map(|mode| DirectMode(mode.own))
 }
 
-/// See [`direct_mode`]: the address of the session's own queue.
+/// See [`deferral`]: the address of the session's own queue.
 #[derive(Debug, Clone, Copy)]
 pub struct DirectMode(usize);
 
@@ -285,7 +289,7 @@ impl Outbound {
     }
 
     /// Queues a frame of a large channel's fan-out made in direct or deferring mode
-    /// ([`direct_mode`] says when), without waking the writer: when the queue is empty,
+    /// ([`deferral`] says when), without waking the writer: when the queue is empty,
     /// the frame is set aside with `holder` (this queue's owner) on the thread's list;
     /// when the thread flushes ([`flush_deferred`]) it writes the frame and whatever
     /// queued behind it to the socket itself, or wakes the writer.

@@ -234,3 +234,50 @@ async fn a_large_quiet_channel_defers_its_fan_out_to_the_end_of_the_request() {
         assert_eq!(got[0]["type"], "message");
     }
 }
+
+#[tokio::test]
+async fn a_read_of_several_frames_defers_a_small_channels_fan_out_to_its_end() {
+    let hub = Hub::new(Arc::new(MemoryHistory::new()));
+    let ns = ns(0, false);
+    let ch = ChannelName::parse("chat:room").unwrap();
+    let peers: Vec<_> = (1..=3).map(peer).collect();
+    for p in &peers {
+        join(&hub, &ns, &ch, p).unwrap();
+        drain(p).await;
+    }
+    let publisher = &peers[0];
+    let d = data();
+    // A parked writer's waker counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let woken = Arc::new(Count(Default::default()));
+    assert!(
+        !peers[1]
+            .outbound
+            .park(&std::task::Waker::from(woken.clone()))
+    );
+    // Two publications in one read (deferring mode): queued for the others, who are
+    // not woken until the read's flush; the publisher's own copy goes to its writer.
+    crate::outbound::deferring(&publisher.outbound, || {
+        publish(&hub, &ns, &ch, Some("u1"), &d);
+        publish(&hub, &ns, &ch, Some("u1"), &d);
+    });
+    assert!(peers.iter().all(|p| p.outbound.depth() == 2));
+    assert_eq!(woken.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    crate::outbound::flush_deferred();
+    assert_eq!(
+        woken.0.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "woken once"
+    );
+    for p in &peers {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), drain(p))
+            .await
+            .expect("a deferred writer was never woken");
+        assert_eq!(got.len(), 2);
+    }
+}
