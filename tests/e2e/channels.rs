@@ -334,12 +334,8 @@ async fn a_large_channel_gets_every_publication_in_order_when_one_read_brings_se
         .map(|mut c| tokio::spawn(async move { c.messages("chat:large", PUBLICATIONS).await }));
     for got in futures_util::future::join_all(readers).await {
         let got = got.unwrap();
-        let ns: Vec<u64> = got
-            .iter()
-            .map(|m| m["data"]["n"].as_u64().unwrap())
-            .collect();
         assert_eq!(
-            ns,
+            data_ns(&got),
             (0..PUBLICATIONS as u64).collect::<Vec<_>>(),
             "out of order or missing"
         );

@@ -365,12 +365,8 @@ async fn a_reader_that_stalls_is_cut_off_by_bytes_while_others_get_everything() 
         }
     }
     let got = reader.await.unwrap();
-    let ns: Vec<u64> = got
-        .iter()
-        .map(|m| m["data"]["n"].as_u64().unwrap())
-        .collect();
     assert_eq!(
-        ns,
+        data_ns(&got),
         (0..PUBLICATIONS as u64).collect::<Vec<_>>(),
         "the reader missed some"
     );

@@ -30,7 +30,7 @@ mod wt;
 pub use broker::TestBroker;
 pub use browser::Browser;
 pub use builder::Builder;
-pub use client::Client;
+pub use client::{Client, data_ns};
 pub use command::{run_hookwire, run_hookwire_in, run_hookwire_within};
 pub use nats::TestNats;
 pub use raw_client::RawClient;

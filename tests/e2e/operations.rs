@@ -190,12 +190,8 @@ async fn sigterm_drains_every_client_with_1012_after_what_was_queued_and_exits_0
     assert!(saw_503, "/ready never answered 503 while draining");
     for c in &mut clients {
         let got = c.messages("chat:drain", 50).await;
-        let ns: Vec<u64> = got
-            .iter()
-            .map(|m| m["data"]["n"].as_u64().unwrap())
-            .collect();
         assert_eq!(
-            ns,
+            data_ns(&got),
             (0..50).collect::<Vec<_>>(),
             "nothing queued before SIGTERM is lost"
         );

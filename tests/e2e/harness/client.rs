@@ -360,3 +360,11 @@ impl Client {
         }
     }
 }
+
+/// The `data.n` of each message, in order (tests publish `{"n": i}` to check order).
+pub fn data_ns(messages: &[Value]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| m["data"]["n"].as_u64().expect("a message with data.n"))
+        .collect()
+}
