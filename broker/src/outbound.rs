@@ -27,7 +27,6 @@
 //! several frames defers in [`deferring`] mode and flushes once, at the end of the read,
 //! so the frames of several publications leave in one write per subscriber).
 
-use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -40,137 +39,11 @@ use parking_lot::Mutex;
 use crate::protocol::{CloseCode, Disconnect, EncodedFrame};
 use crate::transport::{Direct, DirectWrite};
 
-thread_local! {
-    /// This thread's mode (see [`direct_writes`] and [`deferring`]), or `None` when its
-    /// pushes may neither write directly nor defer.
-    static MODE: Cell<Option<Mode>> = const { Cell::new(None) };
-    /// Queues that [`Outbound::push_deferred`] filled or set a frame aside for, without
-    /// waking their writer: this thread writes them (or wakes their writer) at
-    /// [`flush_deferred`]. Its room is kept between flushes, up to [`DEFERRED_KEPT`].
-    static DEFERRED: RefCell<Vec<Deferred>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The deferred list's room kept between flushes, in entries (a larger fan-out's list is
-/// given back: its cost is spread over that many deliveries).
-const DEFERRED_KEPT: usize = 1_024;
-
-/// A thread's mode: the address of the session's own queue (never deferred to nor
-/// written directly: its writer sends it with the replies), and whether pushes may
-/// write directly (a read that brought one frame) or only defer.
-#[derive(Debug, Clone, Copy)]
-struct Mode {
-    own: usize,
-    direct: bool,
-}
-
-/// A queue on a thread's deferred list, with the frame set aside for it (`None`: the
-/// frames are in the queue).
-struct Deferred {
-    holder: Arc<dyn HasOutbound>,
-    frame: Option<EncodedFrame>,
-}
-
-/// What holds a connection's [`Outbound`] (its handle), kept until a deferred flush.
-pub trait HasOutbound: Send + Sync {
-    fn outbound(&self) -> &Outbound;
-}
-
-/// This thread's mode when its pushes to a channel may be deferred
-/// ([`Outbound::push_deferred`]): a large channel's in either mode, and any channel's in
-/// [`deferring`] mode (a read that brought several frames: each subscriber then gets the
-/// read's frames in one write, and no writer is woken for them). Read before the
-/// fan-out, which may turn direct writes off.
-pub fn deferral(large: bool) -> Option<DirectMode> {
-    MODE.get()
-        .filter(|mode| large || !mode.direct)
-        .map(|mode| DirectMode(mode.own))
-}
-
-/// See [`deferral`]: the address of the session's own queue.
-#[derive(Debug, Clone, Copy)]
-pub struct DirectMode(usize);
-
-impl DirectMode {
-    /// Whether a push to `outbound` may be deferred: any queue but the session's own
-    /// (which its writer sends in one batch with the replies).
-    pub fn may_defer(self, outbound: &Outbound) -> bool {
-        self.0 != outbound as *const Outbound as usize
-    }
-}
-
-/// Runs `f` with direct writes allowed for the pushes it makes on this thread, except to
-/// `own`: the session's own queue, which its writer is about to write in one batch with
-/// the replies. `f` must not await (the mode belongs to the thread, not to a task).
-pub fn direct_writes<R>(own: *const Outbound, f: impl FnOnce() -> R) -> R {
-    // What `f` deferred is flushed however `f` ends.
-    let _flush = FlushGuard;
-    // Only its address is kept, to compare: it is never read through.
-    with_mode(
-        Some(Mode {
-            own: own as usize,
-            direct: true,
-        }),
-        f,
-    )
-}
-
-/// Runs `f` with a large channel's fan-out deferred ([`Outbound::push_deferred`]) but no
-/// direct writes (a session handling a read that brought several frames: their
-/// publications' fan-outs to small channels are queued for the subscribers' writers,
-/// which gather them). Unlike [`direct_writes`], nothing is flushed when `f` returns:
-/// the caller calls [`flush_deferred`] once the read is handled, and before it awaits
-/// anything (the list belongs to the thread). `f` must not await.
-pub fn deferring<R>(own: *const Outbound, f: impl FnOnce() -> R) -> R {
-    with_mode(
-        Some(Mode {
-            own: own as usize,
-            direct: false,
-        }),
-        f,
-    )
-}
-
-/// Flushes what this thread deferred ([`flush_deferred`]) when dropped, however the
-/// scope it guards ends (a writer is never left asleep over frames queued for it).
-pub struct FlushGuard;
-
-impl Drop for FlushGuard {
-    fn drop(&mut self) {
-        flush_deferred();
-    }
-}
-
-/// Writes (or hands to their writers) the queues this thread deferred.
-pub fn flush_deferred() {
-    let mut list = DEFERRED.take();
-    for Deferred { holder, frame } in list.drain(..) {
-        holder.outbound().flush_or_wake(frame);
-    }
-    if list.capacity() <= DEFERRED_KEPT {
-        DEFERRED.with_borrow_mut(|kept| {
-            if kept.capacity() == 0 {
-                *kept = list;
-            }
-        });
-    }
-}
-
-/// Runs `f` with direct writes off for the pushes it makes on this thread (a busy
-/// channel's fan-out, see `hub::load`).
-pub fn without_direct_writes<R>(f: impl FnOnce() -> R) -> R {
-    with_mode(None, f)
-}
-
-fn with_mode<R>(mode: Option<Mode>, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Mode>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            MODE.set(self.0);
-        }
-    }
-    let _restore = Restore(MODE.replace(mode));
-    f()
-}
+mod mode;
+pub use mode::{
+    DirectMode, FlushGuard, HasOutbound, deferral, deferring, direct_writes, flush_deferred,
+    without_direct_writes,
+};
 
 pub struct Outbound {
     state: Mutex<State>,
@@ -314,13 +187,7 @@ impl Outbound {
                 state.probe = probe;
             }
             drop(state);
-            let frame = Some(frame);
-            DEFERRED.with_borrow_mut(|d| {
-                d.push(Deferred {
-                    holder: holder(),
-                    frame,
-                })
-            });
+            mode::defer(holder(), Some(frame));
             return Push::Queued;
         }
         // Behind a frame set aside (by this thread or another), or for a writer at work.
@@ -328,12 +195,7 @@ impl Outbound {
         drop(state);
         match wake {
             Wake::No => {}
-            Wake::First => DEFERRED.with_borrow_mut(|d| {
-                d.push(Deferred {
-                    holder: holder(),
-                    frame: None,
-                })
-            }),
+            Wake::First => mode::defer(holder(), None),
             Wake::Closing => self.writer.wake(),
         }
         pushed
@@ -436,9 +298,7 @@ impl Outbound {
             && !state.writer_holds
             && !state.unfinished
             && !state.deferred
-            && MODE
-                .get()
-                .is_some_and(|mode| mode.direct && mode.own != self as *const Outbound as usize)
+            && mode::may_write_directly(self)
         {
             match socket.try_write(&frame) {
                 Direct::Written => {
