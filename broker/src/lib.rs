@@ -50,3 +50,9 @@ pub mod server;
 pub mod session;
 pub mod transport;
 pub mod validation;
+
+/// `n` as a `u32`, `u32::MAX` when larger: sizes and bounds kept in 4 bytes where they
+/// sit in every connection.
+pub(crate) fn clamp_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

@@ -18,14 +18,15 @@
 //! it ([`DirectWrite`]): no wake-up of the connection's task, no second thread. Under
 //! load the pushes queue as above, so the writer gathers many frames into one write.
 //!
-//! A large channel's fan-out in direct mode is deferred instead ([`Outbound::push_deferred`]):
-//! under the channel's lock each frame is only set aside (in the thread's list, when the
-//! queue is empty: no allocation, no wake-up), and when the pushing session's read is
-//! handled (no lock held any more) the thread writes each such queue to its socket
-//! itself, in order, waking the writer only for what the socket did not take
-//! ([`direct_writes`] ends with that flush; a session handling a read that brought
-//! several frames defers in [`deferring`] mode and flushes once, at the end of the read,
-//! so the frames of several publications leave in one write per subscriber).
+//! A large channel's fan-out in direct mode is deferred instead ([`Outbound::push_deferred`]),
+//! and so is any quiet channel's while a session handles a read that brought several
+//! frames ([`deferring`] mode; [`deferral`] says which): under the channel's lock each
+//! frame is only set aside (in the thread's list, when the queue is empty: no allocation,
+//! no wake-up) or queued behind one, and once the pushing session's request
+//! ([`direct_writes`]) or read ([`flush_deferred`]) is handled, no lock held any more,
+//! the thread writes each such queue to its socket itself, in order and in as few writes
+//! as it can (the read's frames in one per subscriber), waking the writer only for what
+//! the socket did not take.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use std::time::Instant;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
+use crate::clamp_u32;
 use crate::protocol::{CloseCode, Disconnect, EncodedFrame};
 use crate::transport::{Direct, DirectWrite};
 
@@ -131,8 +133,8 @@ impl Outbound {
                 deferred: false,
             }),
             writer: AtomicWaker::new(),
-            limit: u32::try_from(limit).unwrap_or(u32::MAX),
-            limit_bytes: u32::try_from(limit_bytes).unwrap_or(u32::MAX),
+            limit: clamp_u32(limit),
+            limit_bytes: clamp_u32(limit_bytes),
             depth: AtomicUsize::new(0),
             due_ms: AtomicU64::new(u64::MAX),
             direct: None,
@@ -161,8 +163,8 @@ impl Outbound {
         self.push_inner(frame, Some(accepted_at))
     }
 
-    /// Queues a frame of a large channel's fan-out made in direct or deferring mode
-    /// ([`deferral`] says when), without waking the writer: when the queue is empty,
+    /// Queues a frame of a fan-out the pushing thread may defer ([`deferral`] says
+    /// when), without waking the writer: when the queue is empty,
     /// the frame is set aside with `holder` (this queue's owner) on the thread's list;
     /// when the thread flushes ([`flush_deferred`]) it writes the frame and whatever
     /// queued behind it to the socket itself, or wakes the writer.
@@ -224,9 +226,7 @@ impl Outbound {
                     Direct::Written => {
                         let probe = state.probe.take();
                         drop(state);
-                        if let Some(accepted_at) = probe {
-                            latency.observe(accepted_at.elapsed().as_secs_f64());
-                        }
+                        observe_written(latency, probe);
                         return;
                     }
                     Direct::Begun => {
@@ -244,9 +244,7 @@ impl Outbound {
                 self.writer.wake();
                 return;
             }
-            state.bytes = state
-                .bytes
-                .saturating_add(u32::try_from(frame.len()).unwrap_or(u32::MAX));
+            state.bytes = state.bytes.saturating_add(clamp_u32(frame.len()));
             state.frames.push_front(frame);
             self.depth.store(state.frames.len(), Ordering::Relaxed);
         } else if state.deferred {
@@ -270,7 +268,10 @@ impl Outbound {
             if socket.try_write_queued(&mut state.frames) == Direct::Begun {
                 state.unfinished = true;
             }
-            state.bytes = state.frames.iter().map(|f| f.len() as u32).sum();
+            state.bytes = state
+                .frames
+                .iter()
+                .fold(0, |sum, f| sum.saturating_add(clamp_u32(f.len())));
             self.depth.store(state.frames.len(), Ordering::Relaxed);
             if state.frames.is_empty() && !state.unfinished {
                 // Everything went: no buffer kept, and the probed publication's
@@ -278,9 +279,7 @@ impl Outbound {
                 state.frames = VecDeque::new();
                 let probe = state.probe.take();
                 drop(state);
-                if let Some(accepted_at) = probe {
-                    latency.observe(accepted_at.elapsed().as_secs_f64());
-                }
+                observe_written(latency, probe);
                 return;
             }
         }
@@ -303,9 +302,7 @@ impl Outbound {
             match socket.try_write(&frame) {
                 Direct::Written => {
                     drop(state);
-                    if let Some(accepted_at) = probe {
-                        latency.observe(accepted_at.elapsed().as_secs_f64());
-                    }
+                    observe_written(latency, probe);
                     return Push::Queued;
                 }
                 Direct::Begun => {
@@ -357,9 +354,7 @@ impl Outbound {
         // Behind a frame set aside, the flushing thread wakes the writer if need be.
         let was_empty = state.frames.is_empty() && !state.deferred;
         // (Within `limit_bytes`, a u32, plus one frame: frames are far smaller.)
-        state.bytes = state
-            .bytes
-            .saturating_add(u32::try_from(frame.len()).unwrap_or(u32::MAX));
+        state.bytes = state.bytes.saturating_add(clamp_u32(frame.len()));
         state.frames.push_back(frame);
         if probe.is_some() {
             state.probe = probe;
@@ -516,6 +511,13 @@ impl Outbound {
             .as_deref()
             .filter(|d| d.code == CloseCode::SlowConsumer)
             .cloned()
+    }
+}
+
+/// A directly written publication's end-to-end latency, when it was the probed one.
+fn observe_written(latency: &prometheus::Histogram, probe: Option<Instant>) {
+    if let Some(accepted_at) = probe {
+        latency.observe(accepted_at.elapsed().as_secs_f64());
     }
 }
 

@@ -82,10 +82,10 @@ pub fn direct_writes<R>(own: *const Outbound, f: impl FnOnce() -> R) -> R {
     )
 }
 
-/// Runs `f` with a large channel's fan-out deferred ([`Outbound::push_deferred`]) but no
-/// direct writes (a session handling a read that brought several frames: their
-/// publications' fan-outs to small channels are queued for the subscribers' writers,
-/// which gather them). Unlike [`direct_writes`], nothing is flushed when `f` returns:
+/// Runs `f` with every quiet channel's fan-out deferred ([`Outbound::push_deferred`];
+/// a busy channel's is queued for its writers) and no direct writes: a session handling
+/// a read that brought several frames, whose fan-outs then leave in one write per
+/// subscriber at the flush. Unlike [`direct_writes`], nothing is flushed when `f` returns:
 /// the caller calls [`flush_deferred`] once the read is handled, and before it awaits
 /// anything (the list belongs to the thread). `f` must not await.
 pub fn deferring<R>(own: *const Outbound, f: impl FnOnce() -> R) -> R {

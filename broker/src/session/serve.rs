@@ -74,8 +74,9 @@ impl Session {
                     // answers leave in one batch. A read that brought one frame says
                     // traffic is light: what it publishes is written directly to idle
                     // subscribers' sockets (see `outbound`), no task woken for each. A
-                    // large channel's fan-out is deferred either way, and written once
-                    // the read is handled: several publications in one write each.
+                    // large channel's fan-out is deferred either way, and so is every
+                    // quiet channel's when the read brought several frames: written once
+                    // the read is handled, several publications in one write each.
                     let flush = crate::outbound::FlushGuard;
                     let mut next = Some(inbound);
                     let mut more = READ_AHEAD;
@@ -155,8 +156,8 @@ impl Session {
         result.map_err(|_| Exit::Gone("write failed"))
     }
 
-    /// [`Session::on_inbound`]; with direct writes allowed when the frame came `alone`,
-    /// and a large channel's fan-out deferred either way (see `outbound`).
+    /// [`Session::on_inbound`]; with direct writes allowed when the frame came `alone`, and
+    /// fan-outs deferred otherwise (a large channel's either way; see `outbound`).
     fn on_inbound_maybe_direct(
         &mut self,
         inbound: crate::transport::Inbound,

@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::codec::{self, FrameError, MAX_HEADER, Opcode};
+use crate::clamp_u32;
 use crate::protocol::{CloseCode, EncodedFrame};
 use crate::transport::{Direct, DirectWrite, Inbound, Transport, TransportKind, WriteError};
 
@@ -64,10 +65,6 @@ pub struct WsTransport {
     eof: bool,
     /// Nothing more is handled: the client closed, or sent what cannot be read past.
     ended: bool,
-}
-
-fn clamp_u32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// A directly written frame up to this size (header included) is copied into one buffer.
@@ -107,73 +104,58 @@ impl WriteSide {
     }
 }
 
-impl DirectWrite for Writes {
+impl Writes {
+    /// Runs `write` with the write side and the socket, when a direct write may go now:
+    /// nobody else is writing (a session writing a ping or a pong holds the lock: the
+    /// frames queue instead), the socket is open, no close went, no frame is half written.
     // The one unsafe line borrows the socket's descriptor from another thread; see its
     // SAFETY note.
     #[allow(unsafe_code)]
-    fn try_write(&self, frame: &EncodedFrame) -> Direct {
-        // A session writing (a ping, a pong) holds the lock: the frame queues instead.
+    fn with_socket(
+        &self,
+        write: impl FnOnce(&mut WriteSide, &socket2::SockRef<'_>) -> Direct,
+    ) -> Direct {
         let Some(mut side) = self.side.try_lock() else {
             return Direct::Not;
         };
         if !side.open || side.close_sent || side.partial.is_some() {
             return Direct::Not;
         }
-        let mut header = [0u8; MAX_HEADER];
-        let len = codec::header(Opcode::Text, frame.len(), &mut header);
         // SAFETY: `open` is true and we hold the lock, so the transport has not closed
         // the socket: the descriptor is this connection's.
         let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        let socket = socket2::SockRef::from(&fd);
-        // A small frame is copied whole into the thread's buffer: a plain `send` costs
-        // less than `sendmsg` with two slices.
-        let sent = if len + frame.len() <= DIRECT_COPY_MAX {
-            GATHER.with_borrow_mut(|buf| {
-                buf.clear();
-                buf.extend_from_slice(&header[..len]);
-                buf.extend_from_slice(frame.as_bytes());
-                socket.send(buf)
-            })
-        } else {
-            socket.send_vectored(&[IoSlice::new(&header[..len]), IoSlice::new(frame.as_bytes())])
-        };
-        // A socket that would block, or failed: the writer finds out when it writes.
-        let Ok(n) = sent else {
-            return Direct::Not;
-        };
-        if n == 0 {
-            return Direct::Not;
-        }
-        if n == len + frame.len() {
-            return Direct::Written;
-        }
-        let mut partial = Partial::new(Opcode::Text, frame.bytes());
-        partial.written = n;
-        side.partial = Some(Box::new(partial));
-        Direct::Begun
+        write(&mut side, &socket2::SockRef::from(&fd))
+    }
+}
+
+impl DirectWrite for Writes {
+    fn try_write(&self, frame: &EncodedFrame) -> Direct {
+        self.with_socket(|side, socket| {
+            let whole = codec::header_len(frame.len()) + frame.len();
+            match send_gathered(socket, std::iter::once(frame), DIRECT_COPY_MAX) {
+                Ok(n) if n == whole => Direct::Written,
+                Ok(n) if n > 0 => {
+                    side.partial = Some(Box::new(Partial::begun(frame.bytes(), n)));
+                    Direct::Begun
+                }
+                // A socket that would block, or failed: the writer finds out when it writes.
+                _ => Direct::Not,
+            }
+        })
     }
 
-    // As `try_write`, for several frames: gathered, up to `DIRECT_COPY_MAX` bytes a write.
-    #[allow(unsafe_code)]
     fn try_write_queued(&self, frames: &mut VecDeque<EncodedFrame>) -> Direct {
-        let Some(mut side) = self.side.try_lock() else {
-            return Direct::Not;
-        };
-        if !side.open || side.close_sent || side.partial.is_some() {
-            return Direct::Not;
-        }
-        // SAFETY: as in `try_write`: `open` is true and we hold the lock.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        let socket = socket2::SockRef::from(&fd);
-        while !frames.is_empty() {
-            match write_front(&mut side, &socket, frames, DIRECT_COPY_MAX) {
-                Ok(n) if n > 0 && side.partial.is_none() => {}
-                Ok(n) if n > 0 => return Direct::Begun,
-                // A socket that would block, or failed: the writer finds out when it writes.
-                _ => return Direct::Not,
+        self.with_socket(|side, socket| {
+            while !frames.is_empty() {
+                match write_front(side, socket, frames, DIRECT_COPY_MAX) {
+                    Ok(n) if n > 0 && side.partial.is_none() => {}
+                    Ok(n) if n > 0 => return Direct::Begun,
+                    // As in `try_write`.
+                    _ => return Direct::Not,
+                }
             }
-        }
-        Direct::Written
+            Direct::Written
+        })
     }
 }
 
@@ -194,6 +176,14 @@ impl Partial {
             header_len,
             payload,
             written: 0,
+        }
+    }
+
+    /// A text frame of which the socket took the first `written` bytes.
+    fn begun(payload: Bytes, written: usize) -> Self {
+        Self {
+            written,
+            ..Self::new(Opcode::Text, payload)
         }
     }
 
@@ -430,8 +420,7 @@ impl Sink for socket2::SockRef<'_> {
     }
 }
 
-/// Writes the front of `batch` in one write: small frames gathered in the thread's buffer
-/// (up to `limit` bytes), a large one as header and payload slices. Frames written are
+/// Writes the front of `batch` in one write ([`send_gathered`]). Frames written are
 /// popped; one the socket took only part of becomes `side.partial`. Returns the bytes
 /// written; the caller made sure no frame is partly written already.
 fn write_front(
@@ -441,27 +430,7 @@ fn write_front(
     limit: usize,
 ) -> io::Result<usize> {
     debug_assert!(side.partial.is_none());
-    let Some(front) = batch.front() else {
-        return Ok(0);
-    };
-    let mut header = [0u8; MAX_HEADER];
-    let wrote = if codec::header_len(front.len()) + front.len() > limit {
-        let len = codec::header(Opcode::Text, front.len(), &mut header);
-        sink.write_vectored(&[IoSlice::new(&header[..len]), IoSlice::new(front.as_bytes())])?
-    } else {
-        GATHER.with_borrow_mut(|buf| {
-            buf.clear();
-            for frame in batch.iter() {
-                let len = codec::header(Opcode::Text, frame.len(), &mut header);
-                if buf.len() + len + frame.len() > limit {
-                    break;
-                }
-                buf.extend_from_slice(&header[..len]);
-                buf.extend_from_slice(frame.as_bytes());
-            }
-            sink.write(buf)
-        })?
-    };
+    let wrote = send_gathered(sink, batch.iter(), limit)?;
     let mut n = wrote;
     while n > 0 {
         let frame = batch
@@ -469,14 +438,45 @@ fn write_front(
             .expect("written bytes belong to queued frames");
         let whole = codec::header_len(frame.len()) + frame.len();
         if n < whole {
-            let mut partial = Partial::new(Opcode::Text, frame.bytes());
-            partial.written = n;
-            side.partial = Some(Box::new(partial));
+            side.partial = Some(Box::new(Partial::begun(frame.bytes(), n)));
             break;
         }
         n -= whole;
     }
     Ok(wrote)
+}
+
+/// Sends the first of `frames` and as many after it as fit in `limit` bytes, framed, in
+/// one write: small frames gathered in the thread's buffer (a plain `send` costs less
+/// than `sendmsg` with many slices), a first frame larger than `limit` alone as header
+/// and payload slices, without a copy. Returns the bytes the socket took.
+fn send_gathered<'a>(
+    sink: &impl Sink,
+    frames: impl IntoIterator<Item = &'a EncodedFrame>,
+    limit: usize,
+) -> io::Result<usize> {
+    let mut frames = frames.into_iter().peekable();
+    let Some(first) = frames.peek() else {
+        return Ok(0);
+    };
+    let mut header = [0u8; MAX_HEADER];
+    if codec::header_len(first.len()) + first.len() > limit {
+        let len = codec::header(Opcode::Text, first.len(), &mut header);
+        return sink
+            .write_vectored(&[IoSlice::new(&header[..len]), IoSlice::new(first.as_bytes())]);
+    }
+    GATHER.with_borrow_mut(|buf| {
+        buf.clear();
+        for frame in frames {
+            let len = codec::header(Opcode::Text, frame.len(), &mut header);
+            if buf.len() + len + frame.len() > limit {
+                break;
+            }
+            buf.extend_from_slice(&header[..len]);
+            buf.extend_from_slice(frame.as_bytes());
+        }
+        sink.write(buf)
+    })
 }
 
 impl Transport for WsTransport {

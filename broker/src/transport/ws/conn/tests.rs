@@ -316,7 +316,7 @@ async fn direct_writes_and_the_sessions_writes_interleave_whole_frames() {
 /// before its own frames; no direct write goes while it is unfinished.
 #[tokio::test]
 async fn a_partial_direct_write_is_finished_before_anything_else() {
-    let (mut transport, mut client) = pair_with(true).await;
+    let (transport, mut client) = pair_with(true).await;
     let direct = transport.direct().unwrap();
     // Larger than the socket's buffers: the first write goes part way.
     let frames: Vec<EncodedFrame> = (0..20)
@@ -338,13 +338,23 @@ async fn a_partial_direct_write_is_finished_before_anything_else() {
     }
     assert!(begun, "no write was partial: this case was not tested");
     assert_eq!(direct.try_write(&frames[19]), Direct::Not);
+    the_session_finishes_and_every_frame_arrives(transport, &mut client, written).await;
+}
+
+/// The session writes one last frame (finishing a partly written one first), and the
+/// client reads `written` and that frame, whole and in order.
+async fn the_session_finishes_and_every_frame_arrives(
+    mut transport: WsTransport,
+    client: &mut WebSocketStream<TcpStream>,
+    mut written: Vec<String>,
+) {
     let last = EncodedFrame::from_json("\"last\"".to_string());
     written.push(last.as_str().to_string());
     let server = tokio::spawn(async move {
         transport.send(&mut [last].into()).await.unwrap();
         transport
     });
-    let got = read_texts(&mut client, written.len()).await;
+    let got = read_texts(client, written.len()).await;
     assert!(got == written, "frames arrived changed or out of order");
     drop(server.await.unwrap());
 }
@@ -354,7 +364,7 @@ async fn a_partial_direct_write_is_finished_before_anything_else() {
 /// part of, which the session then finishes before its own frames.
 #[tokio::test]
 async fn queued_frames_written_directly_arrive_whole_and_in_order() {
-    let (mut transport, mut client) = pair_with(true).await;
+    let (transport, mut client) = pair_with(true).await;
     let direct = transport.direct().unwrap();
     let frame = |s: String| EncodedFrame::from_json(format!("\"{s}\""));
     let mut small: VecDeque<EncodedFrame> = (0..50).map(|i| frame(i.to_string())).collect();
@@ -374,15 +384,7 @@ async fn queued_frames_written_directly_arrive_whole_and_in_order() {
         Direct::Not,
         "a partial write first"
     );
-    let last = frame("last".to_string());
-    expected.push(last.as_str().to_string());
-    let server = tokio::spawn(async move {
-        transport.send(&mut [last].into()).await.unwrap();
-        transport
-    });
-    let got = read_texts(&mut client, expected.len()).await;
-    assert!(got == expected, "frames arrived changed or out of order");
-    drop(server.await.unwrap());
+    the_session_finishes_and_every_frame_arrives(transport, &mut client, expected).await;
 }
 
 /// Nothing is written directly after the close frame, nor once the transport (and its
