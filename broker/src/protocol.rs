@@ -19,8 +19,8 @@ use bytes::Bytes;
 pub use codes::{CloseCode, Disconnect, ErrorCode, ErrorReply};
 pub use reply::{
     PresenceEntry, PublicationFields, Recovery, encode, encode_join, encode_leave, encode_message,
-    error_reply, history_reply, presence_reply, reply, reply_with_publications, subscribed_reply,
-    write_publication_json,
+    error_reply, history_reply, presence_reply, published_reply, reply, reply_with_publications,
+    subscribed_reply, write_publication_json,
 };
 pub(crate) use request::present_raw;
 pub use request::{
@@ -118,6 +118,9 @@ mod tests {
         assert!(check_depth(&nested(MAX_DATA_DEPTH + 1)).is_err());
         let in_string = format!(r#"{{"a":"{}\"{}"}}"#, "[".repeat(500), "{".repeat(500));
         assert!(check_depth(&in_string).is_ok(), "{in_string}");
+        // More openers than the cap, but side by side: walked, and shallow.
+        let siblings = format!("[{}]", vec!["{}"; 3 * MAX_DATA_DEPTH].join(","));
+        assert!(check_depth(&siblings).is_ok());
         let frame = format!(
             r#"{{"type":"publish","id":7,"channel":"chat:a","data":{}}}"#,
             nested(MAX_DATA_DEPTH + 1)
@@ -209,6 +212,70 @@ mod tests {
         assert_eq!(v["id"], 2);
         assert_eq!(v["publications"][1]["offset"], 9);
         assert!(v["publications"][0].get("type").is_none());
+    }
+
+    /// The hand-written encoders write exactly what serde_json writes for the same fields.
+    #[test]
+    fn message_and_published_encode_as_serde_json_would() {
+        #[derive(serde::Serialize)]
+        struct Message<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            channel: &'a str,
+            offset: u64,
+            ts: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            user: Option<&'a str>,
+            data: &'a RawValue,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            meta: Option<&'a RawValue>,
+        }
+        #[derive(serde::Serialize)]
+        struct Published<'a> {
+            channel: &'a str,
+            offset: u64,
+        }
+        let data = RawValue::from_string(r#"{"t":1,"p":"x\"y"}"#.into()).unwrap();
+        let meta = RawValue::from_string(r#"{"by":"bot"}"#.into()).unwrap();
+        let odd = "q\"uo\\te \u{1} tab\t é 😀 \u{7f}";
+        for channel in ["chat:a", "x", odd] {
+            for user in [None, Some("alice"), Some(""), Some(odd)] {
+                for meta in [None, Some(&*meta)] {
+                    for (offset, ts) in [(0, 0), (7, 1_796_069_492_123), (u64::MAX, u64::MAX)] {
+                        let fields = PublicationFields {
+                            channel,
+                            offset,
+                            ts,
+                            user,
+                            data: &data,
+                            meta,
+                        };
+                        let expected = serde_json::to_string(&Message {
+                            kind: "message",
+                            channel,
+                            offset,
+                            ts,
+                            user,
+                            data: &data,
+                            meta,
+                        })
+                        .unwrap();
+                        assert_eq!(encode_message(&fields).as_str(), expected);
+                    }
+                }
+            }
+            for id in [None, Some(1), Some(u64::MAX)] {
+                let expected = reply(
+                    id,
+                    "published",
+                    Published {
+                        channel,
+                        offset: 42,
+                    },
+                );
+                assert_eq!(published_reply(id, channel, 42).as_str(), expected.as_str());
+            }
+        }
     }
 
     #[test]

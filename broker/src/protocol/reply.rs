@@ -72,41 +72,69 @@ const MESSAGE_PREFIX: &str = r#"{"type":"message","#;
 
 /// Encodes the `message` push for a publication. The publication object itself is the
 /// same bytes without the `type` field, so history keeps one buffer for both
-/// ([`publication_json`]).
+/// ([`publication_json`]). Written field by field (the bytes serde_json would write for
+/// the same struct, a test checks): this runs once per publication, and the derived
+/// serializer escapes every field name and grows its buffer.
 pub fn encode_message(publication: &PublicationFields<'_>) -> EncodedFrame {
-    #[derive(Serialize)]
-    struct Message<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        channel: &'a str,
-        offset: u64,
-        ts: u64,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        user: Option<&'a str>,
-        data: &'a RawValue,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        meta: Option<&'a RawValue>,
-    }
     // The fixed part (field names, offset, ts) is under 96 bytes.
     let capacity = 96
         + publication.channel.len()
         + publication.user.map_or(0, str::len)
         + publication.data.get().len()
         + publication.meta.map_or(0, |m| m.get().len());
-    let frame = encode_sized(
-        &Message {
-            kind: "message",
-            channel: publication.channel,
-            offset: publication.offset,
-            ts: publication.ts,
-            user: publication.user,
-            data: publication.data,
-            meta: publication.meta,
-        },
-        capacity,
-    );
-    debug_assert!(frame.as_str().starts_with(MESSAGE_PREFIX));
-    frame
+    let mut out = Vec::with_capacity(capacity);
+    out.extend_from_slice(MESSAGE_PREFIX.as_bytes());
+    out.extend_from_slice(br#""channel":"#);
+    write_str(&mut out, publication.channel);
+    out.extend_from_slice(br#","offset":"#);
+    write_u64(&mut out, publication.offset);
+    out.extend_from_slice(br#","ts":"#);
+    write_u64(&mut out, publication.ts);
+    if let Some(user) = publication.user {
+        out.extend_from_slice(br#","user":"#);
+        write_str(&mut out, user);
+    }
+    out.extend_from_slice(br#","data":"#);
+    out.extend_from_slice(publication.data.get().as_bytes());
+    if let Some(meta) = publication.meta {
+        out.extend_from_slice(br#","meta":"#);
+        out.extend_from_slice(meta.get().as_bytes());
+    }
+    out.push(b'}');
+    EncodedFrame::from_serialized(out)
+}
+
+/// Encodes the `published` reply, as [`reply`] would (it runs once per publication).
+pub fn published_reply(id: Option<u64>, channel: &str, offset: u64) -> EncodedFrame {
+    let mut out = Vec::with_capacity(SMALL_FRAME + channel.len());
+    out.push(b'{');
+    if let Some(id) = id {
+        out.extend_from_slice(br#""id":"#);
+        write_u64(&mut out, id);
+        out.push(b',');
+    }
+    out.extend_from_slice(br#""type":"published","channel":"#);
+    write_str(&mut out, channel);
+    out.extend_from_slice(br#","offset":"#);
+    write_u64(&mut out, offset);
+    out.push(b'}');
+    EncodedFrame::from_serialized(out)
+}
+
+/// A JSON string as serde_json writes it: copied when nothing in it needs an escape
+/// (a quote, a backslash or a control character), else escaped by serde_json.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        serde_json::to_writer(out, s).expect("a string always serializes");
+        return;
+    }
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+fn write_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends the publication object held in a `message` push frame to `out`.

@@ -2,6 +2,7 @@
 //! then the token, the per-user connection count and the connect plugins decide, and the
 //! `connected` reply is queued.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use rand::Rng;
@@ -99,7 +100,7 @@ async fn first_frame<T: Transport>(
     node: &Node,
     transport: &mut T,
     conn: &ConnInfo,
-) -> Result<Result<Request, ParseError>, Exit> {
+) -> Result<Result<Request<'static>, ParseError>, Exit> {
     let deadline = conn.opened + node.settings.handshake_timeout;
     loop {
         let Ok(inbound) = tokio::time::timeout_at(deadline, transport.recv()).await else {
@@ -109,7 +110,10 @@ async fn first_frame<T: Transport>(
             )));
         };
         match inbound {
-            Inbound::Text(text) => return Ok(protocol::parse_request(super::utf8_text(&text)?)),
+            Inbound::Text(text) => {
+                let parsed = protocol::parse_request(super::utf8_text(&text)?);
+                return Ok(parsed.map(Request::into_owned));
+            }
             Inbound::Activity => continue,
             Inbound::Binary => {
                 return Ok(Err(ParseError {
@@ -126,13 +130,17 @@ async fn first_frame<T: Transport>(
 /// The first frame must be a valid `connect`; anything else is answered and closes 4001.
 async fn expect_connect<T: Transport>(
     transport: &mut T,
-    first: Result<Request, ParseError>,
+    first: Result<Request<'static>, ParseError>,
 ) -> Result<Connect, Exit> {
     match first {
         Ok(Request {
             id,
             body: RequestBody::Connect { token, name },
-        }) => Ok(Connect { id, token, name }),
+        }) => Ok(Connect {
+            id,
+            token: token.map(Cow::into_owned),
+            name: name.map(Cow::into_owned),
+        }),
         Ok(Request { id, body }) => {
             let err = ErrorReply::new(
                 ErrorCode::Unauthorized,

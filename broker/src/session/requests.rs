@@ -83,16 +83,7 @@ struct Channel<'a> {
 
 /// The `published` reply.
 fn published_frame(id: Option<u64>, accepted: &publish::Accepted) -> protocol::EncodedFrame {
-    #[derive(Serialize)]
-    struct Published<'a> {
-        channel: &'a str,
-        offset: u64,
-    }
-    let body = Published {
-        channel: accepted.channel.as_str(),
-        offset: accepted.offset,
-    };
-    protocol::reply(id, "published", body)
+    protocol::published_reply(id, accepted.channel.as_str(), accepted.offset)
 }
 
 /// Queues what a subscribe answers (under the channel's lock): the `subscribed` reply, or
