@@ -10,7 +10,6 @@
 //! publications. Lock order: hub shard → history shard → outbound queue. Nothing awaits
 //! while holding any of them.
 
-use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
@@ -18,7 +17,7 @@ use indexmap::IndexMap;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
-use crate::channel::{ChannelName, Namespace};
+use crate::channel::{ChannelName, NameMap, Namespace};
 use crate::history::{HistoryPolicy, HistoryStore, Page, Position, Query, ReadError, Sequenced};
 use crate::limits::RateLimits;
 use crate::outbound::{self, Push};
@@ -34,7 +33,7 @@ const SHARDS: usize = 64;
 
 #[derive(Default)]
 struct Shard {
-    channels: HashMap<ChannelName, Subscribers>,
+    channels: NameMap<ChannelName, Subscribers>,
 }
 
 /// A channel's subscribers here (by connection key), and its recent rate.
@@ -102,8 +101,9 @@ pub struct NewPublication<'a> {
     pub user: Option<&'a str>,
     pub data: &'a RawValue,
     pub meta: Option<&'a RawValue>,
-    /// When the pipeline accepted it; the last subscriber's writer reports the latency.
-    pub accepted_at: std::time::Instant,
+    /// When the pipeline accepted it, for a sampled publication
+    /// ([`crate::publish::latency_probe`]): the last subscriber's writer reports the latency.
+    pub probe: Option<std::time::Instant>,
 }
 
 /// What a publish did.
@@ -467,12 +467,13 @@ impl Hub {
                 let pushed = if volatile {
                     peer.push(&frame, true)
                 } else if defer.is_some_and(|m| m.may_defer(&peer.outbound)) {
-                    let probe = (i == last).then_some(publication.accepted_at);
+                    let probe = publication.probe.filter(|_| i == last);
                     let holder = || Arc::clone(peer) as Arc<dyn outbound::HasOutbound>;
                     peer.outbound.push_deferred(frame.clone(), probe, holder)
-                } else if i == last {
-                    peer.outbound
-                        .push_probed(frame.clone(), publication.accepted_at)
+                } else if i == last
+                    && let Some(accepted_at) = publication.probe
+                {
+                    peer.outbound.push_probed(frame.clone(), accepted_at)
                 } else {
                     peer.outbound.push(frame.clone())
                 };

@@ -100,6 +100,7 @@ pub struct Metrics {
     received_by_type: Vec<IntCounter>,
     published_by_source: [IntCounter; 4],
     messages_sent: IntCounter,
+    published_sent: IntCounter,
     pub deliveries: IntCounter,
     pub publish_latency: Histogram,
     disconnects: IntCounterVec,
@@ -188,6 +189,7 @@ impl Metrics {
         let published_by_source =
             PublicationSource::ALL.map(|s| publications.with_label_values(&[s.label()]));
         let messages_sent = frames_sent.with_label_values(&["message"]);
+        let published_sent = frames_sent.with_label_values(&["published"]);
         let history_evictions = IntCounterVec::new(
             opts(
                 "history_evictions_total",
@@ -221,6 +223,7 @@ impl Metrics {
             received_by_type,
             published_by_source,
             messages_sent,
+            published_sent,
             deliveries: IntCounter::with_opts(opts(
                 "deliveries_total",
                 "Publications queued for a local subscriber.",
@@ -468,6 +471,11 @@ impl Metrics {
             .position(|t| *t == kind)
             .unwrap_or(FRAME_TYPES.len() - 1);
         self.received_by_type[i].inc();
+    }
+
+    /// A `published` reply (one a publication: resolved once, like `message`).
+    pub fn published_sent(&self) {
+        self.published_sent.inc();
     }
 
     /// `kind` must be one of the protocol's server frame types (a bounded set).

@@ -110,6 +110,7 @@ pub fn truncate_utf8(s: &str, max: usize) -> &str {
 mod tests {
     use super::*;
     use serde_json::value::RawValue;
+    use std::borrow::Cow;
 
     #[test]
     fn data_nesting_is_capped_and_strings_do_not_count() {
@@ -161,6 +162,21 @@ mod tests {
             RequestBody::Publish { data, .. } => assert_eq!(data.get(), "null"),
             other => panic!("unexpected {other:?}"),
         }
+        // Strings borrow from the frame; one with escapes is unescaped into its own.
+        let text = r#"{"type":"publish","channel":"chat:a","data":{"x":1},"key":"k\u0031"}"#;
+        match parse_request(text).unwrap().body {
+            RequestBody::Publish { channel, data, key } => {
+                assert!(matches!(channel, Cow::Borrowed("chat:a")), "{channel:?}");
+                assert!(matches!(data, Cow::Borrowed(_)));
+                assert!(
+                    matches!(key, Some(Cow::Owned(ref k)) if k == "k1"),
+                    "{key:?}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let e = parse_request(r#"{"type":"subscribe","channel":null}"#).unwrap_err();
+        assert!(e.message.contains("needs a `channel`"), "{}", e.message);
         assert!(matches!(
             parse_request(r#"{"type":"ping"}"#).unwrap().body,
             RequestBody::Ping

@@ -103,7 +103,30 @@ struct Rest {
     publisher: Publisher,
     source: PublicationSource,
     channel: ChannelName,
-    accepted_at: Instant,
+    probe: Option<Instant>,
+}
+
+/// One publication in this many, per thread, is timed from acceptance to its last local
+/// subscriber's write (`hookwire_publish_latency_seconds`): a sample keeps the histogram's
+/// shape without two clock reads and a shared histogram update per publication.
+pub const LATENCY_SAMPLE_EVERY: u32 = 16;
+
+/// The acceptance time to carry when this publication is the thread's sample (the first
+/// on each thread, then every [`LATENCY_SAMPLE_EVERY`]th).
+pub fn latency_probe() -> Option<Instant> {
+    thread_local! {
+        static UNTIL_NEXT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    UNTIL_NEXT.with(|left| match left.get() {
+        0 => {
+            left.set(LATENCY_SAMPLE_EVERY - 1);
+            Some(Instant::now())
+        }
+        n => {
+            left.set(n - 1);
+            None
+        }
+    })
 }
 
 /// The answer to a publish once the node is draining.
@@ -219,7 +242,7 @@ impl Pipeline {
         if self.draining.load(Ordering::Relaxed) {
             return Err(draining());
         }
-        let accepted_at = Instant::now();
+        let probe = latency_probe();
         let (channel, ns) = access::resolve(&self.namespaces, req.channel)?;
         if let Source::Client { claims, user, .. } = req.source {
             access::can_publish(&ns, &channel, claims)?;
@@ -265,7 +288,7 @@ impl Pipeline {
                     publisher: req.source.publisher(),
                     source: req.source.metric(),
                     channel,
-                    accepted_at,
+                    probe,
                 },
             };
             // A chain of plugins that have all stayed fast runs here, like a publication
@@ -280,7 +303,7 @@ impl Pipeline {
             user: req.source.user(),
             data: req.data,
             meta: None,
-            accepted_at,
+            probe,
         };
         let publisher = req.source.publisher();
         let sequenced = self.sequence(&ns, publication, req.key, req.source.metric(), &publisher);
@@ -401,7 +424,7 @@ impl Pipeline {
             publisher,
             source,
             channel,
-            accepted_at,
+            probe,
         } = rest;
         let meta = state.meta_json();
         let targets = state
@@ -423,7 +446,7 @@ impl Pipeline {
                 user,
                 data: &state.data,
                 meta: meta.as_deref(),
-                accepted_at,
+                probe,
             };
             let key = if i == 0 { key.as_deref() } else { None };
             let result = self.sequence(target_ns, publication, key, source, &publisher);
@@ -442,7 +465,7 @@ impl Pipeline {
                 user: None,
                 data: &emit.data,
                 meta: emit.meta.as_deref(),
-                accepted_at,
+                probe,
             };
             results.push(self.sequence(
                 target_ns,

@@ -14,7 +14,7 @@
 //! appended to is alone, drops that stream's oldest publications. An evicted stream's epoch
 //! ends.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,7 +25,7 @@ use super::{
     HistoryConfig, HistoryPolicy, HistoryStore, Page, Position, Query, ReadError, Restored,
     Sequenced, SweepStats, new_epoch,
 };
-use crate::channel::ChannelName;
+use crate::channel::{ChannelName, NameMap};
 use crate::protocol::EncodedFrame;
 
 const SHARDS: usize = 64;
@@ -51,7 +51,7 @@ struct Caps {
 }
 
 struct Shard {
-    streams: HashMap<Arc<str>, Stream>,
+    streams: NameMap<Arc<str>, Stream>,
     bytes: usize,
     generations: Box<[u64]>,
 }
@@ -255,7 +255,7 @@ fn read_unknown(position: Position, query: Query<'_>) -> Result<Page, ReadError>
 impl Shard {
     fn new() -> Self {
         Self {
-            streams: HashMap::new(),
+            streams: NameMap::default(),
             bytes: 0,
             generations: vec![0; SLOTS_PER_SHARD].into_boxed_slice(),
         }

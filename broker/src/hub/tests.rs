@@ -80,7 +80,7 @@ fn publish(
             user,
             data,
             meta: None,
-            accepted_at: std::time::Instant::now(),
+            probe: Some(std::time::Instant::now()),
         },
     )
 }

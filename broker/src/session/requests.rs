@@ -447,7 +447,7 @@ impl Session {
         match outcome {
             publish::Outcome::Now(accepted) => {
                 if id.is_some() {
-                    self.node.metrics.frames_sent("published", 1);
+                    self.node.metrics.published_sent();
                     self.push(published_frame(id, &accepted));
                 }
             }
@@ -458,7 +458,7 @@ impl Session {
                     let frame = match later.await {
                         Ok(_) if id.is_none() => return,
                         Ok(accepted) => {
-                            metrics.frames_sent("published", 1);
+                            metrics.published_sent();
                             published_frame(id, &accepted)
                         }
                         Err(err) => {
