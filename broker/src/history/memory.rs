@@ -364,12 +364,16 @@ impl HistoryStore for MemoryHistory {
         if shard.streams.len() >= self.caps.streams && !shard.streams.contains_key(&**name) {
             self.make_room(shard);
         }
-        // One lookup (a publication's hot path): the key is a reference count.
+        // A publication's hot path: a stream that exists is found without touching the
+        // name's reference count; a new one is keyed by a clone of it.
         let generations = &shard.generations;
-        let stream = shard.streams.entry(name.clone()).or_insert_with(|| {
-            let epoch = epoch_at(&self.boot, generations[slot]);
-            Stream::new(epoch, slot, now_ms, policy)
-        });
+        let stream = match shard.streams.get_mut(&**name) {
+            Some(stream) => stream,
+            None => shard.streams.entry(name.clone()).or_insert_with(|| {
+                let epoch = epoch_at(&self.boot, generations[slot]);
+                Stream::new(epoch, slot, now_ms, policy)
+            }),
+        };
         stream.top += 1;
         stream.last_publish_ms = now_ms;
         stream.policy = policy;

@@ -105,26 +105,48 @@ pub fn encode_message(publication: &PublicationFields<'_>) -> EncodedFrame {
 }
 
 /// Encodes the `published` reply, as [`reply`] would (it runs once per publication).
+/// Sized exactly, so the frame's bytes take one allocation (a `Vec` with room to spare
+/// becomes `Bytes` with a second one for its header).
 pub fn published_reply(id: Option<u64>, channel: &str, offset: u64) -> EncodedFrame {
-    let mut out = Vec::with_capacity(SMALL_FRAME + channel.len());
+    const ID: &[u8] = br#""id":"#;
+    const TYPE: &[u8] = br#""type":"published","channel":"#;
+    const OFFSET: &[u8] = br#","offset":"#;
+    let (mut id_digits, mut offset_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let id = id.map(|id| id_digits.format(id).as_bytes());
+    let offset = offset_digits.format(offset).as_bytes();
+    let plain = !needs_escape(channel);
+    let exact = 2
+        + id.map_or(0, |id| ID.len() + id.len() + 1)
+        + TYPE.len()
+        + if plain { channel.len() + 2 } else { 0 }
+        + OFFSET.len()
+        + offset.len();
+    let mut out = Vec::with_capacity(exact);
     out.push(b'{');
     if let Some(id) = id {
-        out.extend_from_slice(br#""id":"#);
-        write_u64(&mut out, id);
+        out.extend_from_slice(ID);
+        out.extend_from_slice(id);
         out.push(b',');
     }
-    out.extend_from_slice(br#""type":"published","channel":"#);
+    out.extend_from_slice(TYPE);
     write_str(&mut out, channel);
-    out.extend_from_slice(br#","offset":"#);
-    write_u64(&mut out, offset);
+    out.extend_from_slice(OFFSET);
+    out.extend_from_slice(offset);
     out.push(b'}');
+    debug_assert!(!plain || out.len() == out.capacity());
     EncodedFrame::from_serialized(out)
+}
+
+/// Whether serde_json would escape something in `s` (a quote, a backslash or a control
+/// character).
+fn needs_escape(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// A JSON string as serde_json writes it: copied when nothing in it needs an escape
 /// (a quote, a backslash or a control character), else escaped by serde_json.
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if needs_escape(s) {
         serde_json::to_writer(out, s).expect("a string always serializes");
         return;
     }
