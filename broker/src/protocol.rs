@@ -237,14 +237,8 @@ mod tests {
         struct Message<'a> {
             #[serde(rename = "type")]
             kind: &'static str,
-            channel: &'a str,
-            offset: u64,
-            ts: u64,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            user: Option<&'a str>,
-            data: &'a RawValue,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            meta: Option<&'a RawValue>,
+            #[serde(flatten)]
+            fields: &'a PublicationFields<'a>,
         }
         #[derive(serde::Serialize)]
         struct Published<'a> {
@@ -258,24 +252,20 @@ mod tests {
             for user in [None, Some("alice"), Some(""), Some(odd)] {
                 for meta in [None, Some(&*meta)] {
                     for (offset, ts) in [(0, 0), (7, 1_796_069_492_123), (u64::MAX, u64::MAX)] {
+                        let data = &*data;
                         let fields = PublicationFields {
                             channel,
                             offset,
                             ts,
                             user,
-                            data: &data,
+                            data,
                             meta,
                         };
-                        let expected = serde_json::to_string(&Message {
+                        let message = Message {
                             kind: "message",
-                            channel,
-                            offset,
-                            ts,
-                            user,
-                            data: &data,
-                            meta,
-                        })
-                        .unwrap();
+                            fields: &fields,
+                        };
+                        let expected = serde_json::to_string(&message).unwrap();
                         assert_eq!(encode_message(&fields).as_str(), expected);
                     }
                 }

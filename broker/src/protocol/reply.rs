@@ -57,14 +57,18 @@ pub fn error_reply(id: Option<u64>, err: &ErrorReply) -> EncodedFrame {
     )
 }
 
-/// A publication as the hub builds it, before it is encoded once.
+/// A publication as the hub builds it, before it is encoded once. (Tests serialize it
+/// with serde_json to check [`encode_message`] against.)
 #[derive(Debug)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct PublicationFields<'a> {
     pub channel: &'a str,
     pub offset: u64,
     pub ts: u64,
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub user: Option<&'a str>,
     pub data: &'a RawValue,
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub meta: Option<&'a RawValue>,
 }
 
