@@ -238,15 +238,11 @@ impl Outbound {
                     Direct::Not => {}
                 }
             }
-            if state.closing.as_deref().map(|d| d.code) == Some(CloseCode::SlowConsumer) {
-                // Cut off meanwhile: what was queued is dropped, and so is this.
+            if !self.put_back(&mut state, frame) {
                 drop(state);
                 self.writer.wake();
                 return;
             }
-            state.bytes = state.bytes.saturating_add(clamp_u32(frame.len()));
-            state.frames.push_front(frame);
-            self.depth.store(state.frames.len(), Ordering::Relaxed);
         } else if state.deferred {
             // A frame was set aside since this queue was listed: nothing may pass it,
             // and the thread holding it flushes the queue (and wakes the writer).
@@ -285,6 +281,31 @@ impl Outbound {
         }
         drop(state);
         self.writer.wake();
+    }
+
+    /// A deferred queue that the thread's flush did not reach (it panicked on an earlier
+    /// one): the frame set aside goes to the front of the queue, and the writer is woken
+    /// for it and what queued behind it, so the connection is not left stalled.
+    fn release_deferred(&self, first: Option<EncodedFrame>) {
+        let mut state = self.state.lock();
+        if let Some(frame) = first {
+            state.deferred = false;
+            self.put_back(&mut state, frame);
+        }
+        drop(state);
+        self.writer.wake();
+    }
+
+    /// Puts a frame that was set aside back at the front of the queue; `false` (the
+    /// frame dropped) once the queue was cut off meanwhile, which drops what was queued.
+    fn put_back(&self, state: &mut State, frame: EncodedFrame) -> bool {
+        if state.closing.as_deref().map(|d| d.code) == Some(CloseCode::SlowConsumer) {
+            return false;
+        }
+        state.bytes = state.bytes.saturating_add(clamp_u32(frame.len()));
+        state.frames.push_front(frame);
+        self.depth.store(state.frames.len(), Ordering::Relaxed);
+        true
     }
 
     fn push_inner(&self, frame: EncodedFrame, probe: Option<Instant>) -> Push {

@@ -110,10 +110,22 @@ impl Drop for FlushGuard {
 
 /// Writes (or hands to their writers) the queues this thread deferred.
 pub fn flush_deferred() {
+    /// The entries a panicking flush did not reach, released to their writers as the
+    /// panic unwinds (a normal flush leaves none).
+    struct Rest<'a>(std::vec::Drain<'a, Deferred>);
+    impl Drop for Rest<'_> {
+        fn drop(&mut self) {
+            for Deferred { holder, frame } in self.0.by_ref() {
+                holder.outbound().release_deferred(frame);
+            }
+        }
+    }
     let mut list = DEFERRED.take();
-    for Deferred { holder, frame } in list.drain(..) {
+    let mut rest = Rest(list.drain(..));
+    for Deferred { holder, frame } in rest.0.by_ref() {
         holder.outbound().flush_or_wake(frame);
     }
+    drop(rest);
     if list.capacity() <= DEFERRED_KEPT {
         DEFERRED.with_borrow_mut(|kept| {
             if kept.capacity() == 0 {

@@ -498,3 +498,38 @@ fn a_panicking_request_still_flushes_what_it_deferred() {
     assert!(r.is_err());
     assert_eq!(*socket.took.lock(), ["\"a\""]);
 }
+
+/// A holder whose queue cannot be reached: the flush panics on it.
+struct Unreachable;
+
+impl HasOutbound for Unreachable {
+    fn outbound(&self) -> &Outbound {
+        panic!("a flush that fails on one queue");
+    }
+}
+
+#[test]
+fn a_flush_that_panics_on_one_queue_still_hands_the_others_to_their_writers() {
+    let (h, socket) = direct_holder(Direct::Written);
+    let woken = waiting_writer(&h.0);
+    let own = Outbound::new(8, 1 << 20);
+    let broken = Arc::new(Unreachable);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        deferring(&own, || {
+            super::mode::defer(broken.clone(), Some(frame("lost")));
+            push_deferred(&h, "first");
+            h.0.push(frame("second"));
+        });
+        flush_deferred();
+    }));
+    assert!(r.is_err(), "the flush at the end of the read panicked");
+    assert!(socket.took.lock().is_empty(), "not written by the flush");
+    assert_eq!(woken.load(Ordering::SeqCst), 1, "its writer was woken");
+    let mut batch = VecDeque::new();
+    assert!(
+        h.0.take(&mut batch).is_some(),
+        "the writer finds the frames"
+    );
+    let texts: Vec<&str> = batch.iter().map(|f| f.as_str()).collect();
+    assert_eq!(texts, ["\"first\"", "\"second\""], "in order");
+}
