@@ -6,6 +6,8 @@
 //! chain pays one lookup.
 
 mod dedup;
+mod outcome;
+mod probe;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,9 +26,11 @@ use crate::plugins::{
     Emit, Hook, PluginConn, Plugins, PublicationState, PublishChain, PublishSource,
 };
 use crate::protocol::{ErrorCode, ErrorReply, now_ms};
-use crate::sequencer::{Acked, Sequencer, Sequencing};
+use crate::sequencer::{Sequencer, Sequencing};
 use dedup::{Dedup, Once, Publisher};
-use futures_util::future::BoxFuture;
+use outcome::Sequenced;
+pub use outcome::{Accepted, Outcome};
+pub use probe::{LATENCY_SAMPLE_EVERY, latency_probe};
 use std::time::Instant;
 
 /// Where a publication comes from. Client publications are checked against the token;
@@ -106,29 +110,6 @@ struct Rest {
     probe: Option<Instant>,
 }
 
-/// One publication in this many, per thread, is timed from acceptance to its last local
-/// subscriber's write (`hookwire_publish_latency_seconds`): a sample keeps the histogram's
-/// shape without two clock reads and a shared histogram update per publication.
-pub const LATENCY_SAMPLE_EVERY: u32 = 16;
-
-/// The acceptance time to carry when this publication is the thread's sample (the first
-/// on each thread, then every [`LATENCY_SAMPLE_EVERY`]th).
-pub fn latency_probe() -> Option<Instant> {
-    thread_local! {
-        static UNTIL_NEXT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-    }
-    UNTIL_NEXT.with(|left| match left.get() {
-        0 => {
-            left.set(LATENCY_SAMPLE_EVERY - 1);
-            Some(Instant::now())
-        }
-        n => {
-            left.set(n - 1);
-            None
-        }
-    })
-}
-
 /// The answer to a publish once the node is draining.
 pub fn draining() -> ErrorReply {
     ErrorReply::new(
@@ -143,33 +124,6 @@ pub fn overloaded() -> ErrorReply {
         ErrorCode::Unavailable,
         "the plugin threads are overloaded (plugins.queue calls are waiting); retry shortly",
     )
-}
-
-/// A publish handed to the channel's log: accepted now, or once the log stored it (a
-/// cluster's JetStream acknowledgement).
-pub enum Outcome {
-    Now(Accepted),
-    Later(BoxFuture<'static, Result<Accepted, ErrorReply>>),
-}
-
-impl Outcome {
-    /// Waits for the log, when it has not answered yet.
-    pub async fn wait(self) -> Result<Accepted, ErrorReply> {
-        match self {
-            Self::Now(accepted) => Ok(accepted),
-            Self::Later(later) => later.await,
-        }
-    }
-}
-
-/// A successful publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    pub channel: ChannelName,
-    pub offset: u64,
-    /// True when the key was seen within the window: nothing was delivered this time.
-    pub duplicate: bool,
-    pub delivered: usize,
 }
 
 pub struct Pipeline {
@@ -558,86 +512,6 @@ impl Pipeline {
     /// Forgets idempotency keys older than the window.
     pub fn sweep(&self, now_ms: u64) {
         self.dedup.sweep(now_ms);
-    }
-}
-
-/// One publication handed to the log (see [`Outcome`], which carries the channel).
-enum Sequenced {
-    Now {
-        offset: u64,
-        duplicate: bool,
-        delivered: usize,
-    },
-    Later(BoxFuture<'static, Result<Acked, ErrorReply>>),
-}
-
-impl Sequenced {
-    /// The answer to a publish that became this one publication (the fast path: no
-    /// list to build).
-    fn accepted(self, channel: ChannelName) -> Outcome {
-        match self {
-            Sequenced::Now {
-                offset,
-                duplicate,
-                delivered,
-            } => Outcome::Now(Accepted {
-                channel,
-                offset,
-                duplicate,
-                delivered,
-            }),
-            Sequenced::Later(f) => Outcome::Later(Box::pin(async move {
-                let acked = f.await?;
-                Ok(Accepted {
-                    channel,
-                    offset: acked.offset,
-                    duplicate: acked.duplicate,
-                    delivered: 0,
-                })
-            })),
-        }
-    }
-
-    /// The answer to a publish that became these publications: the first one's offset,
-    /// every delivery counted, once every one of them is stored.
-    fn all(results: Vec<Sequenced>, channel: ChannelName) -> Outcome {
-        let mut now = Accepted {
-            channel,
-            offset: 0,
-            duplicate: false,
-            delivered: 0,
-        };
-        let mut later = Vec::new();
-        for (i, r) in results.into_iter().enumerate() {
-            match r {
-                Sequenced::Now {
-                    offset,
-                    duplicate,
-                    delivered,
-                } => {
-                    if i == 0 {
-                        now.offset = offset;
-                        now.duplicate = duplicate;
-                    }
-                    now.delivered += delivered;
-                }
-                Sequenced::Later(f) => later.push((i, f)),
-            }
-        }
-        if later.is_empty() {
-            return Outcome::Now(now);
-        }
-        Outcome::Later(Box::pin(async move {
-            let mut accepted = now;
-            for (i, f) in later {
-                let acked = f.await?;
-                if i == 0 {
-                    accepted.offset = acked.offset;
-                    accepted.duplicate = acked.duplicate;
-                }
-            }
-            Ok(accepted)
-        }))
     }
 }
 
