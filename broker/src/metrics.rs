@@ -473,7 +473,8 @@ impl Metrics {
         self.received_by_type[i].inc();
     }
 
-    /// A `published` reply (one a publication: resolved once, like `message`).
+    /// A `published` reply (one per publication: its counter resolved once, like
+    /// `message`'s).
     pub fn published_sent(&self) {
         self.published_sent.inc();
     }

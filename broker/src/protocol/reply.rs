@@ -133,7 +133,7 @@ pub fn published_reply(id: Option<u64>, channel: &str, offset: u64) -> EncodedFr
         out.push(b',');
     }
     out.extend_from_slice(TYPE);
-    write_str(&mut out, channel);
+    write_str_as(&mut out, channel, !plain);
     out.extend_from_slice(OFFSET);
     out.extend_from_slice(offset);
     out.push(b'}');
@@ -150,7 +150,12 @@ fn needs_escape(s: &str) -> bool {
 /// A JSON string as serde_json writes it: copied when nothing in it needs an escape
 /// (a quote, a backslash or a control character), else escaped by serde_json.
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    if needs_escape(s) {
+    write_str_as(out, s, needs_escape(s));
+}
+
+/// [`write_str`] with [`needs_escape`] already known.
+fn write_str_as(out: &mut Vec<u8>, s: &str, escape: bool) {
+    if escape {
         serde_json::to_writer(out, s).expect("a string always serializes");
         return;
     }

@@ -16,7 +16,7 @@ pub struct StreamPosition {
 
 /// One client frame, parsed and checked for required fields. Its strings and `data`
 /// borrow from the frame's text where they can (a string with escapes is unescaped into
-/// its own); [`Request::into_owned`] detaches it.
+/// its own).
 #[derive(Debug)]
 pub struct Request<'a> {
     pub id: Option<u64>,
@@ -53,48 +53,6 @@ pub enum RequestBody<'a> {
         token: Cow<'a, str>,
     },
     Ping,
-}
-
-impl Request<'_> {
-    /// The same request, owning its strings (to keep it past the frame's buffer).
-    pub fn into_owned(self) -> Request<'static> {
-        fn own(s: Cow<'_, str>) -> Cow<'static, str> {
-            Cow::Owned(s.into_owned())
-        }
-        let body = match self.body {
-            RequestBody::Connect { token, name } => RequestBody::Connect {
-                token: token.map(own),
-                name: name.map(own),
-            },
-            RequestBody::Subscribe { channel, recover } => RequestBody::Subscribe {
-                channel: own(channel),
-                recover,
-            },
-            RequestBody::Unsubscribe { channel } => RequestBody::Unsubscribe {
-                channel: own(channel),
-            },
-            RequestBody::Publish { channel, data, key } => RequestBody::Publish {
-                channel: own(channel),
-                data: Cow::Owned(data.into_owned()),
-                key: key.map(own),
-            },
-            RequestBody::History {
-                channel,
-                limit,
-                since,
-            } => RequestBody::History {
-                channel: own(channel),
-                limit,
-                since,
-            },
-            RequestBody::Presence { channel } => RequestBody::Presence {
-                channel: own(channel),
-            },
-            RequestBody::Refresh { token } => RequestBody::Refresh { token: own(token) },
-            RequestBody::Ping => RequestBody::Ping,
-        };
-        Request { id: self.id, body }
-    }
 }
 
 impl RequestBody<'_> {

@@ -27,6 +27,14 @@ struct Connect {
     name: Option<String>,
 }
 
+/// The first frame, kept past its buffer: a `connect`, or what came instead (answered,
+/// then closed, by [`expect_connect`]).
+enum First {
+    Connect(Connect),
+    Other { id: Option<u64>, kind: &'static str },
+    Invalid(ParseError),
+}
+
 /// Waits for a valid `connect` within the deadline and answers `connected`.
 pub(super) async fn handshake<T: Transport>(
     node: &Arc<Node>,
@@ -100,7 +108,7 @@ async fn first_frame<T: Transport>(
     node: &Node,
     transport: &mut T,
     conn: &ConnInfo,
-) -> Result<Result<Request<'static>, ParseError>, Exit> {
+) -> Result<First, Exit> {
     let deadline = conn.opened + node.settings.handshake_timeout;
     loop {
         let Ok(inbound) = tokio::time::timeout_at(deadline, transport.recv()).await else {
@@ -111,12 +119,25 @@ async fn first_frame<T: Transport>(
         };
         match inbound {
             Inbound::Text(text) => {
-                let parsed = protocol::parse_request(super::utf8_text(&text)?);
-                return Ok(parsed.map(Request::into_owned));
+                return Ok(match protocol::parse_request(super::utf8_text(&text)?) {
+                    Ok(Request {
+                        id,
+                        body: RequestBody::Connect { token, name },
+                    }) => First::Connect(Connect {
+                        id,
+                        token: token.map(Cow::into_owned),
+                        name: name.map(Cow::into_owned),
+                    }),
+                    Ok(Request { id, body }) => First::Other {
+                        id,
+                        kind: body.kind(),
+                    },
+                    Err(e) => First::Invalid(e),
+                });
             }
             Inbound::Activity => continue,
             Inbound::Binary => {
-                return Ok(Err(ParseError {
+                return Ok(First::Invalid(ParseError {
                     id: None,
                     message: "binary frames are not part of protocol v1; send connect as a JSON text frame".into(),
                 }));
@@ -128,31 +149,18 @@ async fn first_frame<T: Transport>(
 }
 
 /// The first frame must be a valid `connect`; anything else is answered and closes 4001.
-async fn expect_connect<T: Transport>(
-    transport: &mut T,
-    first: Result<Request<'static>, ParseError>,
-) -> Result<Connect, Exit> {
+async fn expect_connect<T: Transport>(transport: &mut T, first: First) -> Result<Connect, Exit> {
     match first {
-        Ok(Request {
-            id,
-            body: RequestBody::Connect { token, name },
-        }) => Ok(Connect {
-            id,
-            token: token.map(Cow::into_owned),
-            name: name.map(Cow::into_owned),
-        }),
-        Ok(Request { id, body }) => {
+        First::Connect(connect) => Ok(connect),
+        First::Other { id, kind } => {
             let err = ErrorReply::new(
                 ErrorCode::Unauthorized,
-                format!(
-                    "`{}` before `connect`: the first frame must be connect",
-                    body.kind()
-                ),
+                format!("`{kind}` before `connect`: the first frame must be connect"),
             );
             send_now(transport, protocol::error_reply(id, &err)).await?;
             Err(unauthorized(err.message))
         }
-        Err(e) => {
+        First::Invalid(e) => {
             let err = ErrorReply::new(ErrorCode::BadRequest, e.message);
             send_now(transport, protocol::error_reply(e.id, &err)).await?;
             Err(unauthorized(
