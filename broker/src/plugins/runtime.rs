@@ -26,8 +26,10 @@ use super::rollout::{Compared, EventKey};
 use super::set::{LoadedPlugin, PluginSet};
 use super::settings::PluginsSettings;
 use super::shadow::{judge_connect, judge_decision, judge_publish, verdict};
+use super::stats::TIMED_EVERY;
 use super::threads::{Overloaded, PluginThreads};
 use super::types::{Error, Failure, Hook};
+use crate::clock::Countdown;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::now_ms;
@@ -456,9 +458,13 @@ impl Plugins {
         hook: Hook,
         f: impl FnOnce(&mut Warm) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
-        let start = Instant::now();
+        thread_local! {
+            static TIMED: Countdown = const { Countdown::new() };
+        }
+        let start = TIMED
+            .with(|timed| timed.pick(TIMED_EVERY))
+            .then(Instant::now);
         let (result, ran) = p.pool.call(f);
-        let took = start.elapsed();
         let budget = p.settings.inline_max_cpu_ms;
         if ran.as_millis() > u128::from(budget)
             && p.inline.swap(false, std::sync::atomic::Ordering::Relaxed)
@@ -469,9 +475,19 @@ impl Plugins {
                 "A plugin call used more CPU than plugins.inline_max_cpu_ms: this version runs on the plugin threads from now on"
             );
         }
-        p.stats.record(took);
         p.calls[hook.index()].inc();
-        p.seconds[hook.index()].observe(took.as_secs_f64());
+        // A call that ran past a deadline tick is always recorded (with the CPU time the
+        // deadline saw, when it was not the thread's sample).
+        match start
+            .map(|start| start.elapsed())
+            .or((!ran.is_zero()).then_some(ran))
+        {
+            Some(took) => {
+                p.stats.record(took);
+                p.seconds[hook.index()].observe(took.as_secs_f64());
+            }
+            None => p.stats.count(),
+        }
         result
     }
 

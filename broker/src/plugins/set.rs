@@ -1,8 +1,10 @@
 //! The loaded set: one [`LoadedPlugin`] per plugin and the chains built from them. A
 //! set never changes; a reload builds a new one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use crate::channel::NameMap;
 
 use super::instance::Pool;
 use super::rollout::{EventKey, Role, Rollout, Shadow};
@@ -51,7 +53,8 @@ pub struct PluginSet {
     /// By configured name.
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     pub(super) connection: Vec<Arc<LoadedPlugin>>,
-    by_namespace: HashMap<String, Vec<Arc<LoadedPlugin>>>,
+    /// Looked up on every publication of a namespace with plugins.
+    by_namespace: NameMap<String, Vec<Arc<LoadedPlugin>>>,
     /// Canaries and shadows, by the name of the module they roll out.
     pub rollouts: BTreeMap<String, Rollout>,
 }

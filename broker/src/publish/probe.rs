@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use crate::clock::Countdown;
+
 /// One publication in this many, per thread, is timed from acceptance to its last local
 /// subscriber's write (`hookwire_publish_latency_seconds`): a sample keeps the histogram's
 /// shape without two clock reads and a shared histogram update per publication.
@@ -12,18 +14,11 @@ pub const LATENCY_SAMPLE_EVERY: u32 = 16;
 /// on each thread, then every [`LATENCY_SAMPLE_EVERY`]th).
 pub fn latency_probe() -> Option<Instant> {
     thread_local! {
-        static UNTIL_NEXT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        static SAMPLE: Countdown = const { Countdown::new() };
     }
-    UNTIL_NEXT.with(|left| match left.get() {
-        0 => {
-            left.set(LATENCY_SAMPLE_EVERY - 1);
-            Some(Instant::now())
-        }
-        n => {
-            left.set(n - 1);
-            None
-        }
-    })
+    SAMPLE
+        .with(|sample| sample.pick(LATENCY_SAMPLE_EVERY))
+        .then(Instant::now)
 }
 
 #[cfg(test)]
