@@ -1,7 +1,8 @@
 //! The 0.2.0 contract: a 0.1.0 build (tests/plugins/legacy-guard, made from the frozen
 //! wit/0.1.0 by tests/plugins/build) still loads beside 0.2.0 plugins,
 //! refusals carry codes, the hooks 0.2.0 added (`refresh`, `history`, `unsubscribe`)
-//! run, and plugins share `state` and export `metrics`.
+//! run, plugins share `state` and export `metrics`, and a rerouted publication goes
+//! where its plugin sent it.
 
 use super::*;
 use tokio::time::Instant;
@@ -250,4 +251,23 @@ plugins = ["other"]
     assert_eq!(count(&mut alice, "chat:s").await, (json!(3), json!(1)));
     // The same module loaded under another name is another plugin: its own keys.
     assert_eq!(count(&mut alice, "typing:s").await, (json!(1), json!(1)));
+}
+
+#[tokio::test]
+async fn a_rerouted_publication_reaches_its_new_channel_only() {
+    let dir = plugin_dir(&[(&test_plugins(), "misbehave")]);
+    let b = start(dir.path(), &misbehave_toml("")).await;
+    let (mut c, _) = b.connect(&token_with("alice", json!({}))).await;
+    c.subscribe("chat:room").await;
+    c.subscribe("chat:room-routed").await;
+
+    c.publish("chat:room", json!({"do": "route", "n": 1})).await;
+    c.publish("chat:room", json!({"do": "nothing", "n": 2}))
+        .await;
+    let routed = c.messages("chat:room-routed", 1).await.remove(0);
+    assert_eq!(routed["data"]["n"], 1, "{routed}");
+    // Not rerouted: the channel it was published to (resolved once, before the chain).
+    let kept = c.messages("chat:room", 1).await.remove(0);
+    assert_eq!(kept["data"]["n"], 2, "the rerouted one is not here: {kept}");
+    assert_eq!(kept["meta"]["calls"], 2, "{kept}");
 }

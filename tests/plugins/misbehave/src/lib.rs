@@ -82,6 +82,10 @@ impl Plugin for Misbehave {
         match action {
             "big" => publication.set_data(json!("x".repeat(1 << 20))),
             "log" => hookwire_plugin::log::info!("asked to log"),
+            "route" => {
+                let routed = format!("{}-routed", publication.channel());
+                publication.set_channels([routed]);
+            }
             "leak" => self.leaked.push(black_box(vec![1u8; 1 << 20])),
             "count" => {
                 let count = hookwire_plugin::state::increment("count", 1, None);
