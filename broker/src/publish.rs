@@ -96,7 +96,6 @@ pub enum Step {
 /// a plugin thread.
 pub struct Pending {
     state: PublicationState,
-    ns: Arc<Namespace>,
     rest: Rest,
 }
 
@@ -107,6 +106,8 @@ struct Rest {
     publisher: Publisher,
     source: PublicationSource,
     channel: ChannelName,
+    /// The namespace `channel` resolved to.
+    ns: Arc<Namespace>,
     probe: Option<Instant>,
 }
 
@@ -172,9 +173,9 @@ impl Pipeline {
             Step::Done(outcome) => Ok(outcome),
             Step::Plugins(pending) => {
                 let valid = |c: &str| self.valid_channel(c);
-                let answer = self
-                    .plugins
-                    .on_publish(&pending.ns.name, pending.state, &valid)?;
+                let answer =
+                    self.plugins
+                        .on_publish(&pending.rest.ns.name, pending.state, &valid)?;
                 self.complete(pending.rest, answer)
             }
         }
@@ -235,13 +236,13 @@ impl Pipeline {
             }
             let pending = Pending {
                 state: plugin_state(&req, &channel),
-                ns,
                 rest: Rest {
                     user: req.source.user().map(str::to_string),
                     key: req.key.map(str::to_string),
                     publisher: req.source.publisher(),
                     source: req.source.metric(),
                     channel,
+                    ns,
                     probe,
                 },
             };
@@ -333,7 +334,8 @@ impl Pipeline {
     /// no lock is held), then publishes what it answered. A full plugin queue answers
     /// `unavailable`.
     pub async fn finish(&self, pending: Pending) -> Result<Outcome, ErrorReply> {
-        let Pending { state, ns, rest } = pending;
+        let Pending { state, rest } = pending;
+        let ns = rest.ns.clone();
         let namespaces = self.namespaces.clone();
         let answer = self
             .plugins
@@ -352,10 +354,10 @@ impl Pipeline {
 
     /// Runs the publish chain on this thread, then publishes what it answered.
     fn run_chain(&self, pending: Pending) -> Result<Outcome, ErrorReply> {
-        let Pending { state, ns, rest } = pending;
+        let Pending { state, rest } = pending;
         let answer = self
             .plugins
-            .on_publish(&ns.name, state, &|c| self.valid_channel(c))?;
+            .on_publish(&rest.ns.name, state, &|c| self.valid_channel(c))?;
         self.complete(rest, answer)
     }
 
@@ -378,14 +380,18 @@ impl Pipeline {
             publisher,
             source,
             channel,
+            ns,
             probe,
         } = rest;
         let meta = state.meta_json();
-        let targets = state
-            .channels
-            .iter()
-            .map(|c| access::resolve(&self.namespaces, c))
-            .collect::<Result<Vec<_>, _>>()?;
+        let targets = match state.channels.as_slice() {
+            // Not rerouted: the channel as resolved before the chain.
+            [only] if only.as_str() == channel.as_str() => vec![(channel.clone(), ns)],
+            channels => channels
+                .iter()
+                .map(|c| access::resolve(&self.namespaces, c))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         let extra = emits
             .iter()
             .map(|e| access::resolve(&self.namespaces, &e.channel).map(|t| (t, e)))
