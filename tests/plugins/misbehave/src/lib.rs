@@ -15,6 +15,7 @@
 //! | `"leak"`   | keeps a touched 1 MiB block for good, then as below      |
 //! | `"conn"`   | adds `meta.conn`: the publisher's connection `meta`       |
 //! | `"count"`  | adds `meta.count`: `increment("count", 1)` in shared state |
+//! | `"route"`  | sends it to `<channel>-routed` instead, then as below    |
 //! | other      | allows, adding `meta.calls` and `meta.tag`               |
 //!
 //! `meta.calls` counts the publications this instance has handled, so it starts
