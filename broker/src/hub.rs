@@ -67,8 +67,8 @@ impl Subscribers {
 
     /// [`Subscribers::fan_out`], giving `each` the pushing thread's mode when a
     /// publication's pushes may be deferred ([`outbound::Outbound::push_deferred`]): the
-    /// channel is large and quiet, or it is quiet and the pushing session is handling a
-    /// read that brought several frames ([`outbound::deferral`]).
+    /// channel is large and quiet, or it is not large and the pushing session is
+    /// handling a read that brought several frames ([`outbound::deferral`]).
     fn fan_out_deferring(
         &mut self,
         now_ms: u64,
@@ -79,8 +79,11 @@ impl Subscribers {
         // Read here: the fan-out below turns direct writes off for a large channel.
         let defer = match verdict {
             load::Verdict::Large => outbound::deferral(true),
-            load::Verdict::Direct => outbound::deferral(false),
-            load::Verdict::Busy => None,
+            // A read's worth of frames per subscriber, written by the publishing thread.
+            load::Verdict::Direct | load::Verdict::Busy { large: false } => {
+                outbound::deferral(false)
+            }
+            load::Verdict::Busy { large: true } => None,
         };
         let mut run = || {
             for (i, peer) in conns.values().enumerate() {

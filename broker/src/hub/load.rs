@@ -16,6 +16,15 @@
 //!   queued under the lock without waking the writers, and the publishing thread
 //!   writes those queues once it let the lock go ([`Verdict::Large`]), so a quiet
 //!   channel of any size costs no wake-up per delivery either.
+//!
+//! A busy channel of up to [`DIRECT_MAX_SUBSCRIBERS`] ([`Verdict::Busy`] with `large`
+//! false) is still written by the publishing thread when the publishing session's read
+//! brought several frames (`outbound::deferring`): each subscriber then gets the read's
+//! frames in one write, which gathers as well as its writer would, without a wake-up
+//! per subscriber or the second worker's CPU taken from everything else on the machine
+//! (one publisher to 1,000 subscribers flat out: 1.21 M deliveries/s at 100 % CPU,
+//! against 0.78–0.91 M at 105–117 % queued). A busy large channel keeps its writers on
+//! every worker: one thread writing 10,000 subscribers per read delivered a fifth less.
 
 /// Deliveries per second above which a channel's publications are queued.
 pub const DIRECT_MAX_PER_SEC: u64 = 300_000;
@@ -53,7 +62,9 @@ impl Load {
         }
         self.in_window += subscribers as u64;
         if self.busy {
-            Verdict::Busy
+            Verdict::Busy {
+                large: subscribers > DIRECT_MAX_SUBSCRIBERS,
+            }
         } else if subscribers > DIRECT_MAX_SUBSCRIBERS {
             Verdict::Large
         } else {
@@ -70,8 +81,10 @@ pub enum Verdict {
     /// Quiet but large: a publication is queued under the lock without waking anyone,
     /// and the pushing thread writes it once the lock is let go (`Outbound::push_deferred`).
     Large,
-    /// Busy: queued for the subscribers' writers.
-    Busy,
+    /// Busy: queued for the subscribers' writers, except that a channel that is not
+    /// `large` is deferred like a quiet one when the pushing session's read brought
+    /// several frames.
+    Busy { large: bool },
 }
 
 #[cfg(test)]
@@ -103,7 +116,11 @@ mod tests {
         let mut load = Load::default();
         // 1,000 subscribers, a publication every millisecond: a million a second.
         assert!(!run(&mut load, 1_000, 1_000, 1, 1_000));
+        assert_eq!(load.verdict(2_000, 1_000), Verdict::Busy { large: false });
         assert!(run(&mut load, 2_000, 1_000, 50, 1_000));
+        // The same rate to a large channel.
+        assert!(!run(&mut load, 4_000, 2_000, 1, 1_000));
+        assert_eq!(load.verdict(5_000, 2_000), Verdict::Busy { large: true });
     }
 
     #[test]
