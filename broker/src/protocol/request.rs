@@ -38,7 +38,7 @@ pub enum RequestBody<'a> {
     },
     Publish {
         channel: Cow<'a, str>,
-        data: Cow<'a, RawValue>,
+        data: &'a RawValue,
         key: Option<Cow<'a, str>>,
     },
     History {
@@ -313,11 +313,7 @@ fn parse_publish<'a>(
     if let Some(key) = &key {
         check_key(key)?;
     }
-    Ok(RequestBody::Publish {
-        channel,
-        data: Cow::Borrowed(data),
-        key,
-    })
+    Ok(RequestBody::Publish { channel, data, key })
 }
 
 fn parse_limit(limit: Option<i64>) -> Result<Option<usize>, String> {

@@ -295,7 +295,7 @@ impl Session {
             }
             RequestBody::Unsubscribe { channel } => self.unsubscribe(id, &channel),
             RequestBody::Publish { channel, data, key } => {
-                return self.publish(id, &channel, &data, key.as_deref());
+                return self.publish(id, &channel, data, key.as_deref());
             }
             RequestBody::History {
                 channel,
